@@ -1,1 +1,79 @@
+//! dsql-pgx: reach Amazon Aurora DSQL from a shell, a script or a Rust program.
+//!
+//! The binary is a thin layer over this library; a Rust program can build the same
+//! token-refreshing [`Pool`] from [`settings::ConnSettings`].
+//!
+//! # Layout
+//!
+//! Data flows one way: cli → settings → auth/tls → pool → command → output.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cli`] | every clap type |
+//! | [`settings`] | flags and environment → validated settings, once |
+//! | [`auth`] | credentials, token signing, the credential cache |
+//! | [`tls`] | the rustls configuration and the TLS connector |
+//! | [`pool`] | the bb8 manager, connection registry, refresh, statistics |
+//! | [`retry`] | optimistic-concurrency conflict detection and retry |
+//! | [`sql`] | splitting SQL into statements, running them, command tags |
+//! | [`output`] | tables, csv, tsv, json, terminal detection, escaping |
+//! | [`exit`] | exit codes and error reporting |
+//! | [`cmd`] | one module per subcommand |
+//! | [`local`] | the local DSQL-compatible endpoint and its private PostgreSQL |
 
+pub mod auth;
+pub mod cli;
+pub mod cmd;
+pub mod exit;
+pub mod output;
+pub mod pool;
+pub mod retry;
+pub mod settings;
+pub mod sql;
+pub mod tls;
+
+pub use pool::Pool;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+use crate::output::Output;
+
+/// Runs a parsed command line. Errors are returned, not printed: the caller prints once.
+///
+/// The runtime is chosen here: a multi-threaded Tokio runtime, because the pool's
+/// connection tasks, the refresher and `refresh-demo`'s workers run concurrently; a one-shot
+/// query pays only for starting the worker threads.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_tracing(&cli);
+    let out = Output::new(&cli.global);
+    if let Command::Completions(args) = &cli.command {
+        return cmd::completions::run(args);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(cmd::dispatch(cli.command, &out))
+}
+
+fn init_tracing(cli: &Cli) {
+    let default = if cli.global.quiet {
+        "error"
+    } else {
+        match cli.global.verbose {
+            0 => "warn",
+            1 => "warn,dsql_pgx=info",
+            _ => "info,dsql_pgx=debug",
+        }
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}

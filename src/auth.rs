@@ -1,0 +1,405 @@
+//! AWS credentials, IAM auth token signing and the credential cache.
+//!
+//! A DSQL token is a SigV4 presigned URL without its `https://`, signed locally by
+//! `aws-sdk-dsql`'s [`AuthTokenGenerator`]. The generator re-resolves credentials on every
+//! call, and resolving can mean a network round trip (SSO, STS, IMDS), so [`TokenSigner`]
+//! caches the credentials and only resolves again when they near expiry or on
+//! [`TokenSigner::reload_credentials`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config as GeneratorConfig};
+use aws_smithy_async::time::{SharedTimeSource, SystemTimeSource};
+use aws_types::SdkConfig;
+use tokio::sync::Mutex;
+
+use crate::settings::Target;
+
+/// Credentials closer than this to expiry are resolved again before signing.
+const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// A secret string (password, token, secret key) whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself: only for the wire, or for `token`'s stdout.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where AWS credentials come from.
+#[derive(Clone)]
+pub enum CredentialSource {
+    /// aws-config's default chain: environment, profile (optionally named), SSO, web identity,
+    /// container and instance metadata.
+    DefaultChain {
+        /// A named profile, as `--profile` / `AWS_PROFILE`.
+        profile: Option<String>,
+    },
+    /// Fixed credentials, e.g. the local endpoint's.
+    Static {
+        /// Access key id.
+        access_key_id: String,
+        /// Secret access key.
+        secret_access_key: Secret,
+    },
+    /// Any credentials provider, for Rust programs with their own.
+    Provider(SharedCredentialsProvider),
+}
+
+impl fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DefaultChain { profile } => f
+                .debug_struct("DefaultChain")
+                .field("profile", profile)
+                .finish(),
+            Self::Static { access_key_id, .. } => f
+                .debug_struct("Static")
+                .field("access_key_id", access_key_id)
+                .finish_non_exhaustive(),
+            Self::Provider(_) => f.write_str("Provider(..)"),
+        }
+    }
+}
+
+/// The two token kinds DSQL knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// For any role but `admin`.
+    DbConnect,
+    /// For the built-in `admin` role.
+    DbConnectAdmin,
+}
+
+impl Action {
+    /// The action for a role: admin exactly when the user is `admin`.
+    pub fn for_user(user: &str) -> Action {
+        if user == crate::settings::ADMIN_USER {
+            Action::DbConnectAdmin
+        } else {
+            Action::DbConnect
+        }
+    }
+
+    /// The `Action` query parameter's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::DbConnect => "DbConnect",
+            Action::DbConnectAdmin => "DbConnectAdmin",
+        }
+    }
+}
+
+/// Why a token could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials could be resolved.
+    #[error(
+        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, pick a profile with --profile or AWS_PROFILE, or run `aws sso login`"
+    )]
+    NoCredentials(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Signing itself failed.
+    #[error("cannot sign an auth token")]
+    Sign(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A signed token and when it was made.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// The token: send it as the password.
+    pub value: Secret,
+    /// Which action it was signed for.
+    pub action: Action,
+    /// When it was signed (per the signer's clock).
+    pub signed_at: SystemTime,
+    /// When it stops opening connections.
+    pub expires_at: SystemTime,
+}
+
+/// Signs tokens for one endpoint, region and expiry, with cached credentials.
+pub struct TokenSigner {
+    hostname: String,
+    region: String,
+    expires_in: Duration,
+    provider: SharedCredentialsProvider,
+    sdk_config: SdkConfig,
+    cache: Mutex<Option<Credentials>>,
+}
+
+impl fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("hostname", &self.hostname)
+            .field("region", &self.region)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A signer for `target`, resolving its credential source (credentials themselves are
+    /// fetched lazily, on the first signature).
+    pub async fn new(target: &Target) -> TokenSigner {
+        let provider = provider(&target.credentials, &target.region).await;
+        Self::with_clock(
+            target,
+            provider,
+            SharedTimeSource::new(SystemTimeSource::new()),
+        )
+    }
+
+    /// A signer with an explicit credentials provider and clock (tests, fixed-time signing).
+    pub fn with_clock(
+        target: &Target,
+        provider: SharedCredentialsProvider,
+        clock: SharedTimeSource,
+    ) -> TokenSigner {
+        TokenSigner {
+            hostname: target.endpoint.clone(),
+            region: target.region.clone(),
+            expires_in: target.token_expires_in,
+            sdk_config: SdkConfig::builder()
+                .time_source(clock)
+                .behavior_version(BehaviorVersion::latest())
+                .build(),
+            provider,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The host name tokens are signed for.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// The region tokens are signed for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Signs a token for `action`.
+    pub async fn sign(&self, action: Action) -> Result<Token, AuthError> {
+        let credentials = self.credentials(false).await?;
+        self.sign_with(credentials, action).await
+    }
+
+    /// Resolves credentials again (a refresh), keeping the cached ones if that fails.
+    pub async fn reload_credentials(&self) -> Result<(), AuthError> {
+        self.credentials(true).await.map(drop)
+    }
+
+    async fn credentials(&self, force: bool) -> Result<Credentials, AuthError> {
+        let mut cache = self.cache.lock().await;
+        let now = self.now();
+        if !force
+            && let Some(cached) = cache.as_ref()
+            && cached
+                .expiry()
+                .is_none_or(|expiry| expiry > now + CREDENTIAL_REFRESH_MARGIN)
+        {
+            return Ok(cached.clone());
+        }
+        let fresh = self
+            .provider
+            .provide_credentials()
+            .await
+            .map_err(|e| AuthError::NoCredentials(Box::new(e)))?;
+        *cache = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    fn now(&self) -> SystemTime {
+        self.sdk_config
+            .time_source()
+            .map_or_else(SystemTime::now, |clock| clock.now())
+    }
+
+    async fn sign_with(
+        &self,
+        credentials: Credentials,
+        action: Action,
+    ) -> Result<Token, AuthError> {
+        let config = GeneratorConfig::builder()
+            .hostname(self.hostname.as_str())
+            .region(Region::new(self.region.clone()))
+            .expires_in(self.expires_in.as_secs())
+            .credentials(credentials)
+            .build()
+            .map_err(AuthError::Sign)?;
+        let generator = AuthTokenGenerator::new(config);
+        let signed_at = self.now();
+        let token = match action {
+            Action::DbConnect => generator.db_connect_auth_token(&self.sdk_config).await,
+            Action::DbConnectAdmin => {
+                generator
+                    .db_connect_admin_auth_token(&self.sdk_config)
+                    .await
+            }
+        }
+        .map_err(AuthError::Sign)?;
+        Ok(Token {
+            value: Secret::new(token.as_str()),
+            action,
+            signed_at,
+            expires_at: signed_at + self.expires_in,
+        })
+    }
+}
+
+async fn provider(source: &CredentialSource, region: &str) -> SharedCredentialsProvider {
+    match source {
+        CredentialSource::Static {
+            access_key_id,
+            secret_access_key,
+        } => SharedCredentialsProvider::new(Credentials::new(
+            access_key_id,
+            secret_access_key.expose(),
+            None,
+            None,
+            "dsql-pgx",
+        )),
+        CredentialSource::Provider(provider) => provider.clone(),
+        CredentialSource::DefaultChain { profile } => {
+            use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+            // The SDK's HTTP client (SSO, STS, IMDS) uses the same rustls and ring as we do.
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .build_https();
+            let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                .http_client(http)
+                .region(Region::new(region.to_string()));
+            if let Some(profile) = profile {
+                loader = loader.profile_name(profile);
+            }
+            let config = loader.load().await;
+            config
+                .credentials_provider()
+                .unwrap_or_else(|| SharedCredentialsProvider::new(NoCredentials))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NoCredentials;
+
+impl ProvideCredentials for NoCredentials {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no credentials provider is configured",
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_async::time::StaticTimeSource;
+    use std::time::UNIX_EPOCH;
+
+    fn vector_signer(host: &str) -> TokenSigner {
+        let target = Target {
+            endpoint: host.to_string(),
+            region: "us-east-1".to_string(),
+            user: "admin".to_string(),
+            credentials: CredentialSource::DefaultChain { profile: None },
+            token_expires_in: Duration::from_secs(450),
+        };
+        let clock = StaticTimeSource::new(UNIX_EPOCH + Duration::from_secs(1_724_716_800));
+        let provider =
+            SharedCredentialsProvider::new(Credentials::new("akid", "secret", None, None, "test"));
+        TokenSigner::with_clock(&target, provider, SharedTimeSource::new(clock))
+    }
+
+    const PREFIX: &str = "peccy.dsql.us-east-1.on.aws/?Action=";
+    const REST: &str = "&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=akid%2F20240827%2Fus-east-1%2Fdsql%2Faws4_request&X-Amz-Date=20240827T000000Z&X-Amz-Expires=450&X-Amz-SignedHeaders=host&X-Amz-Signature=";
+
+    #[tokio::test]
+    async fn known_answer_vector_non_admin() {
+        let token = vector_signer("peccy.dsql.us-east-1.on.aws")
+            .sign(Action::DbConnect)
+            .await
+            .unwrap();
+        assert_eq!(
+            token.value.expose(),
+            format!(
+                "{PREFIX}DbConnect{REST}f5f2ad764ca5df44045d4ab6ccecba0eef941b0007e5765885a0b6ed3702a3f8"
+            )
+        );
+        assert_eq!(
+            token.expires_at.duration_since(token.signed_at).unwrap(),
+            Duration::from_secs(450)
+        );
+    }
+
+    #[tokio::test]
+    async fn known_answer_vector_admin() {
+        let token = vector_signer("peccy.dsql.us-east-1.on.aws")
+            .sign(Action::DbConnectAdmin)
+            .await
+            .unwrap();
+        assert_eq!(
+            token.value.expose(),
+            format!(
+                "{PREFIX}DbConnectAdmin{REST}267cf8d04d84444f7a62d5bdb40c44bfc6cb13dd6c64fa7f772df6bbaa90fff1"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_different_host_changes_the_signature() {
+        let token = vector_signer("other.dsql.us-east-1.on.aws")
+            .sign(Action::DbConnect)
+            .await
+            .unwrap();
+        assert!(
+            !token
+                .value
+                .expose()
+                .ends_with("f5f2ad764ca5df44045d4ab6ccecba0eef941b0007e5765885a0b6ed3702a3f8")
+        );
+    }
+
+    #[test]
+    fn admin_action_exactly_for_admin() {
+        assert_eq!(Action::for_user("admin"), Action::DbConnectAdmin);
+        assert_eq!(Action::for_user("Admin"), Action::DbConnect);
+        assert_eq!(Action::for_user("app"), Action::DbConnect);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        let source = CredentialSource::Static {
+            access_key_id: "AKIA".into(),
+            secret_access_key: secret,
+        };
+        assert!(!format!("{source:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,423 @@
+//! Every clap type: the command line as the user types it.
+//!
+//! These structs hold raw, syntactically valid values only. Cross-flag rules, environment
+//! fallbacks with more than one variable, and range checks live in [`crate::settings`], which
+//! turns them into a validated [`crate::settings::Settings`] once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+/// Reach Amazon Aurora DSQL from a shell, a script or a Rust program.
+///
+/// dsql-pgx signs short-lived IAM auth tokens, opens verified TLS connections, keeps a pool that
+/// replaces its connections before DSQL's one-hour limit, and retries optimistic-concurrency
+/// conflicts. With `--local` every command runs against a local DSQL-compatible endpoint that
+/// checks IAM tokens for real, so nothing needs an AWS account.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dsql-pgx",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// Options every command understands.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Output format for data on stdout.
+    ///
+    /// `table` is boxed on a terminal and a stable plain layout when piped.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Omit the header row in csv and tsv output.
+    #[arg(long, global = true)]
+    pub no_header: bool,
+
+    /// Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Print results only: no statistics or notices on stderr, errors still shown.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// The output formats for data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned table (boxed on a terminal, plain when piped).
+    Table,
+    /// Comma-separated values (RFC 4180), header row first.
+    Csv,
+    /// Tab-separated values, tabs and newlines in values escaped as \t and \n.
+    Tsv,
+    /// JSON: one object per row for `query`, one document for other commands.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run SQL with tokens handled and print the results.
+    ///
+    /// Statements come from the argument, from `-f FILE`, or from stdin (`-` or no argument
+    /// with stdin not a terminal). Each statement runs in autocommit, or all of them in one
+    /// transaction with `--transaction`.
+    Query(QueryArgs),
+
+    /// Open the pool and show each connection's session ID, TLS and timing.
+    Connect(ConnectArgs),
+
+    /// Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`.
+    ///
+    /// Signing is local: no network is needed once credentials are resolved.
+    Token(TokenArgs),
+
+    /// Show that a token refresh replaces every connection while queries keep succeeding.
+    RefreshDemo(RefreshDemoArgs),
+
+    /// Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL.
+    Local(LocalArgs),
+
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+/// Who to sign a token for: shared by `token` and every connecting command.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Cluster endpoint to sign for, or a bare 26-character cluster id.
+    #[arg(
+        long,
+        visible_alias = "hostname",
+        env = "CLUSTER_ENDPOINT",
+        value_name = "HOST"
+    )]
+    pub endpoint: Option<String>,
+
+    /// AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint].
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Database role [env: DB_USER, CLUSTER_USER; default: admin].
+    ///
+    /// `admin` gets a DbConnectAdmin token, any other role a DbConnect token.
+    #[arg(long, value_name = "ROLE")]
+    pub user: Option<String>,
+
+    /// AWS profile for credentials (default: the AWS default chain).
+    #[arg(long, env = "AWS_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week.
+    #[arg(
+        long,
+        visible_alias = "expires-in",
+        env = "TOKEN_EXPIRES_IN",
+        value_name = "DURATION",
+        default_value = "15m"
+    )]
+    pub token_expires_in: String,
+}
+
+/// How to connect: the target plus TLS, pool and IAM options.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Run against an ephemeral local endpoint (needs PostgreSQL server binaries).
+    ///
+    /// Starts `dsql-pgx local` in-process on a free port, connects with its credentials and
+    /// CA, and tears it down afterwards. Endpoint, region, port and TLS flags are ignored.
+    #[arg(long)]
+    pub local: bool,
+
+    /// Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink).
+    #[arg(long, env = "DB_HOST", value_name = "HOST")]
+    pub host: Option<String>,
+
+    /// Port to connect to.
+    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
+    pub port: u16,
+
+    /// Database name (DSQL has only `postgres`).
+    #[arg(long, env = "DB_NAME", default_value = "postgres", value_name = "NAME")]
+    pub database: String,
+
+    /// Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM].
+    #[arg(long, overrides_with = "no_iam")]
+    pub iam: bool,
+
+    /// Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL).
+    #[arg(long, overrides_with = "iam")]
+    pub no_iam: bool,
+
+    /// TLS mode.
+    #[arg(long, env = "PGSSLMODE", value_enum, default_value_t = SslMode::VerifyFull)]
+    pub sslmode: SslMode,
+
+    /// PEM file of CA certificates to trust instead of the Mozilla/webpki roots.
+    #[arg(long, env = "PGSSLROOTCERT", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// How TLS is negotiated.
+    #[arg(long, env = "PGSSLNEGOTIATION", value_enum, default_value_t = SslNegotiation::Postgres)]
+    pub ssl_negotiation: SslNegotiation,
+
+    /// Maximum connections in the pool.
+    #[arg(long, env = "DB_MAX_CONNS", default_value_t = 10, value_name = "N")]
+    pub max_conns: u32,
+
+    /// Idle connections the pool keeps open.
+    #[arg(long, env = "DB_MIN_CONNS", default_value_t = 2, value_name = "N")]
+    pub min_idle: u32,
+
+    /// Close connections older than this (must stay below DSQL's 60-minute limit).
+    #[arg(long, default_value = "55m", value_name = "DURATION")]
+    pub max_lifetime: String,
+
+    /// Close connections idle longer than this.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub idle_timeout: String,
+
+    /// Give up on a new connection (token, TCP, TLS, auth) after this long.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: String,
+}
+
+/// TLS modes, as in libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SslMode {
+    /// Encrypt and verify the certificate chain and host name (DSQL's production setting).
+    VerifyFull,
+    /// Encrypt without verifying the certificate (testing only).
+    Require,
+    /// No TLS: refused with IAM on, since DSQL rejects plaintext.
+    Disable,
+}
+
+/// How the TLS session is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SslNegotiation {
+    /// Classic SSLRequest, then TLS.
+    Postgres,
+    /// PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less.
+    Direct,
+}
+
+/// Arguments of `query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// SQL to run; `-` reads stdin.
+    #[arg(value_name = "SQL", conflicts_with = "file")]
+    pub sql: Option<String>,
+
+    /// Read SQL from a file.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Run all statements in one transaction (BEGIN ... COMMIT), retried as a whole.
+    #[arg(long)]
+    pub transaction: bool,
+
+    #[command(flatten)]
+    pub retry: RetryArgs,
+
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Optimistic-concurrency retry flags.
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// Retries after an optimistic-concurrency conflict (SQLSTATE 40001, OC000, OC001).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub retries: u32,
+
+    /// Backoff ceiling of the first retry; doubles each retry, with full jitter.
+    #[arg(long, default_value = "10ms", value_name = "DURATION")]
+    pub retry_base: String,
+
+    /// Largest backoff ceiling.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub retry_max: String,
+
+    /// Never retry conflicts.
+    #[arg(long, conflicts_with = "retries")]
+    pub no_retry: bool,
+}
+
+/// Arguments of `connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Connections to open at once (default: the pool's minimum idle size).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u32>,
+
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Arguments of `token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Sign a DbConnectAdmin token whatever the user.
+    #[arg(long)]
+    pub admin: bool,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Arguments of `refresh-demo`.
+#[derive(Debug, Args)]
+pub struct RefreshDemoArgs {
+    /// Time between refreshes [default: the refresh interval].
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+
+    /// Stop after this long [default: until Ctrl-C].
+    #[arg(long, value_name = "DURATION", conflicts_with = "refreshes")]
+    pub duration: Option<String>,
+
+    /// Stop after this many refreshes [default: until Ctrl-C].
+    #[arg(long, value_name = "N")]
+    pub refreshes: Option<u32>,
+
+    /// Tasks querying continuously through the pool.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub workers: u32,
+
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Periodic token refresh, for long-running commands.
+#[derive(Debug, Clone, Args)]
+pub struct RefreshArgs {
+    /// Refresh tokens and replace connections periodically.
+    #[arg(long, env = "DB_REFRESH_TOKEN", value_name = "BOOL", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub refresh: bool,
+
+    /// Refresh period: seconds (as the Go example's variable) or humantime.
+    #[arg(
+        long,
+        env = "TOKEN_REFRESH_INTERVAL",
+        default_value = "15m",
+        value_name = "DURATION"
+    )]
+    pub refresh_interval: String,
+}
+
+/// Arguments of `local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Address to listen on for TLS clients.
+    #[arg(long, default_value = "127.0.0.1:5432", value_name = "ADDR")]
+    pub listen: String,
+
+    /// Port to listen on, overriding the one in --listen (0 picks a free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// Directory for the PostgreSQL cluster, CA and credentials (default: a fresh temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Host name clients sign tokens for.
+    #[arg(long, default_value = "localhost", value_name = "HOST")]
+    pub hostname: String,
+
+    /// Region clients sign tokens for.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+
+    /// Access key id to accept (default: generated and kept in the data dir).
+    #[arg(long, requires = "secret_access_key", value_name = "ID")]
+    pub access_key_id: Option<String>,
+
+    /// Secret access key to accept (default: generated and kept in the data dir).
+    #[arg(
+        long,
+        requires = "access_key_id",
+        env = "DSQL_LOCAL_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub secret_access_key: Option<String>,
+
+    /// Close client connections older than this, as DSQL does at one hour.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub max_connection_age: String,
+
+    /// Refuse connections beyond this many (SQLSTATE 53300).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_connections: u32,
+
+    /// New connections per second before refusing (SQLSTATE 53400).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub rate: u32,
+
+    /// Burst of new connections allowed above the rate.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub burst: u32,
+}
+
+/// Arguments of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate completions for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// Parses a duration the way every duration flag does: humantime (`90s`, `15m`, `1h30m`)
+/// or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. 90s, 15m, 1h or seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_accept_humantime_and_seconds() {
+        assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("invalid duration")
+        );
+        assert!(parse_duration("-3").is_err());
+    }
+}

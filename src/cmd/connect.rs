@@ -1,0 +1,132 @@
+//! `dsql-pgx connect`: open connections and show who they are, how they were made, and
+//! the pool's statistics.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::cli::{ConnectArgs, Format};
+use crate::output::{self, Output};
+use crate::pool::{ConnInfo, PoolStats};
+use crate::settings::ConfigError;
+
+use super::Session;
+
+#[derive(Serialize)]
+struct ConnectionJson {
+    #[serde(flatten)]
+    info: ConnInfo,
+    server_version: String,
+    token_age_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct ConnectJson {
+    endpoint: String,
+    host: String,
+    port: u16,
+    user: String,
+    connections: Vec<ConnectionJson>,
+    pool: PoolStats,
+}
+
+/// Opens `--count` connections at once and prints them.
+pub async fn run(args: ConnectArgs, out: &Output) -> anyhow::Result<()> {
+    let session = Session::open(&args.conn, None).await?;
+    let count = args.count.unwrap_or(session.settings.pool.min_idle).max(1);
+    if count > session.settings.pool.max_size {
+        return Err(ConfigError(format!(
+            "--count {count} exceeds --max-conns {}; raise --max-conns",
+            session.settings.pool.max_size
+        ))
+        .into());
+    }
+    let conns = session.pool.get_many(count as usize).await?;
+    let mut rows = Vec::new();
+    for conn in &conns {
+        let version = conn
+            .simple_query("show server_version")
+            .await
+            .context("reading the server version")?
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let info = conn.info();
+        let token_age_ms = info.token_signed_at.map(|signed| {
+            SystemTime::now()
+                .duration_since(signed)
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0
+        });
+        rows.push(ConnectionJson {
+            info,
+            server_version: version,
+            token_age_ms,
+        });
+    }
+    drop(conns);
+    let stats = session.pool.stats();
+    let mut stdout = std::io::stdout().lock();
+    if out.format == Format::Json {
+        let settings = &session.settings;
+        serde_json::to_writer_pretty(
+            &mut stdout,
+            &ConnectJson {
+                endpoint: settings.target.endpoint.clone(),
+                host: settings.host.clone(),
+                port: settings.port,
+                user: settings.target.user.clone(),
+                connections: rows,
+                pool: stats,
+            },
+        )?;
+        writeln!(stdout)?;
+    } else {
+        let header = [
+            "#",
+            "session id",
+            "server",
+            "tls",
+            "connect",
+            "token",
+            "tcp",
+            "tls hs",
+            "auth",
+            "token age",
+        ];
+        let body: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let t = &r.info.timing;
+                vec![
+                    r.info.number.to_string(),
+                    r.info.session_id.clone(),
+                    r.server_version.clone(),
+                    r.info.tls_version.clone().unwrap_or_else(|| "none".into()),
+                    output::millis(t.total),
+                    output::millis(t.token),
+                    output::millis(t.tcp),
+                    output::millis(t.tls),
+                    output::millis(t.auth),
+                    r.token_age_ms
+                        .map_or_else(|| "-".into(), |ms| format!("{:.1} s", ms / 1000.0)),
+                ]
+            })
+            .collect();
+        writeln!(stdout, "{}", out.table(&header, &body))?;
+        writeln!(
+            stdout,
+            "{}",
+            out.table(&["pool", "value"], &output::stats_rows(&stats))
+        )?;
+    }
+    stdout.flush()?;
+    session.close().await;
+    Ok(())
+}

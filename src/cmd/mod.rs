@@ -1,0 +1,59 @@
+//! One module per subcommand, each with `pub async fn run(..)`, and what they share:
+//! turning connection flags into a pool (against a real cluster or a local endpoint).
+
+pub mod completions;
+pub mod connect;
+pub mod query;
+pub mod token;
+
+use anyhow::Context as _;
+
+use crate::cli::{Command, ConnArgs};
+use crate::output::Output;
+use crate::pool::Pool;
+use crate::settings::{self, ConnSettings, Destination, ProcessEnv};
+
+/// Runs a subcommand on the current runtime.
+pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
+    match command {
+        Command::Query(args) => query::run(args, out).await,
+        Command::Connect(args) => connect::run(args, out).await,
+        Command::Token(args) => token::run(args, out).await,
+        Command::RefreshDemo(_) | Command::Local(_) => {
+            anyhow::bail!("not implemented yet")
+        }
+        Command::Completions(args) => completions::run(&args),
+    }
+}
+
+/// A pool and, with `--local`, the endpoint it talks to (torn down with it).
+pub struct Session {
+    /// The pool.
+    pub pool: Pool,
+    /// The settings it was built from.
+    pub settings: ConnSettings,
+}
+
+impl Session {
+    /// Validates the flags, starts a local endpoint if asked, and opens the pool with
+    /// `min_idle` connections (`None` keeps the configured minimum).
+    pub async fn open(args: &ConnArgs, min_idle: Option<u32>) -> anyhow::Result<Session> {
+        let destination = settings::destination(args, &ProcessEnv)?;
+        let mut settings = match destination {
+            Destination::Remote(settings) => settings,
+            Destination::Local { .. } => anyhow::bail!("--local is not available yet"),
+        };
+        if let Some(min_idle) = min_idle {
+            settings.pool.min_idle = min_idle.min(settings.pool.max_size);
+        }
+        let pool = Pool::new(&settings)
+            .await
+            .with_context(|| format!("cannot open the pool for {}", settings.target.endpoint))?;
+        Ok(Session { pool, settings })
+    }
+
+    /// Closes the pool (and the local endpoint, if any).
+    pub async fn close(self) {
+        drop(self.pool);
+    }
+}

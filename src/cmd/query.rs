@@ -1,0 +1,157 @@
+//! `dsql-pgx query`: run SQL with tokens handled, conflicts retried, results printed.
+
+use std::io::{IsTerminal, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use tokio_postgres::{CancelToken, Client};
+
+use crate::pool::PooledConn;
+
+use crate::cli::QueryArgs;
+use crate::exit::Interrupted;
+use crate::output::{self, Output};
+use crate::retry::{self, RetryEvent};
+use crate::settings::{self, ConfigError};
+use crate::sql::{self, StatementResult};
+
+use super::Session;
+
+/// Where the SQL comes from.
+fn read_sql(args: &QueryArgs) -> anyhow::Result<String> {
+    if let Some(path) = &args.file {
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read SQL file {}", path.display()));
+    }
+    match args.sql.as_deref() {
+        Some("-") | None => {
+            let mut stdin = std::io::stdin();
+            if args.sql.is_none() && stdin.is_terminal() {
+                return Err(ConfigError(
+                    "no SQL given: pass it as an argument, with -f FILE, or on stdin".into(),
+                )
+                .into());
+            }
+            let mut text = String::new();
+            stdin
+                .read_to_string(&mut text)
+                .context("cannot read SQL from stdin")?;
+            Ok(text)
+        }
+        Some(sql) => Ok(sql.to_string()),
+    }
+}
+
+/// Runs the statements and prints their results.
+pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
+    let text = read_sql(&args)?;
+    let statements = sql::split(&text);
+    if statements.is_empty() {
+        return Err(ConfigError("no SQL statement to run".into()).into());
+    }
+    let policy = settings::retry(&args.retry)?;
+    // A one-shot query opens only the connection it uses.
+    let session = Session::open(&args.conn, Some(0)).await?;
+    let typed = out.format == crate::cli::Format::Json;
+    let current: Arc<Mutex<Option<CancelToken>>> = Arc::default();
+    let last_session: Mutex<String> = Mutex::default();
+    let quiet = out.quiet;
+    let mut on_retry = move |event: &RetryEvent| {
+        if !quiet {
+            eprintln!(
+                "dsql-pgx: conflict on attempt {}/{} (SQLSTATE {}{}), retrying in {}",
+                event.attempt,
+                event.retries + 1,
+                event.conflict.sqlstate,
+                event
+                    .conflict
+                    .code
+                    .map(|c| format!(", {c}"))
+                    .unwrap_or_default(),
+                output::millis(event.wait)
+            );
+        }
+    };
+
+    let work = async {
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut first = true;
+        let mut print =
+            |results: Vec<StatementResult>, stdout: &mut dyn Write| -> anyhow::Result<()> {
+                for result in results {
+                    out.write_result(stdout, &result, first)?;
+                    first = false;
+                }
+                stdout.flush()?;
+                Ok(())
+            };
+        if args.transaction {
+            let results = retry::run(
+                &session.pool,
+                &policy,
+                true,
+                &mut on_retry,
+                async |client: &PooledConn| {
+                    remember(&current, client);
+                    *last_session.lock().unwrap_or_else(|p| p.into_inner()) =
+                        client.session_id().to_string();
+                    let mut results = Vec::with_capacity(statements.len());
+                    for statement in &statements {
+                        results.push(sql::execute(client, statement, typed).await?);
+                    }
+                    Ok(results)
+                },
+            )
+            .await?;
+            print(results, &mut stdout)?;
+        } else {
+            for statement in &statements {
+                let result = retry::run(
+                    &session.pool,
+                    &policy,
+                    false,
+                    &mut on_retry,
+                    async |client: &PooledConn| {
+                        remember(&current, client);
+                        *last_session.lock().unwrap_or_else(|p| p.into_inner()) =
+                            client.session_id().to_string();
+                        Ok(sql::execute(client, statement, typed).await?)
+                    },
+                )
+                .await?;
+                print(vec![result], &mut stdout)?;
+            }
+        }
+        anyhow::Ok(())
+    };
+
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        _ = tokio::signal::ctrl_c() => {
+            let token = current.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(token) = token {
+                if let Err(error) = session.pool.cancel(&token).await {
+                    tracing::warn!("cannot cancel the running query: {error}");
+                }
+            }
+            return Err(Interrupted.into());
+        }
+    };
+    outcome?;
+    let session_id = last_session
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if !out.quiet {
+        let stats = session.pool.stats();
+        let mut rows = vec![vec!["session id".to_string(), session_id]];
+        rows.extend(output::stats_rows(&stats));
+        eprintln!("{}", out.stderr_table(&["connection", "value"], &rows));
+    }
+    session.close().await;
+    Ok(())
+}
+
+fn remember(slot: &Mutex<Option<CancelToken>>, client: &Client) {
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.cancel_token());
+}

@@ -1,0 +1,206 @@
+//! Exit codes, and how an error is printed: once, on stderr, with its cause chain.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success (also a closed stdout pipe) |
+//! | 1 | SQL error reported by the server |
+//! | 2 | usage or configuration error (flags, environment, credentials) |
+//! | 3 | connection, TLS or authentication failure |
+//! | 4 | optimistic-concurrency retries exhausted |
+//! | 5 | `refresh-demo`: a connection survived a refresh or a query failed |
+//! | 130 | interrupted (Ctrl-C) |
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::io;
+
+use crate::auth::AuthError;
+use crate::pool::{ConnectError, PoolError, RefreshError};
+use crate::settings::ConfigError;
+
+/// The documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Success.
+    Success = 0,
+    /// The server reported an SQL error.
+    Sql = 1,
+    /// Bad flags, environment or missing credentials.
+    Usage = 2,
+    /// Could not connect, verify TLS or authenticate.
+    Connect = 3,
+    /// Optimistic-concurrency conflicts outlasted the retries.
+    Conflict = 4,
+    /// `refresh-demo` found a surviving connection or a failed query.
+    DemoFailed = 5,
+    /// Interrupted by Ctrl-C.
+    Interrupted = 130,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+/// The user pressed Ctrl-C.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// A command finished but its own check failed (exit code carried along).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failed {
+    /// What failed.
+    pub message: String,
+    /// The exit code.
+    pub exit: Exit,
+}
+
+/// The exit code for an error: the first error in the chain that decides it.
+pub fn classify(error: &anyhow::Error) -> Exit {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<Failed>() {
+            return e.exit;
+        }
+        if cause.is::<Interrupted>() {
+            return Exit::Interrupted;
+        }
+        if cause.is::<ConfigError>() || cause.is::<clap::Error>() {
+            return Exit::Usage;
+        }
+        if let Some(e) = cause.downcast_ref::<AuthError>() {
+            return match e {
+                AuthError::NoCredentials(_) => Exit::Usage,
+                AuthError::Sign(_) => Exit::Connect,
+            };
+        }
+        if let Some(PoolError::Config(_)) = cause.downcast_ref::<PoolError>() {
+            return Exit::Usage;
+        }
+        if cause.is::<PoolError>() || cause.is::<ConnectError>() || cause.is::<RefreshError>() {
+            return Exit::Connect;
+        }
+        if cause.is::<crate::retry::RetriesExhausted>() {
+            return Exit::Conflict;
+        }
+        if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return match e.code().map(|c| c.code()) {
+                Some(code) if is_connection_class(code) => Exit::Connect,
+                Some(_) => Exit::Sql,
+                None => Exit::Connect,
+            };
+        }
+    }
+    Exit::Usage
+}
+
+fn is_connection_class(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("28") || code.starts_with("53") || code == "57P01"
+}
+
+/// Whether the error is only a closed stdout (`dsql-pgx query ... | head -1`).
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<csv::Error>()
+                .is_some_and(|e| matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == io::ErrorKind::BrokenPipe))
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(io::ErrorKind::BrokenPipe))
+    })
+}
+
+/// The cause chain on one line, `outer: inner: innermost`, with database errors rendered
+/// from their fields (SQLSTATE, message, then DETAIL and HINT on their own lines).
+pub fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut line = String::new();
+    let mut extra = String::new();
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    let mut last = String::new();
+    while let Some(cause) = current {
+        let text = if let Some(db) = cause.downcast_ref::<tokio_postgres::error::DbError>() {
+            current = None;
+            render_db_error(db, &mut extra)
+        } else if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>()
+            && let Some(db) = pg.as_db_error()
+        {
+            current = None;
+            render_db_error(db, &mut extra)
+        } else {
+            current = cause.source();
+            cause.to_string()
+        };
+        // Some errors repeat their source's text; print each piece once.
+        if !text.is_empty() && !last.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        last = text;
+    }
+    line + &extra
+}
+
+fn render_db_error(db: &tokio_postgres::error::DbError, extra: &mut String) -> String {
+    let mut text = format!("{} (SQLSTATE {}", db.message(), db.code().code());
+    if let Some(tokio_postgres::error::ErrorPosition::Original(position)) = db.position() {
+        let _ = write!(text, ", at character {position}");
+    }
+    text.push(')');
+    if let Some(detail) = db.detail() {
+        let _ = write!(extra, "\n  DETAIL: {detail}");
+    }
+    if let Some(hint) = db.hint() {
+        let _ = write!(extra, "\n  HINT: {hint}");
+    }
+    text
+}
+
+/// Prints the error once, as `dsql-pgx: error: ...`, and returns its exit code.
+pub fn report(error: &anyhow::Error) -> Exit {
+    if is_broken_pipe(error) {
+        return Exit::Success;
+    }
+    let exit = classify(error);
+    let root: &(dyn StdError + 'static) = error.as_ref();
+    eprintln!(
+        "dsql-pgx: error: {}",
+        crate::output::escape_control(&chain(root))
+    );
+    exit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_are_usage_errors() {
+        let e = anyhow::Error::new(ConfigError("bad".into())).context("reading flags");
+        assert_eq!(classify(&e), Exit::Usage);
+        assert_eq!(chain(e.as_ref()), "reading flags: bad");
+    }
+
+    #[test]
+    fn interrupted_is_130() {
+        assert_eq!(
+            classify(&anyhow::Error::new(Interrupted)),
+            Exit::Interrupted
+        );
+        assert_eq!(Exit::Interrupted as u8, 130);
+    }
+
+    #[test]
+    fn broken_pipe_is_quiet_success() {
+        let e = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing");
+        assert!(is_broken_pipe(&e));
+        assert_eq!(report(&e), Exit::Success);
+    }
+}

@@ -1,0 +1,901 @@
+//! The token-signing connection pool: bb8 manager, connection registry, refresh, statistics.
+//!
+//! Every new physical connection signs a fresh IAM token (tokens are only checked when a
+//! connection opens), connects over TLS and records who it is (session ID, timing, TLS
+//! version) in a registry. A refresh is a *generation bump*: connections of an older
+//! generation are never handed out again, idle ones close at once, busy ones close when they
+//! are returned, and fresh ones are opened at once. There is one pool for the program's life;
+//! no holder of a [`Pool`] ever sees it swapped, and the query path takes no lock.
+//!
+//! ```no_run
+//! # async fn demo(settings: dsql_pgx::settings::ConnSettings) -> anyhow::Result<()> {
+//! let pool = dsql_pgx::Pool::new(&settings).await?;
+//! let conn = pool.get().await?;
+//! let rows = conn.query("select 1::int4", &[]).await?;
+//! assert_eq!(rows[0].get::<_, i32>(0), 1);
+//! drop(conn);
+//! let report = pool.refresh().await?; // every connection replaced, none interrupted
+//! assert!(report.overlap.is_empty());
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::timeout_at;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::auth::{Action, AuthError, Secret, TokenSigner};
+use crate::cli::{SslMode, SslNegotiation};
+use crate::settings::{Auth, ConfigError, ConnSettings, PoolSettings};
+use crate::tls::{TlsConnector, TlsInfo};
+
+/// `application_name` sent at startup (on DSQL's allow-list).
+pub const APPLICATION_NAME: &str = concat!("dsql-pgx/", env!("CARGO_PKG_VERSION"));
+
+/// Why a new connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The token could not be signed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// TCP connect failed.
+    #[error("cannot reach {addr}")]
+    Tcp {
+        /// host:port
+        addr: String,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// A phase did not finish within the connect timeout.
+    #[error("connecting to {addr} timed out after {} (during {phase}); check the host, port and network, or raise --connect-timeout", humantime::format_duration(*timeout))]
+    Timeout {
+        /// host:port
+        addr: String,
+        /// The configured timeout.
+        timeout: Duration,
+        /// Which phase was running.
+        phase: &'static str,
+    },
+    /// TLS or the PostgreSQL startup/authentication failed.
+    #[error("connection to {addr} failed{hint}")]
+    Rejected {
+        /// host:port
+        addr: String,
+        /// Advice for authentication failures (empty otherwise).
+        hint: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The connection opened but identifying its session failed.
+    #[error("cannot read the session id on {addr}")]
+    Session {
+        /// host:port
+        addr: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// An idle connection belongs to an older generation (internal: it is closed and replaced).
+    #[error("connection retired by a refresh")]
+    Retired,
+    /// An idle connection was found closed (internal: it is closed and replaced).
+    #[error("connection closed")]
+    Closed,
+}
+
+/// Why a connection could not be handed out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    /// Opening a connection failed: the first real error, not a time-out.
+    #[error(transparent)]
+    Connect(Arc<ConnectError>),
+    /// No connection became free in time.
+    #[error("no pooled connection became free within {}; raise --max-conns", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The settings could not be turned into a pool.
+    #[error(transparent)]
+    Config(Arc<ConfigError>),
+}
+
+/// Why a refresh did not happen; the old connections keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// Credentials or signing failed, so nothing was retired.
+    #[error("token refresh failed, existing connections keep serving")]
+    Sign(#[source] AuthError),
+    /// Fresh connections could not be opened.
+    #[error("token refresh could not open fresh connections")]
+    Connect(#[source] PoolError),
+}
+
+/// How long each phase of opening a connection took.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ConnectTiming {
+    /// Token signing (including credential resolution when not cached).
+    #[serde(serialize_with = "ser_ms")]
+    pub token: Duration,
+    /// TCP connect (including name resolution).
+    #[serde(serialize_with = "ser_ms")]
+    pub tcp: Duration,
+    /// TLS handshake.
+    #[serde(serialize_with = "ser_ms")]
+    pub tls: Duration,
+    /// Startup, authentication and the session-id query.
+    #[serde(serialize_with = "ser_ms")]
+    pub auth: Duration,
+    /// All of it.
+    #[serde(serialize_with = "ser_ms")]
+    pub total: Duration,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+}
+
+/// A live connection as the registry sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnInfo {
+    /// Client-side connection number, from 1.
+    pub number: u64,
+    /// Server session ID (`sys.current_session_id()`, or the backend PID on plain PostgreSQL).
+    pub session_id: String,
+    /// Refresh generation the connection belongs to.
+    pub generation: u64,
+    /// When it opened.
+    #[serde(serialize_with = "ser_time")]
+    pub opened_at: SystemTime,
+    /// When its token was signed (`None` without IAM).
+    #[serde(serialize_with = "ser_opt_time")]
+    pub token_signed_at: Option<SystemTime>,
+    /// Negotiated TLS version (`None` without TLS).
+    pub tls_version: Option<String>,
+    /// Whether ALPN `postgresql` was agreed.
+    pub alpn: bool,
+    /// Connect timing.
+    pub timing: ConnectTiming,
+    /// `idle` or `in use`.
+    pub state: &'static str,
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ser_time(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+struct ConnMeta {
+    number: u64,
+    session_id: String,
+    generation: u64,
+    opened_at: SystemTime,
+    token_signed_at: Option<SystemTime>,
+    tls: Option<TlsInfo>,
+    timing: ConnectTiming,
+    in_use: AtomicBool,
+}
+
+impl ConnMeta {
+    fn info(&self) -> ConnInfo {
+        ConnInfo {
+            number: self.number,
+            session_id: self.session_id.clone(),
+            generation: self.generation,
+            opened_at: self.opened_at,
+            token_signed_at: self.token_signed_at,
+            tls_version: self.tls.as_ref().map(|t| t.version.clone()),
+            alpn: self.tls.as_ref().is_some_and(|t| t.alpn),
+            timing: self.timing,
+            state: if self.in_use.load(Ordering::Relaxed) {
+                "in use"
+            } else {
+                "idle"
+            },
+        }
+    }
+}
+
+/// A physical connection owned by the pool. Dereferences to a tokio-postgres [`Client`].
+pub struct PgConn {
+    client: Client,
+    meta: Arc<ConnMeta>,
+    shared: Weak<Shared>,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            lock(&shared.registry).remove(&self.meta.number);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Shared {
+    generation: AtomicU64,
+    next_number: AtomicU64,
+    retired: AtomicU64,
+    registry: Mutex<BTreeMap<u64, Arc<ConnMeta>>>,
+    errors: watch::Sender<u64>,
+    last_error: Mutex<Option<Arc<ConnectError>>>,
+    refresh_lock: tokio::sync::Mutex<Option<RefreshReport>>,
+    settings: PoolSettings,
+}
+
+impl Shared {
+    fn record_error(&self, error: Arc<ConnectError>) {
+        *lock(&self.last_error) = Some(error);
+        self.errors.send_modify(|count| *count += 1);
+    }
+
+    fn last_error(&self) -> Option<Arc<ConnectError>> {
+        lock(&self.last_error).clone()
+    }
+
+    fn is_retired(&self, meta: &ConnMeta) -> bool {
+        meta.generation < self.generation.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SessionSql {
+    Dsql,
+    BackendPid,
+}
+
+impl SessionSql {
+    fn sql(self) -> &'static str {
+        match self {
+            SessionSql::Dsql => "select sys.current_session_id()",
+            SessionSql::BackendPid => "select pg_backend_pid()::text",
+        }
+    }
+}
+
+enum Password {
+    Iam {
+        signer: Arc<TokenSigner>,
+        action: Action,
+    },
+    Fixed(Option<Secret>),
+}
+
+/// Opens physical connections: sign, TCP, TLS, startup, session id.
+struct Opener {
+    password: Password,
+    config: tokio_postgres::Config,
+    host: String,
+    port: u16,
+    addr: String,
+    tls: TlsConnector,
+    connect_timeout: Duration,
+    session_sql: OnceLock<SessionSql>,
+    iam_hint: bool,
+}
+
+impl Opener {
+    async fn open(&self, shared: &Arc<Shared>) -> Result<PgConn, ConnectError> {
+        let number = shared.next_number.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = shared.generation.load(Ordering::Acquire);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + self.connect_timeout);
+        let timed_out = |phase| ConnectError::Timeout {
+            addr: self.addr.clone(),
+            timeout: self.connect_timeout,
+            phase,
+        };
+
+        let (password, token_signed_at) = match &self.password {
+            Password::Iam { signer, action } => {
+                let token = timeout_at(deadline, signer.sign(*action))
+                    .await
+                    .map_err(|_| timed_out("token signing"))??;
+                (Some(token.value), Some(token.signed_at))
+            }
+            Password::Fixed(secret) => (secret.clone(), None),
+        };
+        let token_done = Instant::now();
+
+        let tcp = timeout_at(
+            deadline,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| timed_out("TCP connect"))?
+        .map_err(|source| ConnectError::Tcp {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let tcp_done = Instant::now();
+
+        let mut config = self.config.clone();
+        if let Some(password) = &password {
+            config.password(password.expose());
+        }
+        let (tls, tls_info) = self.tls.connect_once();
+        let (client, connection) = timeout_at(deadline, config.connect_raw(tcp, tls))
+            .await
+            .map_err(|_| timed_out("TLS and authentication"))?
+            .map_err(|source| self.rejected(source))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!("connection closed: {error}");
+            }
+        });
+
+        let session_id = timeout_at(deadline, self.session_id(&client))
+            .await
+            .map_err(|_| timed_out("session id query"))?
+            .map_err(|source| ConnectError::Session {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let done = Instant::now();
+        let tls = tls_info.get().cloned();
+        let tls_time = tls.as_ref().map_or(Duration::ZERO, |t| t.handshake);
+        let timing = ConnectTiming {
+            token: token_done - started,
+            tcp: tcp_done - token_done,
+            tls: tls_time,
+            auth: (done - tcp_done).saturating_sub(tls_time),
+            total: done - started,
+        };
+        tracing::info!(
+            number,
+            session_id,
+            token_ms = ms(timing.token),
+            tcp_ms = ms(timing.tcp),
+            tls_ms = ms(timing.tls),
+            auth_ms = ms(timing.auth),
+            "connection opened"
+        );
+        let meta = Arc::new(ConnMeta {
+            number,
+            session_id,
+            generation,
+            opened_at: SystemTime::now() - timing.total,
+            token_signed_at,
+            tls,
+            timing,
+            in_use: AtomicBool::new(false),
+        });
+        lock(&shared.registry).insert(number, meta.clone());
+        Ok(PgConn {
+            client,
+            meta,
+            shared: Arc::downgrade(shared),
+        })
+    }
+
+    fn rejected(&self, source: tokio_postgres::Error) -> ConnectError {
+        let code = source
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_default();
+        let hint = if self.iam_hint && code.starts_with("28") {
+            "; check the system clock, the AWS credentials and region, and that --user matches \
+             the role the IAM identity may use (admin gets a DbConnectAdmin token, other roles DbConnect)"
+        } else if code == "0A000" {
+            "; a startup parameter is not on DSQL's allow-list"
+        } else {
+            ""
+        };
+        ConnectError::Rejected {
+            addr: self.addr.clone(),
+            hint: hint.to_string(),
+            source,
+        }
+    }
+
+    async fn session_id(&self, client: &Client) -> Result<String, tokio_postgres::Error> {
+        if let Some(kind) = self.session_sql.get() {
+            return first_value(client, kind.sql()).await;
+        }
+        match first_value(client, SessionSql::Dsql.sql()).await {
+            Ok(id) => {
+                let _ = self.session_sql.set(SessionSql::Dsql);
+                Ok(id)
+            }
+            // 3F000: schema "sys" does not exist; 42883: no such function. Plain PostgreSQL.
+            Err(e) if matches!(e.code().map(|c| c.code()), Some("3F000" | "42883")) => {
+                let _ = self.session_sql.set(SessionSql::BackendPid);
+                first_value(client, SessionSql::BackendPid.sql()).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+async fn first_value(client: &Client, sql: &str) -> Result<String, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// The bb8 manager: opens connections and retires those of older generations.
+pub struct Manager {
+    opener: Arc<Opener>,
+    shared: Arc<Shared>,
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = PgConn;
+    type Error = Arc<ConnectError>;
+
+    async fn connect(&self) -> Result<PgConn, Arc<ConnectError>> {
+        self.opener.open(&self.shared).await.map_err(|error| {
+            let error = Arc::new(error);
+            tracing::warn!("cannot open a connection: {}", crate::exit::chain(&*error));
+            self.shared.record_error(error.clone());
+            error
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut PgConn) -> Result<(), Arc<ConnectError>> {
+        // No round trip: a closed socket or an older generation is all we check on checkout.
+        if conn.client.is_closed() {
+            return Err(Arc::new(ConnectError::Closed));
+        }
+        if self.shared.is_retired(&conn.meta) {
+            self.shared.retired.fetch_add(1, Ordering::Relaxed);
+            return Err(Arc::new(ConnectError::Retired));
+        }
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.meta.in_use.store(false, Ordering::Relaxed);
+        if conn.client.is_closed() {
+            return true;
+        }
+        if self.shared.is_retired(&conn.meta) {
+            self.shared.retired.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// A connection checked out of the pool; returned when dropped.
+pub struct PooledConn {
+    inner: bb8::PooledConnection<'static, Manager>,
+}
+
+impl PooledConn {
+    /// What the registry knows about this connection.
+    pub fn info(&self) -> ConnInfo {
+        self.inner.meta.info()
+    }
+
+    /// The server session ID.
+    pub fn session_id(&self) -> &str {
+        &self.inner.meta.session_id
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+}
+
+impl Deref for PooledConn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.inner.client
+    }
+}
+
+impl fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConn")
+            .field("number", &self.inner.meta.number)
+            .field("session_id", &self.inner.meta.session_id)
+            .finish()
+    }
+}
+
+/// A snapshot of the pool's statistics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PoolStats {
+    /// Current refresh generation.
+    pub generation: u64,
+    /// Open connections.
+    pub total: u32,
+    /// Idle connections.
+    pub idle: u32,
+    /// Connections checked out.
+    pub in_use: u32,
+    /// Connections opened since start.
+    pub opened: u64,
+    /// Closed for reaching the maximum lifetime.
+    pub closed_lifetime: u64,
+    /// Closed for idling too long.
+    pub closed_idle: u64,
+    /// Closed because they broke.
+    pub closed_broken: u64,
+    /// Closed because a refresh retired them.
+    pub closed_retired: u64,
+    /// Checkouts.
+    pub gets: u64,
+    /// Checkouts that had to wait.
+    pub waits: u64,
+    /// Checkouts that timed out.
+    pub timeouts: u64,
+    /// Total time spent waiting, in milliseconds.
+    pub wait_ms: f64,
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshReport {
+    /// The new generation.
+    pub generation: u64,
+    /// Session IDs open before the refresh (all retired).
+    pub retired: Vec<String>,
+    /// Session IDs of the fresh generation right after it.
+    pub opened: Vec<String>,
+    /// Session IDs present both before and after (must be empty).
+    pub overlap: Vec<String>,
+    /// Time the refresh took, in milliseconds.
+    pub took_ms: f64,
+}
+
+/// The token-refreshing pool. Cheap to clone; every clone is the same pool.
+#[derive(Clone)]
+pub struct Pool {
+    bb8: bb8::Pool<Manager>,
+    shared: Arc<Shared>,
+    opener: Arc<Opener>,
+    signer: Option<(Arc<TokenSigner>, Action)>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Builds the pool and opens its minimum idle connections, failing with the first
+    /// real connection error.
+    pub async fn new(settings: &ConnSettings) -> Result<Pool, PoolError> {
+        let signer = match settings.auth {
+            Auth::Iam => Some(Arc::new(TokenSigner::new(&settings.target).await)),
+            Auth::Password(_) => None,
+        };
+        Self::with_signer(settings, signer).await
+    }
+
+    /// Builds the pool with a signer of the caller's (custom credentials or clock).
+    pub async fn with_signer(
+        settings: &ConnSettings,
+        signer: Option<Arc<TokenSigner>>,
+    ) -> Result<Pool, PoolError> {
+        let tls = TlsConnector::new(&settings.tls, &settings.target.endpoint)
+            .map_err(|e| PoolError::Config(Arc::new(e)))?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(&settings.target.user)
+            .dbname(&settings.database)
+            .application_name(APPLICATION_NAME)
+            .ssl_mode(match settings.tls.mode {
+                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+                _ => tokio_postgres::config::SslMode::Require,
+            })
+            .ssl_negotiation(match settings.tls.negotiation {
+                SslNegotiation::Postgres => tokio_postgres::config::SslNegotiation::Postgres,
+                SslNegotiation::Direct => tokio_postgres::config::SslNegotiation::Direct,
+            });
+        let action = Action::for_user(&settings.target.user);
+        let password = match (&settings.auth, &signer) {
+            (Auth::Iam, Some(signer)) => Password::Iam {
+                signer: signer.clone(),
+                action,
+            },
+            (Auth::Password(secret), _) => Password::Fixed(secret.clone()),
+            (Auth::Iam, None) => {
+                return Err(PoolError::Config(Arc::new(ConfigError(
+                    "IAM authentication needs a token signer".into(),
+                ))));
+            }
+        };
+        let pool_settings = settings.pool.clone();
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(1),
+            next_number: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+            registry: Mutex::new(BTreeMap::new()),
+            errors: watch::Sender::new(0),
+            last_error: Mutex::new(None),
+            refresh_lock: tokio::sync::Mutex::new(None),
+            settings: pool_settings.clone(),
+        });
+        let opener = Arc::new(Opener {
+            password,
+            config,
+            host: settings.host.clone(),
+            port: settings.port,
+            addr: format!("{}:{}", settings.host, settings.port),
+            tls,
+            connect_timeout: pool_settings.connect_timeout,
+            session_sql: OnceLock::new(),
+            iam_hint: matches!(settings.auth, Auth::Iam),
+        });
+        let manager = Manager {
+            opener: opener.clone(),
+            shared: shared.clone(),
+        };
+        let reaper = [
+            Duration::from_secs(30),
+            pool_settings.max_lifetime / 2,
+            pool_settings.idle_timeout / 2,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(30))
+        .max(Duration::from_millis(100));
+        let bb8 = bb8::Pool::builder()
+            .max_size(pool_settings.max_size)
+            .min_idle(Some(pool_settings.min_idle))
+            .max_lifetime(Some(pool_settings.max_lifetime))
+            .idle_timeout(Some(pool_settings.idle_timeout))
+            .connection_timeout(pool_settings.connect_timeout + Duration::from_secs(1))
+            .reaper_rate(reaper)
+            .test_on_check_out(true)
+            .retry_connection(false)
+            .build_unchecked(manager);
+        let pool = Pool {
+            bb8,
+            shared,
+            opener,
+            signer: signer.map(|s| (s, action)),
+        };
+        pool.warm(pool_settings.min_idle as usize).await?;
+        Ok(pool)
+    }
+
+    /// Checks out `count` connections at once and returns them, so that many are open.
+    pub async fn warm(&self, count: usize) -> Result<(), PoolError> {
+        self.get_many(count).await.map(drop)
+    }
+
+    /// Checks out `count` connections at once (each a distinct physical connection).
+    pub async fn get_many(&self, count: usize) -> Result<Vec<PooledConn>, PoolError> {
+        let mut set = JoinSet::new();
+        for _ in 0..count {
+            let pool = self.clone();
+            set.spawn(async move { pool.get().await });
+        }
+        let mut conns = Vec::with_capacity(count);
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(Ok(conn)) => conns.push(conn),
+                Ok(Err(error)) => return Err(error),
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
+        conns.sort_by_key(|c| c.inner.meta.number);
+        Ok(conns)
+    }
+
+    /// Checks out a connection. A connection error that happens while waiting is returned
+    /// at once rather than after the acquire timeout.
+    pub async fn get(&self) -> Result<PooledConn, PoolError> {
+        let mut errors = self.shared.errors.subscribe();
+        let result = tokio::select! {
+            biased;
+            result = self.bb8.get_owned() => result,
+            _ = errors.changed() => {
+                return Err(self.shared.last_error().map_or(
+                    PoolError::Timeout(self.shared.settings.connect_timeout),
+                    PoolError::Connect,
+                ));
+            }
+        };
+        match result {
+            Ok(inner) => {
+                inner.meta.in_use.store(true, Ordering::Relaxed);
+                Ok(PooledConn { inner })
+            }
+            Err(bb8::RunError::User(error)) => Err(PoolError::Connect(error)),
+            Err(bb8::RunError::TimedOut) => Err(PoolError::Timeout(
+                self.shared.settings.connect_timeout + Duration::from_secs(1),
+            )),
+        }
+    }
+
+    /// The live connections, by connection number.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        lock(&self.shared.registry)
+            .values()
+            .map(|meta| meta.info())
+            .collect()
+    }
+
+    /// The current refresh generation (starts at 1).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.bb8.state();
+        let s = &state.statistics;
+        let retired = self.shared.retired.load(Ordering::Relaxed);
+        PoolStats {
+            generation: self.generation(),
+            total: state.connections,
+            idle: state.idle_connections,
+            in_use: state.connections.saturating_sub(state.idle_connections),
+            opened: s.connections_created,
+            closed_lifetime: s.connections_closed_max_lifetime,
+            closed_idle: s.connections_closed_idle_timeout,
+            closed_broken: (s.connections_closed_broken + s.connections_closed_invalid)
+                .saturating_sub(retired),
+            closed_retired: retired,
+            gets: s.get_direct + s.get_waited + s.get_timed_out,
+            waits: s.get_waited,
+            timeouts: s.get_timed_out,
+            wait_ms: ms(s.get_wait_time),
+        }
+    }
+
+    /// Replaces every connection: re-resolves credentials, proves a token can be signed,
+    /// bumps the generation, closes idle old connections at once (busy ones when returned)
+    /// and opens fresh ones up to the minimum idle size. Concurrent calls coalesce into one.
+    ///
+    /// If credentials or signing fail, nothing is retired and the old connections keep
+    /// serving.
+    pub async fn refresh(&self) -> Result<RefreshReport, RefreshError> {
+        let seen = self.generation();
+        let mut last = self.shared.refresh_lock.lock().await;
+        if self.generation() != seen
+            && let Some(report) = last.as_ref()
+        {
+            return Ok(report.clone());
+        }
+        let started = Instant::now();
+        if let Some((signer, action)) = &self.signer {
+            signer
+                .reload_credentials()
+                .await
+                .map_err(RefreshError::Sign)?;
+            signer.sign(*action).await.map_err(RefreshError::Sign)?;
+        }
+        let before: BTreeSet<String> = self
+            .connections()
+            .into_iter()
+            .map(|c| c.session_id)
+            .collect();
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let want = (self.shared.settings.min_idle.max(1) as usize)
+            .min(self.shared.settings.max_size as usize);
+        let fresh = self.get_many(want).await.map_err(RefreshError::Connect)?;
+        drop(fresh);
+        // Any old idle connection a concurrent checkout skipped is retired here.
+        for _ in 0..self.shared.settings.max_size {
+            let stale_idle = lock(&self.shared.registry)
+                .values()
+                .any(|m| m.generation < generation && !m.in_use.load(Ordering::Relaxed));
+            if !stale_idle {
+                break;
+            }
+            drop(self.get().await.map_err(RefreshError::Connect)?);
+        }
+        let opened: BTreeSet<String> = self
+            .connections()
+            .into_iter()
+            .filter(|c| c.generation == generation)
+            .map(|c| c.session_id)
+            .collect();
+        let report = RefreshReport {
+            generation,
+            overlap: before.intersection(&opened).cloned().collect(),
+            retired: before.into_iter().collect(),
+            opened: opened.into_iter().collect(),
+            took_ms: ms(started.elapsed()),
+        };
+        tracing::info!(
+            generation,
+            retired = report.retired.len(),
+            opened = report.opened.len(),
+            "refresh done"
+        );
+        *last = Some(report.clone());
+        Ok(report)
+    }
+
+    /// Starts a task that refreshes every `interval`, retrying failures with backoff.
+    /// Outcomes arrive on the returned [`Refresher`]; dropping it stops the task.
+    pub fn spawn_refresher(&self, interval: Duration) -> Refresher {
+        let (tx, reports) = mpsc::unbounded_channel();
+        let pool = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let mut backoff = Duration::from_millis(500);
+                loop {
+                    match pool.refresh().await {
+                        Ok(report) => {
+                            let _ = tx.send(Ok(report));
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!("{}", crate::exit::chain(&error));
+                            let _ = tx.send(Err(Arc::new(error)));
+                            tokio::time::sleep(backoff.min(interval)).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                        }
+                    }
+                }
+            }
+        });
+        Refresher { task, reports }
+    }
+}
+
+/// A running periodic refresher. Dropping it stops refreshing.
+#[derive(Debug)]
+pub struct Refresher {
+    task: tokio::task::JoinHandle<()>,
+    /// One entry per refresh attempt.
+    pub reports: mpsc::UnboundedReceiver<Result<RefreshReport, Arc<RefreshError>>>,
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Pool {
+    /// Asks the server to cancel whatever the connection behind `token` is running.
+    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) -> Result<(), ConnectError> {
+        let opener = &self.opener;
+        let tcp = TcpStream::connect((opener.host.as_str(), opener.port))
+            .await
+            .map_err(|source| ConnectError::Tcp {
+                addr: opener.addr.clone(),
+                source,
+            })?;
+        let (tls, _) = opener.tls.connect_once();
+        token
+            .cancel_query_raw(tcp, tls)
+            .await
+            .map_err(|source| opener.rejected(source))
+    }
+}

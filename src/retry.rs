@@ -1,0 +1,205 @@
+//! Optimistic-concurrency retry: recognise DSQL conflicts and re-run the whole unit.
+//!
+//! DSQL reports a conflict at commit as SQLSTATE 40001 whose message carries `OC000` (data
+//! changed) or `OC001` (schema changed); a message carrying either code is treated as a
+//! conflict even without the SQLSTATE. The unit — one autocommit statement, or a whole
+//! transaction — is re-run on a connection checked out afresh, after an exponential backoff
+//! with full jitter. Anything else is never retried.
+
+use std::time::Duration;
+
+use crate::pool::{Pool, PooledConn};
+use rand::Rng;
+
+/// How conflicts are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = never retry).
+    pub retries: u32,
+    /// Backoff ceiling of the first retry; it doubles per retry.
+    pub base: Duration,
+    /// Largest backoff ceiling.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 3,
+            base: Duration::from_millis(10),
+            max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff ceiling before retry number `retry` (1-based).
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(30));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// A full-jitter wait before retry number `retry`: uniform in `[0, ceiling]`.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let ceiling = self.ceiling(retry);
+        if ceiling.is_zero() {
+            return ceiling;
+        }
+        Duration::from_nanos(rand::rng().random_range(0..=ceiling.as_nanos() as u64))
+    }
+}
+
+/// A recognised optimistic-concurrency conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The SQLSTATE (normally 40001).
+    pub sqlstate: String,
+    /// `OC000`, `OC001`, or `None` when only the SQLSTATE said so.
+    pub code: Option<&'static str>,
+}
+
+/// Classifies a server error: `Some` for a conflict worth retrying.
+pub fn conflict(error: &tokio_postgres::Error) -> Option<Conflict> {
+    let db = error.as_db_error()?;
+    let message = db.message();
+    let code = ["OC000", "OC001"].into_iter().find(|c| message.contains(c));
+    let sqlstate = db.code().code();
+    (sqlstate == "40001" || code.is_some()).then(|| Conflict {
+        sqlstate: sqlstate.to_string(),
+        code,
+    })
+}
+
+fn conflict_in(error: &anyhow::Error) -> Option<Conflict> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<tokio_postgres::Error>())
+        .and_then(conflict)
+}
+
+/// One retry about to happen.
+#[derive(Debug, Clone)]
+pub struct RetryEvent {
+    /// The attempt that failed (1-based).
+    pub attempt: u32,
+    /// Retries allowed.
+    pub retries: u32,
+    /// The conflict.
+    pub conflict: Conflict,
+    /// The wait before the next attempt.
+    pub wait: Duration,
+}
+
+/// Conflicts persisted through every retry.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "optimistic-concurrency conflict persisted after {attempts} attempts; raise --retries or reduce contention"
+)]
+pub struct RetriesExhausted {
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last conflict.
+    #[source]
+    pub last: anyhow::Error,
+}
+
+/// Runs `unit` with conflict retry. With `transaction`, the unit runs between `BEGIN` and
+/// `COMMIT` (a conflict at commit re-runs it from the start). `on_retry` sees each retry.
+pub async fn run<T>(
+    pool: &Pool,
+    policy: &RetryPolicy,
+    transaction: bool,
+    on_retry: &mut (dyn FnMut(&RetryEvent) + Send),
+    mut unit: impl AsyncFnMut(&PooledConn) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let conn = pool.get().await?;
+        let result = if transaction {
+            in_transaction(&conn, &mut unit).await
+        } else {
+            unit(&conn).await
+        };
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        drop(conn);
+        let Some(conflict) = conflict_in(&error) else {
+            return Err(error);
+        };
+        if attempt > policy.retries {
+            if policy.retries == 0 {
+                return Err(error);
+            }
+            return Err(RetriesExhausted {
+                attempts: attempt,
+                last: error,
+            }
+            .into());
+        }
+        let wait = policy.delay(attempt);
+        on_retry(&RetryEvent {
+            attempt,
+            retries: policy.retries,
+            conflict,
+            wait,
+        });
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn in_transaction<T>(
+    client: &PooledConn,
+    unit: &mut impl AsyncFnMut(&PooledConn) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    client.batch_execute("BEGIN").await?;
+    match unit(client).await {
+        Ok(value) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(value)
+        }
+        Err(error) => {
+            if !client.is_closed() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Runs `unit` in a transaction with the default policy: the library's OCC helper.
+///
+/// ```no_run
+/// # async fn demo(pool: dsql_pgx::Pool) -> anyhow::Result<()> {
+/// let moved = dsql_pgx::retry::transaction(&pool, async |tx| {
+///     tx.execute("update accounts set balance = balance - 10 where id = 1", &[]).await?;
+///     Ok(tx.execute("update accounts set balance = balance + 10 where id = 2", &[]).await?)
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn transaction<T>(
+    pool: &Pool,
+    unit: impl AsyncFnMut(&PooledConn) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    run(pool, &RetryPolicy::default(), true, &mut |_| {}, unit).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.ceiling(1), Duration::from_millis(10));
+        assert_eq!(policy.ceiling(2), Duration::from_millis(20));
+        assert_eq!(policy.ceiling(4), Duration::from_millis(80));
+        assert_eq!(policy.ceiling(40), Duration::from_secs(1));
+        for retry in 1..10 {
+            assert!(policy.delay(retry) <= policy.ceiling(retry));
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! Raw flags and environment become validated settings, once.
+//!
+//! Clap already applied `flag > environment > default` for every flag with a single variable.
+//! This module adds the fallbacks that span several variables (`REGION`, `AWS_REGION`, ...),
+//! parses durations, checks ranges and combinations, and expands a bare cluster id. Nothing
+//! downstream reads an environment variable or re-validates a flag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::{CredentialSource, Secret};
+use crate::cli::{self, ConnArgs, SslMode, SslNegotiation, TargetArgs};
+
+/// DSQL closes every connection after an hour; the pool must retire them before that.
+pub const DSQL_MAX_CONNECTION_AGE: Duration = Duration::from_secs(60 * 60);
+/// The longest token lifetime DSQL accepts (one week).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(604_800);
+/// The built-in role that needs a `DbConnectAdmin` token.
+pub const ADMIN_USER: &str = "admin";
+
+/// A bad flag or environment value; exits with the usage code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+/// Where environment values come from: the process environment, or a map in tests.
+pub trait Environment {
+    /// The value of `name`, if set and not empty.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Environment for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// Who a token is signed for and with what.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The endpoint host name tokens are signed for (and TLS verifies).
+    pub endpoint: String,
+    /// The AWS region tokens are signed for.
+    pub region: String,
+    /// The database role.
+    pub user: String,
+    /// Where AWS credentials come from.
+    pub credentials: CredentialSource,
+    /// How long a token stays valid for opening connections.
+    pub token_expires_in: Duration,
+}
+
+impl Target {
+    /// Whether this role needs a `DbConnectAdmin` token.
+    pub fn is_admin(&self) -> bool {
+        self.user == ADMIN_USER
+    }
+}
+
+/// How a connection proves who it is.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A fresh IAM token per connection.
+    Iam,
+    /// A fixed password (plain PostgreSQL, `--no-iam`).
+    Password(Option<Secret>),
+}
+
+/// TLS settings.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// verify-full, require or disable.
+    pub mode: SslMode,
+    /// PEM file of trusted CAs; `None` means the Mozilla/webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// SSLRequest or direct TLS.
+    pub negotiation: SslNegotiation,
+}
+
+/// Pool sizing and lifetimes.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Maximum connections.
+    pub max_size: u32,
+    /// Idle connections kept open.
+    pub min_idle: u32,
+    /// Connections older than this are closed.
+    pub max_lifetime: Duration,
+    /// Connections idle longer than this are closed.
+    pub idle_timeout: Duration,
+    /// A new connection must be ready within this.
+    pub connect_timeout: Duration,
+}
+
+/// Everything needed to open connections.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    /// Token target.
+    pub target: Target,
+    /// Host to connect to (the endpoint unless `--host` says otherwise).
+    pub host: String,
+    /// Port to connect to.
+    pub port: u16,
+    /// Database name.
+    pub database: String,
+    /// IAM or password.
+    pub auth: Auth,
+    /// TLS.
+    pub tls: Tls,
+    /// Pool.
+    pub pool: PoolSettings,
+}
+
+/// What a connecting command asked for: a real cluster, or an ephemeral local endpoint.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Connect as configured.
+    Remote(ConnSettings),
+    /// Start a local endpoint first, then connect to it with these pool settings and role.
+    Local {
+        /// Pool sizing and lifetimes.
+        pool: PoolSettings,
+        /// Role to connect as.
+        user: String,
+        /// Token lifetime.
+        token_expires_in: Duration,
+        /// TLS negotiation style.
+        negotiation: SslNegotiation,
+    },
+}
+
+/// Periodic refresh settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshSettings {
+    /// Whether the periodic refresher runs.
+    pub enabled: bool,
+    /// Its period.
+    pub interval: Duration,
+}
+
+/// Parses a duration flag, naming the flag and its variable on error.
+pub fn duration(value: &str, flag: &str, var: Option<&str>) -> Result<Duration, ConfigError> {
+    cli::parse_duration(value).map_err(|e| bad(format!("{}: {e}", names(flag, var))))
+}
+
+fn names(flag: &str, var: Option<&str>) -> String {
+    match var {
+        Some(var) => format!("{flag} (or {var})"),
+        None => flag.to_string(),
+    }
+}
+
+fn first_env(env: &dyn Environment, vars: &[&str]) -> Option<String> {
+    vars.iter().find_map(|v| env.var(v))
+}
+
+/// The region named by a DSQL endpoint (`\.dsql[^.]*\.([^.]+)\.on\.aws$`).
+pub fn region_from_endpoint(endpoint: &str) -> Option<String> {
+    let rest = endpoint.to_ascii_lowercase();
+    let rest = rest.strip_suffix(".on.aws")?;
+    let (head, region) = rest.rsplit_once('.')?;
+    let service = head.rsplit('.').next()?;
+    (service.starts_with("dsql") && head.contains('.') && valid_region(region))
+        .then(|| region.to_string())
+}
+
+fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_cluster_id(text: &str) -> bool {
+    text.len() == 26
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Validates the token target: endpoint, region, user, credentials, expiry.
+pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, ConfigError> {
+    let raw = args.endpoint.as_deref().map(str::trim).unwrap_or_default();
+    if raw.is_empty() {
+        return Err(bad(
+            "no cluster endpoint: set --endpoint or CLUSTER_ENDPOINT (or use --local)",
+        ));
+    }
+    if raw.contains("://") || raw.contains('/') || raw.contains(char::is_whitespace) {
+        return Err(bad(format!(
+            "--endpoint (or CLUSTER_ENDPOINT) {raw:?} is not a host name; give e.g. <id>.dsql.us-east-1.on.aws"
+        )));
+    }
+    let explicit = args.region.clone().or_else(|| env.var("REGION"));
+    let region = explicit
+        .or_else(|| region_from_endpoint(raw))
+        .or_else(|| first_env(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]));
+    let Some(region) = region else {
+        return Err(bad(format!(
+            "cannot tell the region of endpoint {raw:?}: set --region or REGION (or AWS_REGION)"
+        )));
+    };
+    if !valid_region(&region) {
+        return Err(bad(format!(
+            "--region (or REGION) {region:?} is not a region name such as us-east-1"
+        )));
+    }
+    let endpoint = if is_cluster_id(raw) {
+        format!("{raw}.dsql.{region}.on.aws")
+    } else {
+        raw.to_ascii_lowercase()
+    };
+    let user = args
+        .user
+        .clone()
+        .or_else(|| first_env(env, &["DB_USER", "CLUSTER_USER"]))
+        .unwrap_or_else(|| ADMIN_USER.to_string());
+    if user.is_empty() || user.contains('\0') {
+        return Err(bad("--user (or DB_USER) must be a role name"));
+    }
+    let token_expires_in = token_lifetime(&args.token_expires_in)?;
+    Ok(Target {
+        endpoint,
+        region,
+        user,
+        credentials: CredentialSource::DefaultChain {
+            profile: args.profile.clone(),
+        },
+        token_expires_in,
+    })
+}
+
+fn token_lifetime(value: &str) -> Result<Duration, ConfigError> {
+    let flag = "--token-expires-in";
+    let lifetime = duration(value, flag, Some("TOKEN_EXPIRES_IN"))?;
+    if lifetime < Duration::from_secs(1) || lifetime > MAX_TOKEN_LIFETIME {
+        return Err(bad(format!(
+            "{flag} (or TOKEN_EXPIRES_IN) must be between 1s and 1 week (604800s), got {value:?}"
+        )));
+    }
+    Ok(lifetime)
+}
+
+fn pool(args: &ConnArgs) -> Result<PoolSettings, ConfigError> {
+    let max_lifetime = duration(&args.max_lifetime, "--max-lifetime", None)?;
+    if max_lifetime >= DSQL_MAX_CONNECTION_AGE || max_lifetime.is_zero() {
+        return Err(bad(format!(
+            "--max-lifetime {} must be above 0 and below DSQL's 60-minute connection limit; use 55m or less",
+            args.max_lifetime
+        )));
+    }
+    let idle_timeout = duration(&args.idle_timeout, "--idle-timeout", None)?;
+    let connect_timeout = duration(&args.connect_timeout, "--connect-timeout", None)?;
+    if idle_timeout.is_zero() || connect_timeout.is_zero() {
+        return Err(bad("--idle-timeout and --connect-timeout must be above 0"));
+    }
+    if args.max_conns == 0 {
+        return Err(bad("--max-conns (or DB_MAX_CONNS) must be at least 1"));
+    }
+    if args.min_idle > args.max_conns {
+        return Err(bad(format!(
+            "--min-idle (or DB_MIN_CONNS) {} exceeds --max-conns (or DB_MAX_CONNS) {}",
+            args.min_idle, args.max_conns
+        )));
+    }
+    Ok(PoolSettings {
+        max_size: args.max_conns,
+        min_idle: args.min_idle,
+        max_lifetime,
+        idle_timeout,
+        connect_timeout,
+    })
+}
+
+fn iam_enabled(args: &ConnArgs, env: &dyn Environment) -> Result<bool, ConfigError> {
+    if args.no_iam {
+        return Ok(false);
+    }
+    if args.iam {
+        return Ok(true);
+    }
+    match env.var("DB_USE_IAM") {
+        None => Ok(true),
+        Some(v) => parse_bool(&v).ok_or_else(|| {
+            bad(format!(
+                "DB_USE_IAM={v:?} is not true or false (or use --iam / --no-iam)"
+            ))
+        }),
+    }
+}
+
+/// Parses the boolean spellings environment variables use.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" | "t" => Some(true),
+        "0" | "false" | "no" | "off" | "n" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+/// Validates a connecting command's arguments.
+pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination, ConfigError> {
+    let pool = pool(args)?;
+    if args.local {
+        let user = args
+            .target
+            .user
+            .clone()
+            .or_else(|| first_env(env, &["DB_USER", "CLUSTER_USER"]))
+            .unwrap_or_else(|| ADMIN_USER.to_string());
+        return Ok(Destination::Local {
+            pool,
+            user,
+            token_expires_in: token_lifetime(&args.target.token_expires_in)?,
+            negotiation: args.ssl_negotiation,
+        });
+    }
+    let iam = iam_enabled(args, env)?;
+    let target = target(&args.target, env)?;
+    if iam && args.sslmode == SslMode::Disable {
+        return Err(bad(
+            "--sslmode disable (or PGSSLMODE) cannot be used with IAM: DSQL requires TLS; use verify-full",
+        ));
+    }
+    if args.sslmode == SslMode::Disable && args.ssl_negotiation == SslNegotiation::Direct {
+        return Err(bad(
+            "--ssl-negotiation direct needs TLS; drop --sslmode disable",
+        ));
+    }
+    if let Some(ca) = &args.ca_file
+        && !ca.is_file()
+    {
+        return Err(bad(format!(
+            "--ca-file (or PGSSLROOTCERT) {} is not a readable file",
+            ca.display()
+        )));
+    }
+    let auth = if iam {
+        Auth::Iam
+    } else {
+        Auth::Password(env.var("PGPASSWORD").map(Secret::new))
+    };
+    Ok(Destination::Remote(ConnSettings {
+        host: args.host.clone().unwrap_or_else(|| target.endpoint.clone()),
+        port: args.port,
+        database: args.database.clone(),
+        auth,
+        tls: Tls {
+            mode: args.sslmode,
+            ca_file: args.ca_file.clone(),
+            negotiation: args.ssl_negotiation,
+        },
+        pool,
+        target,
+    }))
+}
+
+/// Validates the retry flags.
+pub fn retry(args: &cli::RetryArgs) -> Result<crate::retry::RetryPolicy, ConfigError> {
+    let base = duration(&args.retry_base, "--retry-base", None)?;
+    let max = duration(&args.retry_max, "--retry-max", None)?;
+    if base > max {
+        return Err(bad(format!(
+            "--retry-base {} exceeds --retry-max {}",
+            args.retry_base, args.retry_max
+        )));
+    }
+    Ok(crate::retry::RetryPolicy {
+        retries: if args.no_retry { 0 } else { args.retries },
+        base,
+        max,
+    })
+}
+
+/// Validates the periodic refresh flags.
+pub fn refresh(args: &cli::RefreshArgs) -> Result<RefreshSettings, ConfigError> {
+    let interval = duration(
+        &args.refresh_interval,
+        "--refresh-interval",
+        Some("TOKEN_REFRESH_INTERVAL"),
+    )?;
+    if interval < Duration::from_secs(1) {
+        return Err(bad(
+            "--refresh-interval (or TOKEN_REFRESH_INTERVAL) must be at least 1s",
+        ));
+    }
+    Ok(RefreshSettings {
+        enabled: args.refresh,
+        interval,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    fn conn(argv: &[&str], env: &[(&str, &str)]) -> Result<Destination, ConfigError> {
+        let mut full = vec!["dsql-pgx", "connect"];
+        full.extend_from_slice(argv);
+        let cli = cli::Cli::try_parse_from(full).expect("parses");
+        let cli::Command::Connect(args) = cli.command else {
+            unreachable!()
+        };
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        destination(&args.conn, &move |k: &str| map.get(k).cloned())
+    }
+
+    fn remote(argv: &[&str], env: &[(&str, &str)]) -> ConnSettings {
+        match conn(argv, env).expect("valid") {
+            Destination::Remote(s) => s,
+            Destination::Local { .. } => panic!("expected remote"),
+        }
+    }
+
+    const HOST: &str = "abcdefghijklmnopqrstuvwxyz.dsql.eu-west-1.on.aws";
+
+    #[test]
+    fn region_is_parsed_from_the_endpoint() {
+        assert_eq!(region_from_endpoint(HOST).as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            region_from_endpoint("x.dsql-fips.us-gov-west-1.on.aws").as_deref(),
+            Some("us-gov-west-1")
+        );
+        assert_eq!(region_from_endpoint("localhost"), None);
+        assert_eq!(region_from_endpoint("x.rds.us-east-1.on.aws"), None);
+        assert_eq!(region_from_endpoint("dsql.on.aws"), None);
+    }
+
+    #[test]
+    fn explicit_region_wins_then_endpoint_then_aws_region() {
+        let s = remote(&["--endpoint", HOST], &[("AWS_REGION", "us-east-2")]);
+        assert_eq!(s.target.region, "eu-west-1");
+        let s = remote(&["--endpoint", HOST], &[("REGION", "us-east-2")]);
+        assert_eq!(s.target.region, "us-east-2");
+        let s = remote(
+            &["--endpoint", HOST, "--region", "ap-south-1"],
+            &[("REGION", "x")],
+        );
+        assert_eq!(s.target.region, "ap-south-1");
+        let s = remote(
+            &["--endpoint", "localhost"],
+            &[("AWS_DEFAULT_REGION", "us-west-2")],
+        );
+        assert_eq!(s.target.region, "us-west-2");
+    }
+
+    #[test]
+    fn bare_cluster_id_is_expanded() {
+        let s = remote(
+            &[
+                "--endpoint",
+                "abcdefghijklmnopqrstuvwxyz",
+                "--region",
+                "us-east-1",
+            ],
+            &[],
+        );
+        assert_eq!(
+            s.target.endpoint,
+            "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws"
+        );
+        assert_eq!(s.host, s.target.endpoint);
+    }
+
+    #[test]
+    fn defaults_match_the_go_example() {
+        let s = remote(&["--endpoint", HOST], &[]);
+        assert_eq!(s.target.user, "admin");
+        assert!(s.target.is_admin());
+        assert_eq!(s.port, 5432);
+        assert_eq!(s.database, "postgres");
+        assert!(matches!(s.auth, Auth::Iam));
+        assert_eq!(s.tls.mode, SslMode::VerifyFull);
+        assert_eq!(s.pool.max_size, 10);
+        assert_eq!(s.pool.min_idle, 2);
+        assert_eq!(s.pool.max_lifetime, Duration::from_secs(55 * 60));
+        assert_eq!(s.target.token_expires_in, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn user_falls_back_to_cluster_user() {
+        let s = remote(&["--endpoint", HOST], &[("CLUSTER_USER", "app")]);
+        assert_eq!(s.target.user, "app");
+        let s = remote(
+            &["--endpoint", HOST],
+            &[("CLUSTER_USER", "app"), ("DB_USER", "web")],
+        );
+        assert_eq!(s.target.user, "web");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_the_variable() {
+        let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+            (&[], &[], "set --endpoint or CLUSTER_ENDPOINT"),
+            (&["--endpoint", "localhost"], &[], "set --region or REGION"),
+            (
+                &["--endpoint", HOST, "--region", "Not A Region"],
+                &[],
+                "--region (or REGION)",
+            ),
+            (
+                &["--endpoint", HOST, "--max-lifetime", "2h"],
+                &[],
+                "60-minute",
+            ),
+            (
+                &["--endpoint", HOST, "--max-lifetime", "60m"],
+                &[],
+                "60-minute",
+            ),
+            (
+                &["--endpoint", HOST, "--token-expires-in", "soon"],
+                &[],
+                "TOKEN_EXPIRES_IN",
+            ),
+            (
+                &["--endpoint", HOST, "--token-expires-in", "2w"],
+                &[],
+                "1 week",
+            ),
+            (
+                &["--endpoint", HOST, "--sslmode", "disable"],
+                &[],
+                "DSQL requires TLS",
+            ),
+            (
+                &["--endpoint", HOST, "--min-idle", "20"],
+                &[],
+                "exceeds --max-conns",
+            ),
+            (
+                &["--endpoint", HOST],
+                &[("DB_USE_IAM", "maybe")],
+                "DB_USE_IAM",
+            ),
+            (
+                &["--endpoint", "https://x.dsql.us-east-1.on.aws"],
+                &[],
+                "not a host name",
+            ),
+        ];
+        for (argv, env, fragment) in cases {
+            let err = conn(argv, env).expect_err("should be refused");
+            assert!(
+                err.0.contains(fragment),
+                "{argv:?}: {:?} lacks {fragment:?}",
+                err.0
+            );
+        }
+    }
+
+    #[test]
+    fn no_iam_reads_pgpassword() {
+        let s = remote(
+            &[
+                "--endpoint",
+                "localhost",
+                "--region",
+                "us-east-1",
+                "--no-iam",
+            ],
+            &[("PGPASSWORD", "pw")],
+        );
+        match s.auth {
+            Auth::Password(Some(p)) => assert_eq!(p.expose(), "pw"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let s = remote(&["--endpoint", HOST], &[("DB_USE_IAM", "false")]);
+        assert!(matches!(s.auth, Auth::Password(None)));
+    }
+}
