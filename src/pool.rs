@@ -456,7 +456,7 @@ impl bb8::ManageConnection for Manager {
     async fn connect(&self) -> Result<PgConn, Arc<ConnectError>> {
         self.opener.open(&self.shared).await.map_err(|error| {
             let error = Arc::new(error);
-            tracing::warn!("cannot open a connection: {}", crate::exit::chain(&*error));
+            tracing::debug!("cannot open a connection: {}", crate::exit::chain(&*error));
             self.shared.record_error(error.clone());
             error
         })
@@ -468,7 +468,7 @@ impl bb8::ManageConnection for Manager {
             return Err(Arc::new(ConnectError::Closed));
         }
         if self.shared.is_retired(&conn.meta) {
-            self.shared.retired.fetch_add(1, Ordering::Relaxed);
+            // Counted in `has_broken`, which bb8 calls as it drops the connection.
             return Err(Arc::new(ConnectError::Retired));
         }
         Ok(())
@@ -764,8 +764,9 @@ impl Pool {
             opened: s.connections_created,
             closed_lifetime: s.connections_closed_max_lifetime,
             closed_idle: s.connections_closed_idle_timeout,
-            closed_broken: (s.connections_closed_broken + s.connections_closed_invalid)
-                .saturating_sub(retired),
+            // bb8 counts every closure on return or failed checkout as "broken" (a failed
+            // checkout also as "invalid"); retirements are ours to subtract.
+            closed_broken: s.connections_closed_broken.saturating_sub(retired),
             closed_retired: retired,
             gets: s.get_direct + s.get_waited + s.get_timed_out,
             waits: s.get_waited,

@@ -52,8 +52,15 @@ pub struct TlsInfo {
 #[error("{message}")]
 pub struct TlsError {
     message: String,
-    #[source]
+    // Kept for callers that inspect it; its text is already part of `message`.
     source: io::Error,
+}
+
+impl TlsError {
+    /// The underlying I/O error from the handshake.
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
+    }
 }
 
 /// Builds connectors for one endpoint.

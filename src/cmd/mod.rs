@@ -4,6 +4,7 @@
 pub mod completions;
 pub mod connect;
 pub mod query;
+pub mod refresh_demo;
 pub mod token;
 
 use anyhow::Context as _;
@@ -19,9 +20,8 @@ pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Query(args) => query::run(args, out).await,
         Command::Connect(args) => connect::run(args, out).await,
         Command::Token(args) => token::run(args, out).await,
-        Command::RefreshDemo(_) | Command::Local(_) => {
-            anyhow::bail!("not implemented yet")
-        }
+        Command::RefreshDemo(args) => refresh_demo::run(args, out).await,
+        Command::Local(_) => anyhow::bail!("not implemented yet"),
         Command::Completions(args) => completions::run(&args),
     }
 }

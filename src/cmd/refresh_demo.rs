@@ -1,0 +1,280 @@
+//! `dsql-pgx refresh-demo`: live proof that a refresh replaces every connection while
+//! workers keep querying, with per-refresh tables (or JSON lines) and a summary.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::cli::{Format, RefreshDemoArgs};
+use crate::exit::{Exit, Failed};
+use crate::output::{self, Output};
+use crate::pool::{Pool, PoolStats};
+use crate::settings::{self, ConfigError};
+
+use super::Session;
+
+/// Query outcomes since the last refresh, shared by the workers.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    latencies: Vec<Duration>,
+}
+
+/// What one period looked like, as printed.
+#[derive(Debug, Serialize)]
+struct RefreshLine {
+    refresh: u64,
+    time: String,
+    generation: u64,
+    before: Vec<String>,
+    after: Vec<String>,
+    overlap: usize,
+    ok: u64,
+    failed: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    took_ms: f64,
+    pool: PoolStats,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    summary: bool,
+    refreshes: u64,
+    failed_refreshes: u64,
+    ok: u64,
+    failed: u64,
+    overlap: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    pool: PoolStats,
+}
+
+/// The `p`-th percentile (0..=1) of sorted latencies, in milliseconds.
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    (sorted[rank - 1].as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn take(tally: &Mutex<Tally>) -> Tally {
+    std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+async fn worker(pool: Pool, tally: Arc<Mutex<Tally>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let outcome = match pool.get().await {
+            Ok(conn) => conn.simple_query("select 1").await.map(drop).map_err(anyhow::Error::from),
+            Err(error) => Err(error.into()),
+        };
+        let elapsed = started.elapsed();
+        let failed = {
+            let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+            match &outcome {
+                Ok(()) => {
+                    tally.ok += 1;
+                    tally.latencies.push(elapsed);
+                }
+                Err(_) => tally.failed += 1,
+            }
+            outcome.err()
+        };
+        if let Some(error) = failed {
+            tracing::warn!("worker query failed: {}", crate::exit::chain(error.as_ref()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs the demo until `--refreshes`, `--duration` or Ctrl-C.
+pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
+    let refresh = settings::refresh(&args.refresh)?;
+    let interval = match &args.interval {
+        Some(text) => settings::duration(text, "--interval", None)?,
+        None => refresh.interval,
+    };
+    if interval < Duration::from_millis(100) {
+        return Err(ConfigError("--interval must be at least 100ms".into()).into());
+    }
+    let deadline = match &args.duration {
+        Some(text) => Some(Instant::now() + settings::duration(text, "--duration", None)?),
+        None => None,
+    };
+    if args.workers == 0 {
+        return Err(ConfigError("--workers must be at least 1".into()).into());
+    }
+    let session = Session::open(&args.conn, None).await?;
+    let pool = session.pool.clone();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..args.workers)
+        .map(|_| tokio::spawn(worker(pool.clone(), tally.clone(), stop.clone())))
+        .collect();
+    let mut refresher = pool.spawn_refresher(interval);
+    let mut stdout = std::io::stdout().lock();
+    if out.format != Format::Json && !out.quiet {
+        let first: Vec<String> = pool.connections().into_iter().map(|c| c.session_id).collect();
+        eprintln!(
+            "refresh-demo: {} workers, a refresh every {}; connections now: {}",
+            args.workers,
+            humantime::format_duration(interval),
+            first.join(", ")
+        );
+    }
+
+    let mut all_latencies = Vec::new();
+    let (mut refreshes, mut failed_refreshes, mut total_ok, mut total_failed, mut total_overlap) =
+        (0u64, 0u64, 0u64, 0u64, 0usize);
+    let sleep_until_deadline = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until_deadline);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        if args.refreshes.is_some_and(|n| refreshes >= u64::from(n)) {
+            break;
+        }
+        let outcome = tokio::select! {
+            outcome = refresher.reports.recv() => outcome,
+            _ = &mut sleep_until_deadline => break,
+            _ = &mut ctrl_c => break,
+        };
+        let Some(outcome) = outcome else { break };
+        let report = match outcome {
+            Ok(report) => report,
+            Err(error) => {
+                failed_refreshes += 1;
+                if !out.quiet {
+                    eprintln!("refresh-demo: {} (retrying)", crate::exit::chain(&*error));
+                }
+                continue;
+            }
+        };
+        refreshes += 1;
+        let mut period = take(&tally);
+        period.latencies.sort();
+        let before: BTreeSet<&String> = report.retired.iter().collect();
+        let overlap = report.opened.iter().filter(|id| before.contains(id)).count();
+        let line = RefreshLine {
+            refresh: refreshes,
+            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            generation: report.generation,
+            before: report.retired.clone(),
+            after: report.opened.clone(),
+            overlap,
+            ok: period.ok,
+            failed: period.failed,
+            p50_ms: percentile_ms(&period.latencies, 0.50),
+            p99_ms: percentile_ms(&period.latencies, 0.99),
+            took_ms: report.took_ms,
+            pool: pool.stats(),
+        };
+        total_ok += line.ok;
+        total_failed += line.failed;
+        total_overlap += overlap;
+        all_latencies.extend(period.latencies);
+        print_line(&mut stdout, out, &line)?;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    drop(refresher);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let last = take(&tally);
+    total_ok += last.ok;
+    total_failed += last.failed;
+    all_latencies.extend(last.latencies);
+    all_latencies.sort();
+    let summary = Summary {
+        summary: true,
+        refreshes,
+        failed_refreshes,
+        ok: total_ok,
+        failed: total_failed,
+        overlap: total_overlap,
+        p50_ms: percentile_ms(&all_latencies, 0.50),
+        p99_ms: percentile_ms(&all_latencies, 0.99),
+        pool: pool.stats(),
+    };
+    print_summary(&mut stdout, out, &summary)?;
+    stdout.flush()?;
+    drop(pool);
+    session.close().await;
+    if total_overlap > 0 || total_failed > 0 {
+        return Err(Failed {
+            message: format!(
+                "refresh-demo failed: {total_overlap} connection(s) survived a refresh, {total_failed} quer(ies) failed"
+            ),
+            exit: Exit::DemoFailed,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn print_line(stdout: &mut dyn Write, out: &Output, line: &RefreshLine) -> anyhow::Result<()> {
+    if out.format == Format::Json {
+        serde_json::to_writer(&mut *stdout, line)?;
+        writeln!(stdout)?;
+    } else {
+        let header = ["refresh", "time", "IDs before → after", "overlap", "ok / failed", "p50 / p99", "took"];
+        let row = vec![
+            format!("#{} (gen {})", line.refresh, line.generation),
+            line.time.clone(),
+            format!("{}\n→ {}", line.before.join(", "), line.after.join(", ")),
+            line.overlap.to_string(),
+            format!("{} / {}", line.ok, line.failed),
+            format!("{:.2} / {:.2} ms", line.p50_ms, line.p99_ms),
+            format!("{:.1} ms", line.took_ms),
+        ];
+        writeln!(stdout, "{}", out.table(&header, &[row]))?;
+        if !out.quiet {
+            writeln!(stdout, "{}", out.table(&["pool", "value"], &output::stats_rows(&line.pool)))?;
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+fn print_summary(stdout: &mut dyn Write, out: &Output, summary: &Summary) -> anyhow::Result<()> {
+    if out.format == Format::Json {
+        serde_json::to_writer(&mut *stdout, summary)?;
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    let rows = vec![
+        vec!["refreshes (failed attempts)".to_string(), format!("{} ({})", summary.refreshes, summary.failed_refreshes)],
+        vec!["queries ok / failed".to_string(), format!("{} / {}", summary.ok, summary.failed)],
+        vec!["connections surviving a refresh".to_string(), summary.overlap.to_string()],
+        vec!["latency p50 / p99".to_string(), format!("{:.2} / {:.2} ms", summary.p50_ms, summary.p99_ms)],
+    ];
+    writeln!(stdout, "{}", out.table(&["summary", "value"], &rows))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile_ms(&sorted, 0.50), 50.0);
+        assert_eq!(percentile_ms(&sorted, 0.99), 99.0);
+        assert_eq!(percentile_ms(&[], 0.99), 0.0);
+        assert_eq!(percentile_ms(&sorted[..1], 0.99), 1.0);
+    }
+}
