@@ -20,7 +20,9 @@ pub struct LocalCa {
 
 impl std::fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalCa").field("name", &CA_NAME).finish_non_exhaustive()
+        f.debug_struct("LocalCa")
+            .field("name", &CA_NAME)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,6 +140,7 @@ impl LocalCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier as _;
 
     #[test]
     fn server_cert_verifies_against_reloaded_ca() {
