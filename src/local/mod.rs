@@ -3,6 +3,8 @@
 //!
 //! - [`certs`]: a local CA and server certificates.
 //! - [`verify`]: SigV4 auth-token verification.
+//! - [`postgres`]: the private PostgreSQL server.
 
 pub mod certs;
+pub mod postgres;
 pub mod verify;
