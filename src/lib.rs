@@ -25,6 +25,7 @@ pub mod auth;
 pub mod cli;
 pub mod cmd;
 pub mod exit;
+pub mod local;
 pub mod output;
 pub mod pool;
 pub mod retry;

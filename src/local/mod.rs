@@ -1,0 +1,19 @@
+//! A local, DSQL-compatible endpoint: a TLS front that checks IAM auth tokens exactly as
+//! Aurora DSQL does and enforces its connection limits, in front of a private PostgreSQL.
+//!
+//! - [`certs`]: a local CA and server certificates.
+//! - [`verify`]: SigV4 auth-token verification.
+//! - [`postgres`]: the private PostgreSQL server.
+//! - [`proxy`]: the endpoint ([`LocalEndpoint`]); per-connection work lives in `session`,
+//!   the wire-protocol pieces in [`wire`].
+
+pub mod certs;
+pub mod postgres;
+pub mod proxy;
+mod session;
+pub mod verify;
+pub mod wire;
+
+pub use postgres::{PgOptions, PgServer, PostgresNotFound, TcpTls, find_bin_dir};
+pub use proxy::{EndpointOptions, Limits, LocalEndpoint};
+pub use verify::{TokenVerifier, VerifyError};

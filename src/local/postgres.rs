@@ -1,0 +1,520 @@
+//! A private PostgreSQL server: found on the machine, initialised on first use, started
+//! as a child process (as the `postgres` OS user when running as root), and always
+//! stopped again, also when its owner is dropped during a panic.
+//!
+//! It listens on a Unix socket inside its data directory and, optionally, on
+//! 127.0.0.1 with TLS and SCRAM passwords. With `dsql_mimic` it behaves a little more
+//! like Aurora DSQL (repeatable read by default, `sys.current_session_id()`).
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Gid, Pid, Uid, User};
+
+/// How long to wait for the server to accept connections, or to stop.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Socket port used when there is no TCP listener (only the socket file name uses it).
+const DEFAULT_UNIX_PORT: u16 = 5432;
+/// Name of the included configuration file this module rewrites at every start.
+const CONF_FILE: &str = "dsql-pgx.conf";
+
+/// PostgreSQL server binaries could not be found.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "PostgreSQL server binaries not found (looked on PATH, pg_config --bindir, /usr/lib/postgresql/*/bin); install them, e.g. apt-get install postgresql"
+)]
+pub struct PostgresNotFound;
+
+/// TCP listener settings: 127.0.0.1 only, TLS required, SCRAM password for every role.
+#[derive(Clone)]
+pub struct TcpTls {
+    /// TCP port; 0 picks a free one.
+    pub port: u16,
+    /// Server certificate, PEM.
+    pub cert_pem: String,
+    /// Server private key, PEM.
+    pub key_pem: String,
+    /// Password set for the superuser.
+    pub password: String,
+}
+
+impl std::fmt::Debug for TcpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTls")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to start a [`PgServer`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Parent directory; the cluster lives in `data_dir/pgdata` (created on first use).
+    pub data_dir: PathBuf,
+    /// Superuser name given to initdb.
+    pub superuser: String,
+    /// Optional TCP+TLS listener; `None` means Unix socket only.
+    pub tcp: Option<TcpTls>,
+    /// Make the server DSQL-like (repeatable read, `sys.current_session_id()`).
+    pub dsql_mimic: bool,
+}
+
+impl PgOptions {
+    /// Options for a Unix-socket-only server with superuser `admin` in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            superuser: "admin".into(),
+            tcp: None,
+            dsql_mimic: false,
+        }
+    }
+}
+
+/// A running private PostgreSQL server. Stopped by [`PgServer::stop`] or on drop.
+#[derive(Debug)]
+pub struct PgServer {
+    child: Option<Child>,
+    bin_dir: PathBuf,
+    pgdata: PathBuf,
+    superuser: String,
+    tcp_port: Option<u16>,
+    unix_port: u16,
+}
+
+fn is_executable(p: &Path) -> bool {
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn has_server_binaries(dir: &Path) -> bool {
+    ["initdb", "pg_ctl", "postgres"]
+        .iter()
+        .all(|b| is_executable(&dir.join(b)))
+}
+
+/// Finds the directory holding `initdb`, `pg_ctl` and `postgres`: on `PATH`, else
+/// `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_bin_dir() -> Result<PathBuf, PostgresNotFound> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if has_server_binaries(&dir) {
+                // Resolve symlinks (e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin)
+                // so the binaries of one installation are used together.
+                let real = fs::canonicalize(dir.join("postgres"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                    .filter(|d| has_server_binaries(d));
+                return Ok(real.unwrap_or(dir));
+            }
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if has_server_binaries(&dir) {
+                return Ok(dir);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            has_server_binaries(&bin).then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, dir)| dir).ok_or(PostgresNotFound)
+}
+
+/// The OS user PostgreSQL must run as: `postgres` when we are root, else ourselves.
+fn server_user() -> anyhow::Result<Option<(Uid, Gid)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let user = User::from_name("postgres")
+        .context("looking up the postgres OS user")?
+        .context(
+            "running as root, PostgreSQL must run as the `postgres` OS user, which does not exist; create it (e.g. useradd --system postgres) or run as a normal user",
+        )?;
+    Ok(Some((user.uid, user.gid)))
+}
+
+fn command_as(program: PathBuf, user: Option<(Uid, Gid)>, cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(cwd);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid.as_raw()).gid(gid.as_raw());
+    }
+    cmd
+}
+
+fn chown(path: &Path, user: Option<(Uid, Gid)>) -> anyhow::Result<()> {
+    if let Some((uid, gid)) = user {
+        nix::unistd::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown {} to postgres", path.display()))?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str, user: Option<(Uid, Gid)>) -> anyhow::Result<()> {
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    chown(path, user)
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free TCP port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Quotes a SQL string literal.
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Quotes a SQL identifier.
+fn sql_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+const MIMIC_SQL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS sys;
+CREATE OR REPLACE FUNCTION sys.current_session_id() RETURNS text
+LANGUAGE sql STABLE PARALLEL RESTRICTED AS $fn$
+  SELECT left(md5(pg_backend_pid()::text || '/' ||
+                  coalesce((SELECT backend_start::text FROM pg_stat_activity
+                            WHERE pid = pg_backend_pid()), '') || '/' ||
+                  pg_postmaster_start_time()::text), 26)
+$fn$;
+GRANT USAGE ON SCHEMA sys TO PUBLIC;
+GRANT EXECUTE ON FUNCTION sys.current_session_id() TO PUBLIC;
+"#;
+
+impl PgServer {
+    /// Initialises (first use) and starts the server, waiting until it accepts connections.
+    pub async fn start(opts: PgOptions) -> anyhow::Result<PgServer> {
+        let bin_dir = find_bin_dir()?;
+        let user = server_user()?;
+        let data_dir = opts.data_dir.clone();
+        fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let data_dir = fs::canonicalize(&data_dir)
+            .with_context(|| format!("resolving {}", data_dir.display()))?;
+        if user.is_some() {
+            chown(&data_dir, user)?;
+            // Temporary directories are 0700; the server user must be able to enter it.
+            fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("chmod {}", data_dir.display()))?;
+        }
+        let pgdata = data_dir.join("pgdata");
+        if !pgdata.join("PG_VERSION").exists() {
+            let data_dir2 = data_dir.clone();
+            let bin2 = bin_dir.clone();
+            let pgdata2 = pgdata.clone();
+            let superuser = opts.superuser.clone();
+            tokio::task::spawn_blocking(move || {
+                let out = command_as(bin2.join("initdb"), user, &data_dir2)
+                    .arg("-D")
+                    .arg(&pgdata2)
+                    .args(["-U", &superuser, "--auth-local=trust", "--auth-host=reject"])
+                    .args(["-E", "UTF8", "--locale=C", "--no-sync"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running initdb")?;
+                if !out.status.success() {
+                    bail!(
+                        "initdb failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                let conf = pgdata2.join("postgresql.conf");
+                let mut f = fs::OpenOptions::new()
+                    .append(true)
+                    .open(&conf)
+                    .with_context(|| format!("opening {}", conf.display()))?;
+                writeln!(f, "\ninclude_if_exists = '{CONF_FILE}'")
+                    .with_context(|| format!("writing {}", conf.display()))?;
+                Ok(())
+            })
+            .await
+            .context("initdb task")??;
+        }
+
+        let (tcp_port, unix_port) = match &opts.tcp {
+            Some(tcp) => {
+                let port = if tcp.port == 0 {
+                    free_port()?
+                } else {
+                    tcp.port
+                };
+                (Some(port), port)
+            }
+            None => (None, DEFAULT_UNIX_PORT),
+        };
+
+        let mut conf = String::new();
+        conf.push_str("# written by dsql-pgx at every start\n");
+        conf.push_str(&format!(
+            "unix_socket_directories = {}\n",
+            sql_literal(&pgdata.to_string_lossy())
+        ));
+        conf.push_str(&format!("port = {unix_port}\n"));
+        conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+        conf.push_str("shared_buffers = 16MB\nmax_connections = 200\n");
+        conf.push_str("logging_collector = off\nlog_min_messages = warning\n");
+        let mut hba = String::from("local all all trust\n");
+        if let Some(tcp) = &opts.tcp {
+            conf.push_str("listen_addresses = '127.0.0.1'\nssl = on\n");
+            conf.push_str("ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            conf.push_str("password_encryption = 'scram-sha-256'\n");
+            write_private(&pgdata.join("server.crt"), &tcp.cert_pem, user)?;
+            write_private(&pgdata.join("server.key"), &tcp.key_pem, user)?;
+            hba.push_str("hostssl all all 127.0.0.1/32 scram-sha-256\n");
+        } else {
+            conf.push_str("listen_addresses = ''\nssl = off\n");
+        }
+        if opts.dsql_mimic {
+            conf.push_str("default_transaction_isolation = 'repeatable read'\n");
+        }
+        write_private(&pgdata.join(CONF_FILE), &conf, user)?;
+        write_private(&pgdata.join("pg_hba.conf"), &hba, user)?;
+
+        let log_path = data_dir.join("postgres.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = command_as(bin_dir.join("postgres"), user, &data_dir)
+            .arg("-D")
+            .arg(&pgdata)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating the log handle")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin_dir.join("postgres").display()))?;
+
+        let mut server = PgServer {
+            child: Some(child),
+            bin_dir,
+            pgdata,
+            superuser: opts.superuser.clone(),
+            tcp_port,
+            unix_port,
+        };
+        server.wait_ready(&log_path).await?;
+
+        let client = server.admin_client().await?;
+        if let Some(tcp) = &opts.tcp {
+            client
+                .batch_execute(&format!(
+                    "ALTER ROLE {} PASSWORD {}",
+                    sql_ident(&opts.superuser),
+                    sql_literal(&tcp.password)
+                ))
+                .await
+                .context("setting the superuser password")?;
+        }
+        if opts.dsql_mimic {
+            client
+                .batch_execute(MIMIC_SQL)
+                .await
+                .context("creating sys.current_session_id()")?;
+        }
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self, log_path: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().context("checking on postgres")? {
+                    self.child = None;
+                    bail!(
+                        "PostgreSQL exited during startup ({status}); server log tail:\n{}",
+                        log_tail(log_path)
+                    );
+                }
+            }
+            match self.admin_client().await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    bail!(
+                        "PostgreSQL did not accept connections within {:?} ({e:#}); server log tail:\n{}",
+                        START_TIMEOUT,
+                        log_tail(log_path)
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Directory of the Unix socket (the cluster's data directory).
+    pub fn socket_dir(&self) -> &Path {
+        &self.pgdata
+    }
+
+    /// Path of the Unix socket file, `.s.PGSQL.<unix_port>`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.pgdata.join(format!(".s.PGSQL.{}", self.unix_port))
+    }
+
+    /// TCP port, when the TCP listener is enabled.
+    pub fn port(&self) -> Option<u16> {
+        self.tcp_port
+    }
+
+    /// Port number in the Unix socket's file name.
+    pub fn unix_port(&self) -> u16 {
+        self.unix_port
+    }
+
+    /// Directory of the PostgreSQL binaries in use.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The cluster's data directory (`data_dir/pgdata`).
+    pub fn pgdata(&self) -> &Path {
+        &self.pgdata
+    }
+
+    /// The superuser name.
+    pub fn superuser(&self) -> &str {
+        &self.superuser
+    }
+
+    /// PID of the postmaster, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Connects as the superuser over the Unix socket (trust auth). The connection
+    /// task is spawned on the current Tokio runtime.
+    pub async fn admin_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(&self.pgdata)
+            .port(self.unix_port)
+            .user(&self.superuser)
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("connecting to the private PostgreSQL over its Unix socket")?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("admin connection ended: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Fast shutdown: disconnects clients, waits until the postmaster has exited.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).context("postmaster pid")?);
+        let _ = kill(pid, Signal::SIGINT);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if child.try_wait().context("waiting for postgres")?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("PostgreSQL did not stop within {STOP_TIMEOUT:?}; killed it");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(raw) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGINT);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_error_is_one_line_and_names_the_fix() {
+        let msg = PostgresNotFound.to_string();
+        assert!(!msg.contains('\n'));
+        assert!(msg.contains("apt-get install postgresql"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sql_literal("a'b"), "'a''b'");
+        assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[tokio::test]
+    async fn starts_mimics_dsql_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = PgOptions::new(dir.path());
+        opts.dsql_mimic = true;
+        let pg = PgServer::start(opts).await.unwrap();
+        let client = pg.admin_client().await.unwrap();
+        let iso: String = client
+            .query_one("SHOW default_transaction_isolation", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(iso, "repeatable read");
+        let id: String = client
+            .query_one("SELECT sys.current_session_id()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(id.len(), 26);
+        let pid = pg.pid().unwrap();
+        pg.stop().await.unwrap();
+        assert!(kill(Pid::from_raw(pid as i32), None).is_err());
+    }
+}

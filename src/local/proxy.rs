@@ -1,0 +1,426 @@
+//! The local DSQL-compatible endpoint: a TCP listener speaking TLS, checking IAM tokens
+//! and DSQL's limits for every connection, in front of a private PostgreSQL.
+//!
+//! State lives in a data directory: `credentials` (0600, generated on first use),
+//! `ca.pem`/`ca.key` (the local CA, reused across restarts) and `pgdata/`.
+
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rand::Rng as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use super::certs::LocalCa;
+use super::postgres::{PgOptions, PgServer};
+pub use super::session::Limits;
+use super::session::{Shared, serve, shutdown_signaled};
+use super::verify::TokenVerifier;
+
+/// How long shutdown waits for connections to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How to start a [`LocalEndpoint`].
+#[derive(Clone)]
+pub struct EndpointOptions {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// State directory; `None` uses a fresh temporary directory removed on shutdown.
+    pub data_dir: Option<PathBuf>,
+    /// Hostname tokens must be signed for (and the certificate names).
+    pub hostname: String,
+    /// Region tokens must be signed for.
+    pub region: String,
+    /// Access key id to accept; generated (and persisted) when `None`.
+    pub access_key_id: Option<String>,
+    /// Secret access key to accept; generated (and persisted) when `None`.
+    pub secret_access_key: Option<String>,
+    /// Connection limits.
+    pub limits: Limits,
+}
+
+impl Default for EndpointOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: None,
+            hostname: "localhost".into(),
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl fmt::Debug for EndpointOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointOptions")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("hostname", &self.hostname)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// A running local endpoint. Stop it with [`LocalEndpoint::shutdown`]; dropping it
+/// also closes every connection and stops PostgreSQL, synchronously.
+pub struct LocalEndpoint {
+    local_addr: SocketAddr,
+    hostname: String,
+    region: String,
+    access_key_id: String,
+    secret_access_key: String,
+    ca_path: PathBuf,
+    data_dir: PathBuf,
+    stop: watch::Sender<bool>,
+    accept_task: Option<JoinHandle<()>>,
+    // Dropped in this order: PostgreSQL first, then its (temporary) directory.
+    pg: Option<PgServer>,
+    temp_dir: Option<tempfile::TempDir>,
+}
+
+impl fmt::Debug for LocalEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalEndpoint")
+            .field("local_addr", &self.local_addr)
+            .field("hostname", &self.hostname)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("ca_path", &self.ca_path)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates an access key id shaped like AWS's: `AKIA` + 16 uppercase letters/digits.
+fn generate_access_key_id() -> String {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut rng = rand::rng();
+    let tail: String = (0..16)
+        .map(|_| ALNUM[rng.random_range(0..ALNUM.len())] as char)
+        .collect();
+    format!("AKIA{tail}")
+}
+
+/// Generates a 40-character secret access key.
+fn generate_secret() -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut rng = rand::rng();
+    (0..40)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn parse_credentials(text: &str) -> Option<(String, String)> {
+    let mut akid = None;
+    let mut secret = None;
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            match k.trim() {
+                "aws_access_key_id" => akid = Some(v.trim().to_owned()),
+                "aws_secret_access_key" => secret = Some(v.trim().to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Some((akid?, secret?)).filter(|(a, s)| !a.is_empty() && !s.is_empty())
+}
+
+/// Explicit credentials, or those in `<data_dir>/credentials`, or new ones saved there.
+fn load_credentials(
+    data_dir: &Path,
+    akid: Option<String>,
+    secret: Option<String>,
+) -> anyhow::Result<(String, String)> {
+    match (akid, secret) {
+        (Some(a), Some(s)) => return Ok((a, s)),
+        (None, None) => {}
+        _ => bail!("give both the access key id and the secret access key, or neither"),
+    }
+    let path = data_dir.join("credentials");
+    if path.exists() {
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        return parse_credentials(&text).with_context(|| {
+            format!(
+                "{} is not a valid credentials file; delete it to generate new credentials",
+                path.display()
+            )
+        });
+    }
+    let (akid, secret) = (generate_access_key_id(), generate_secret());
+    write_private(
+        &path,
+        &format!("aws_access_key_id = {akid}\naws_secret_access_key = {secret}\n"),
+    )?;
+    Ok((akid, secret))
+}
+
+/// The CA in `<data_dir>/ca.pem` + `ca.key`, or a new one saved there.
+fn load_ca(data_dir: &Path) -> anyhow::Result<LocalCa> {
+    let cert_path = data_dir.join("ca.pem");
+    let key_path = data_dir.join("ca.key");
+    if cert_path.exists() && key_path.exists() {
+        let cert = fs::read_to_string(&cert_path)
+            .with_context(|| format!("reading {}", cert_path.display()))?;
+        let key = fs::read_to_string(&key_path)
+            .with_context(|| format!("reading {}", key_path.display()))?;
+        return LocalCa::load(&cert, &key);
+    }
+    let ca = LocalCa::generate()?;
+    write_private(&key_path, &ca.key_pem())?;
+    fs::write(&cert_path, ca.cert_pem())
+        .with_context(|| format!("writing {}", cert_path.display()))?;
+    Ok(ca)
+}
+
+impl LocalEndpoint {
+    /// Prepares the data directory, starts PostgreSQL and starts accepting connections.
+    pub async fn start(opts: EndpointOptions) -> anyhow::Result<LocalEndpoint> {
+        let (temp_dir, data_dir) = match &opts.data_dir {
+            Some(dir) => {
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                (None, dir.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("dsql-pgx-local-")
+                    .tempdir()
+                    .context("creating a temporary data directory")?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let (access_key_id, secret_access_key) = load_credentials(
+            &data_dir,
+            opts.access_key_id.clone(),
+            opts.secret_access_key.clone(),
+        )?;
+        let ca = load_ca(&data_dir)?;
+        let cert = ca.issue_server_cert(&[opts.hostname.as_str()])?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert_der], cert.key_der)
+        .context("TLS server certificate")?;
+        tls.alpn_protocols = vec![b"postgresql".to_vec()];
+
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("listening on {}", opts.listen))?;
+        let local_addr = listener.local_addr().context("listener address")?;
+
+        let mut pg_opts = PgOptions::new(&data_dir);
+        pg_opts.dsql_mimic = true;
+        let pg = PgServer::start(pg_opts)
+            .await
+            .context("starting the private PostgreSQL")?;
+
+        let verifier = TokenVerifier::new(opts.hostname.clone(), opts.region.clone()).with_key(
+            access_key_id.clone(),
+            secret_access_key.clone(),
+            None,
+        );
+        let shared = Arc::new(Shared::new(
+            verifier,
+            TlsAcceptor::from(Arc::new(tls)),
+            pg.socket_path(),
+            opts.limits.clone(),
+        ));
+        let (stop, stop_rx) = watch::channel(false);
+        let accept_task = tokio::spawn(accept_loop(listener, shared, stop_rx));
+        tracing::info!(%local_addr, hostname = %opts.hostname, region = %opts.region, "local DSQL endpoint ready");
+        Ok(LocalEndpoint {
+            local_addr,
+            hostname: opts.hostname,
+            region: opts.region,
+            access_key_id,
+            secret_access_key,
+            ca_path: data_dir.join("ca.pem"),
+            data_dir,
+            stop,
+            accept_task: Some(accept_task),
+            pg: Some(pg),
+            temp_dir,
+        })
+    }
+
+    /// The address the endpoint listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The TCP port the endpoint listens on.
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// The hostname tokens must be signed for (use it as the connection host, for SNI).
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// The region tokens must be signed for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Path of the CA certificate clients must trust (`sslrootcert`).
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The access key id tokens must be signed with.
+    pub fn access_key_id(&self) -> &str {
+        &self.access_key_id
+    }
+
+    /// The secret access key tokens must be signed with. A secret: do not log it.
+    pub fn secret_access_key(&self) -> &str {
+        &self.secret_access_key
+    }
+
+    /// The private PostgreSQL behind the endpoint.
+    pub fn postgres(&self) -> &PgServer {
+        self.pg
+            .as_ref()
+            .expect("PostgreSQL is present until shutdown consumes the endpoint")
+    }
+
+    /// Stops accepting, closes client connections (with a FATAL 57P01) and stops
+    /// PostgreSQL cleanly.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.accept_task.take() {
+            let _ = task.await;
+        }
+        if let Some(pg) = self.pg.take() {
+            pg.stop().await?;
+        }
+        if let Some(t) = self.temp_dir.take() {
+            t.close().context("removing the temporary data directory")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalEndpoint {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.accept_task.take() {
+            task.abort();
+        }
+        // `pg` then `temp_dir` are dropped next: PostgreSQL stops synchronously.
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    connections.spawn(serve(shared.clone(), tcp, peer, stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown_signaled(&mut stop) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_credentials_look_like_aws() {
+        let akid = generate_access_key_id();
+        assert_eq!(akid.len(), 20);
+        assert!(akid.starts_with("AKIA"));
+        assert!(
+            akid.bytes()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
+        assert_eq!(generate_secret().len(), 40);
+        assert_ne!(generate_secret(), generate_secret());
+    }
+
+    #[test]
+    fn credentials_persist_with_private_permissions() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_credentials(dir.path(), None, None).unwrap();
+        let mode = fs::metadata(dir.path().join("credentials"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_credentials(dir.path(), None, None).unwrap(), first);
+        let explicit = load_credentials(dir.path(), Some("A".into()), Some("B".into())).unwrap();
+        assert_eq!(explicit, ("A".into(), "B".into()));
+        assert!(load_credentials(dir.path(), Some("A".into()), None).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let opts = EndpointOptions {
+            secret_access_key: Some("hunter2-secret".into()),
+            ..EndpointOptions::default()
+        };
+        assert!(!format!("{opts:?}").contains("hunter2"));
+    }
+}
