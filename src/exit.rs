@@ -68,7 +68,10 @@ pub fn classify(error: &anyhow::Error) -> Exit {
         if cause.is::<Interrupted>() {
             return Exit::Interrupted;
         }
-        if cause.is::<ConfigError>() || cause.is::<clap::Error>() {
+        if cause.is::<ConfigError>()
+            || cause.is::<clap::Error>()
+            || cause.is::<crate::local::PostgresNotFound>()
+        {
             return Exit::Usage;
         }
         if let Some(e) = cause.downcast_ref::<AuthError>() {

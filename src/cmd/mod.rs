@@ -3,6 +3,7 @@
 
 pub mod completions;
 pub mod connect;
+pub mod local;
 pub mod query;
 pub mod refresh_demo;
 pub mod token;
@@ -12,7 +13,7 @@ use anyhow::Context as _;
 use crate::cli::{Command, ConnArgs};
 use crate::output::Output;
 use crate::pool::Pool;
-use crate::settings::{self, ConnSettings, Destination, ProcessEnv};
+use crate::settings::{self, ConnSettings, ProcessEnv};
 
 /// Runs a subcommand on the current runtime.
 pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
@@ -21,7 +22,7 @@ pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Connect(args) => connect::run(args, out).await,
         Command::Token(args) => token::run(args, out).await,
         Command::RefreshDemo(args) => refresh_demo::run(args, out).await,
-        Command::Local(_) => anyhow::bail!("not implemented yet"),
+        Command::Local(args) => local::run(args, out).await,
         Command::Completions(args) => completions::run(&args),
     }
 }
@@ -32,6 +33,7 @@ pub struct Session {
     pub pool: Pool,
     /// The settings it was built from.
     pub settings: ConnSettings,
+    local: Option<crate::local::LocalEndpoint>,
 }
 
 impl Session {
@@ -39,21 +41,27 @@ impl Session {
     /// `min_idle` connections (`None` keeps the configured minimum).
     pub async fn open(args: &ConnArgs, min_idle: Option<u32>) -> anyhow::Result<Session> {
         let destination = settings::destination(args, &ProcessEnv)?;
-        let mut settings = match destination {
-            Destination::Remote(settings) => settings,
-            Destination::Local { .. } => anyhow::bail!("--local is not available yet"),
-        };
+        let (mut settings, local) = local::ephemeral(destination).await?;
         if let Some(min_idle) = min_idle {
             settings.pool.min_idle = min_idle.min(settings.pool.max_size);
         }
         let pool = Pool::new(&settings)
             .await
             .with_context(|| format!("cannot open the pool for {}", settings.target.endpoint))?;
-        Ok(Session { pool, settings })
+        Ok(Session {
+            pool,
+            settings,
+            local,
+        })
     }
 
     /// Closes the pool (and the local endpoint, if any).
     pub async fn close(self) {
         drop(self.pool);
+        if let Some(endpoint) = self.local
+            && let Err(error) = endpoint.shutdown().await
+        {
+            tracing::warn!("stopping the local endpoint: {error:#}");
+        }
     }
 }

@@ -72,7 +72,11 @@ async fn worker(pool: Pool, tally: Arc<Mutex<Tally>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let outcome = match pool.get().await {
-            Ok(conn) => conn.simple_query("select 1").await.map(drop).map_err(anyhow::Error::from),
+            Ok(conn) => conn
+                .simple_query("select 1")
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from),
             Err(error) => Err(error.into()),
         };
         let elapsed = started.elapsed();
@@ -88,7 +92,10 @@ async fn worker(pool: Pool, tally: Arc<Mutex<Tally>>, stop: Arc<AtomicBool>) {
             outcome.err()
         };
         if let Some(error) = failed {
-            tracing::warn!("worker query failed: {}", crate::exit::chain(error.as_ref()));
+            tracing::warn!(
+                "worker query failed: {}",
+                crate::exit::chain(error.as_ref())
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -121,7 +128,11 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
     let mut refresher = pool.spawn_refresher(interval);
     let mut stdout = std::io::stdout().lock();
     if out.format != Format::Json && !out.quiet {
-        let first: Vec<String> = pool.connections().into_iter().map(|c| c.session_id).collect();
+        let first: Vec<String> = pool
+            .connections()
+            .into_iter()
+            .map(|c| c.session_id)
+            .collect();
         eprintln!(
             "refresh-demo: {} workers, a refresh every {}; connections now: {}",
             args.workers,
@@ -166,7 +177,11 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
         let mut period = take(&tally);
         period.latencies.sort();
         let before: BTreeSet<&String> = report.retired.iter().collect();
-        let overlap = report.opened.iter().filter(|id| before.contains(id)).count();
+        let overlap = report
+            .opened
+            .iter()
+            .filter(|id| before.contains(id))
+            .count();
         let line = RefreshLine {
             refresh: refreshes,
             time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -230,7 +245,15 @@ fn print_line(stdout: &mut dyn Write, out: &Output, line: &RefreshLine) -> anyho
         serde_json::to_writer(&mut *stdout, line)?;
         writeln!(stdout)?;
     } else {
-        let header = ["refresh", "time", "IDs before → after", "overlap", "ok / failed", "p50 / p99", "took"];
+        let header = [
+            "refresh",
+            "time",
+            "IDs before → after",
+            "overlap",
+            "ok / failed",
+            "p50 / p99",
+            "took",
+        ];
         let row = vec![
             format!("#{} (gen {})", line.refresh, line.generation),
             line.time.clone(),
@@ -242,7 +265,11 @@ fn print_line(stdout: &mut dyn Write, out: &Output, line: &RefreshLine) -> anyho
         ];
         writeln!(stdout, "{}", out.table(&header, &[row]))?;
         if !out.quiet {
-            writeln!(stdout, "{}", out.table(&["pool", "value"], &output::stats_rows(&line.pool)))?;
+            writeln!(
+                stdout,
+                "{}",
+                out.table(&["pool", "value"], &output::stats_rows(&line.pool))
+            )?;
         }
     }
     stdout.flush()?;
@@ -256,10 +283,22 @@ fn print_summary(stdout: &mut dyn Write, out: &Output, summary: &Summary) -> any
         return Ok(());
     }
     let rows = vec![
-        vec!["refreshes (failed attempts)".to_string(), format!("{} ({})", summary.refreshes, summary.failed_refreshes)],
-        vec!["queries ok / failed".to_string(), format!("{} / {}", summary.ok, summary.failed)],
-        vec!["connections surviving a refresh".to_string(), summary.overlap.to_string()],
-        vec!["latency p50 / p99".to_string(), format!("{:.2} / {:.2} ms", summary.p50_ms, summary.p99_ms)],
+        vec![
+            "refreshes (failed attempts)".to_string(),
+            format!("{} ({})", summary.refreshes, summary.failed_refreshes),
+        ],
+        vec![
+            "queries ok / failed".to_string(),
+            format!("{} / {}", summary.ok, summary.failed),
+        ],
+        vec![
+            "connections surviving a refresh".to_string(),
+            summary.overlap.to_string(),
+        ],
+        vec![
+            "latency p50 / p99".to_string(),
+            format!("{:.2} / {:.2} ms", summary.p50_ms, summary.p99_ms),
+        ],
     ];
     writeln!(stdout, "{}", out.table(&["summary", "value"], &rows))?;
     Ok(())

@@ -1,0 +1,178 @@
+//! `dsql-pgx local`: serve a local DSQL-compatible endpoint until Ctrl-C or SIGTERM, and
+//! the ephemeral endpoint behind every command's `--local`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::auth::{CredentialSource, Secret};
+use crate::cli::{Format, LocalArgs, SslMode};
+use crate::local::{EndpointOptions, Limits, LocalEndpoint};
+use crate::output::Output;
+use crate::settings::{self, Auth, ConfigError, ConnSettings, Destination, Target, Tls};
+
+#[derive(Serialize)]
+struct ClientEnv<'a> {
+    #[serde(rename = "CLUSTER_ENDPOINT")]
+    endpoint: &'a str,
+    #[serde(rename = "REGION")]
+    region: &'a str,
+    #[serde(rename = "DB_HOST")]
+    host: String,
+    #[serde(rename = "DB_PORT")]
+    port: u16,
+    #[serde(rename = "PGSSLROOTCERT")]
+    ca: String,
+    #[serde(rename = "AWS_ACCESS_KEY_ID")]
+    access_key_id: &'a str,
+    #[serde(rename = "AWS_SECRET_ACCESS_KEY")]
+    secret_access_key: &'a str,
+}
+
+fn client_env(endpoint: &LocalEndpoint) -> ClientEnv<'_> {
+    ClientEnv {
+        endpoint: endpoint.hostname(),
+        region: endpoint.region(),
+        host: endpoint.local_addr().ip().to_string(),
+        port: endpoint.port(),
+        ca: endpoint.ca_path().display().to_string(),
+        access_key_id: endpoint.access_key_id(),
+        secret_access_key: endpoint.secret_access_key(),
+    }
+}
+
+fn shell_quote(value: &str) -> String {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:+=@".contains(&b))
+    {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
+}
+
+/// Starts the endpoint, prints what a client needs, serves until a signal.
+pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
+    let mut listen: SocketAddr = args.listen.parse().map_err(|_| {
+        ConfigError(format!(
+            "--listen {:?} is not an address such as 127.0.0.1:5432",
+            args.listen
+        ))
+    })?;
+    if let Some(port) = args.port {
+        listen.set_port(port);
+    }
+    let max_connection_age =
+        settings::duration(&args.max_connection_age, "--max-connection-age", None)?;
+    let endpoint = LocalEndpoint::start(EndpointOptions {
+        listen,
+        data_dir: args.data_dir.clone(),
+        hostname: args.hostname.clone(),
+        region: args.region.clone(),
+        access_key_id: args.access_key_id.clone(),
+        secret_access_key: args.secret_access_key.clone(),
+        limits: Limits {
+            max_connection_age,
+            max_connections: args.max_connections,
+            rate_per_sec: args.rate,
+            burst: args.burst,
+        },
+    })
+    .await?;
+    let env = client_env(&endpoint);
+    let mut stdout = std::io::stdout().lock();
+    if out.format == Format::Json {
+        serde_json::to_writer(&mut stdout, &env)?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(stdout, "unset AWS_SESSION_TOKEN AWS_PROFILE")?;
+        writeln!(
+            stdout,
+            "export CLUSTER_ENDPOINT={} REGION={} DB_HOST={} DB_PORT={} PGSSLROOTCERT={} AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+            shell_quote(env.endpoint),
+            shell_quote(env.region),
+            shell_quote(&env.host),
+            env.port,
+            shell_quote(&env.ca),
+            shell_quote(env.access_key_id),
+            shell_quote(env.secret_access_key),
+        )?;
+    }
+    stdout.flush()?;
+    drop(stdout);
+    if !out.quiet {
+        eprintln!(
+            "dsql-pgx local: serving {} on {} (data in {}); Ctrl-C or SIGTERM stops it",
+            endpoint.hostname(),
+            endpoint.local_addr(),
+            endpoint.data_dir().display()
+        );
+    }
+    wait_for_stop().await?;
+    endpoint.shutdown().await?;
+    Ok(())
+}
+
+async fn wait_for_stop() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// Starts an ephemeral endpoint for `--local` and the settings that reach it.
+pub async fn ephemeral(
+    destination: Destination,
+) -> anyhow::Result<(ConnSettings, Option<LocalEndpoint>)> {
+    let (pool, user, token_expires_in, negotiation) = match destination {
+        Destination::Remote(settings) => return Ok((settings, None)),
+        Destination::Local {
+            pool,
+            user,
+            token_expires_in,
+            negotiation,
+        } => (pool, user, token_expires_in, negotiation),
+    };
+    let endpoint = LocalEndpoint::start(EndpointOptions::default()).await?;
+    let settings = ConnSettings {
+        target: Target {
+            endpoint: endpoint.hostname().to_string(),
+            region: endpoint.region().to_string(),
+            user,
+            credentials: CredentialSource::Static {
+                access_key_id: endpoint.access_key_id().to_string(),
+                secret_access_key: Secret::new(endpoint.secret_access_key()),
+            },
+            token_expires_in,
+        },
+        host: endpoint.local_addr().ip().to_string(),
+        port: endpoint.port(),
+        database: "postgres".to_string(),
+        auth: Auth::Iam,
+        tls: Tls {
+            mode: SslMode::VerifyFull,
+            ca_file: Some(endpoint.ca_path().to_path_buf()),
+            negotiation,
+        },
+        pool,
+    };
+    Ok((settings, Some(endpoint)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn shell_values_are_quoted_when_needed() {
+        assert_eq!(shell_quote("us-east-1"), "us-east-1");
+        assert_eq!(shell_quote("/tmp/a b/ca.pem"), "'/tmp/a b/ca.pem'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}
