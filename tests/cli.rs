@@ -1,0 +1,220 @@
+//! End to end through the built binary: `query`, `connect`, `token` against a real
+//! PostgreSQL (`--no-iam`, TLS with the harness's CA) and through the local endpoint
+//! (IAM tokens checked).
+
+mod common;
+
+use common::dsql::{assert_code, dsql_pgx, output, run_at, run_plain, stderr, stdout};
+use common::{TestEndpoint, TestPg};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_prints_every_format() {
+    let pg = TestPg::start().await;
+    let sql = "select 1 as n, 'a,b' as s, true as b, null::text as z, '{\"k\":[1]}'::jsonb as j";
+
+    let out = run_plain(&pg, &["query", sql]).await;
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(text.contains("| n | s   | b | z | j"), "{text}");
+    assert!(text.contains("| 1 | a,b | t |   | {\"k\": [1]} |"), "{text}");
+    assert!(text.trim_end().ends_with("SELECT 1"), "{text}");
+    assert!(stderr(&out).contains("session id"), "statistics go to stderr");
+
+    let out = run_plain(&pg, &["query", "--format", "csv", sql]).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "n,s,b,z,j\n1,\"a,b\",t,,\"{\"\"k\"\": [1]}\"\n");
+
+    let out = run_plain(&pg, &["query", "--format", "tsv", "--no-header", "select 'x\ty' as a, 2 as b"]).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "x\\ty\t2\n");
+
+    let out = run_plain(&pg, &["query", "--format", "json", sql]).await;
+    assert_code(&out, 0);
+    let row: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    assert_eq!(row, serde_json::json!({"n": 1, "s": "a,b", "b": true, "z": null, "j": {"k": [1]}}));
+
+    let out = run_plain(&pg, &["query", "-q", "--format", "csv", "select 1 as a"]).await;
+    assert_code(&out, 0);
+    assert_eq!(stderr(&out), "", "-q prints results only");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_runs_statements_from_argument_file_and_stdin() {
+    let pg = TestPg::start().await;
+    let out = run_plain(
+        &pg,
+        &["query", "create table t (a int); insert into t values (1), (2); select sum(a) as s from t; drop table t"],
+    )
+    .await;
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    for tag in ["CREATE TABLE", "INSERT 0 2", "| 3 |", "SELECT 1", "DROP TABLE"] {
+        assert!(text.contains(tag), "{tag} missing in {text}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("q.sql");
+    std::fs::write(&file, "select 'from file' as src;\n-- trailing comment\n").unwrap();
+    let out = run_plain(&pg, &["query", "--format", "csv", "-f", file.to_str().unwrap()]).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "src\nfrom file\n");
+
+    let mut cmd = dsql_pgx();
+    cmd.env("PGPASSWORD", pg.password())
+        .env("PGSSLROOTCERT", pg.ca_path())
+        .args(["query", "--format", "csv", "-", "--endpoint", "localhost", "--region", "us-east-1", "--no-iam"])
+        .args(["--port", &pg.port().to_string()])
+        .write_stdin("select 'from stdin' as src");
+    let out = output(cmd).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "src\nfrom stdin\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_errors_exit_1_with_sqlstate_and_position() {
+    let pg = TestPg::start().await;
+    let out = run_plain(&pg, &["query", "selec 1"]).await;
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.starts_with("dsql-pgx: error: "), "{err}");
+    assert!(err.contains("syntax error at or near \"selec\""), "{err}");
+    assert!(err.contains("SQLSTATE 42601"), "{err}");
+    assert!(err.contains("at character 1"), "{err}");
+    assert_eq!(stdout(&out), "");
+
+    let out = run_plain(&pg, &["query", "select 1/0 as x"]).await;
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("SQLSTATE 22012"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_verification_follows_sslmode() {
+    let pg = TestPg::start().await;
+    // The harness's CA (via PGSSLROOTCERT) verifies the server.
+    let out = run_plain(&pg, &["query", "-q", "--format", "csv", "--no-header", "select 1"]).await;
+    assert_code(&out, 0);
+
+    // Another CA: a clear message naming host, CA file and fix; exit 3.
+    let other = TestPg::start().await;
+    let out = run_plain(&pg, &["query", "select 1", "--ca-file", other.ca_path().to_str().unwrap()]).await;
+    assert_code(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("TLS certificate of localhost was rejected by the CA file"), "{err}");
+    assert!(err.contains("--ca-file"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+
+    // The Mozilla roots do not know the harness's CA either.
+    let mut cmd = dsql_pgx();
+    cmd.env("PGPASSWORD", pg.password()).args([
+        "query", "select 1", "--endpoint", "localhost", "--region", "us-east-1", "--no-iam", "--port",
+        &pg.port().to_string(),
+    ]);
+    let out = output(cmd).await;
+    assert_code(&out, 3);
+    assert!(stderr(&out).contains("Mozilla/webpki roots"), "{}", stderr(&out));
+
+    // require encrypts without verifying.
+    let out = run_plain(&pg, &["query", "select 1", "--sslmode", "require", "--ca-file", other.ca_path().to_str().unwrap()]).await;
+    assert_code(&out, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_shows_distinct_connections_and_statistics() {
+    let pg = TestPg::start().await;
+    let out = run_plain(&pg, &["connect", "--count", "3", "--format", "json"]).await;
+    assert_code(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let conns = doc["connections"].as_array().expect("connections");
+    assert_eq!(conns.len(), 3);
+    let mut ids: Vec<&str> = conns.iter().map(|c| c["session_id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "distinct sessions");
+    for conn in conns {
+        assert_eq!(conn["tls_version"], "TLSv1.3");
+        assert!(conn["server_version"].as_str().unwrap().starts_with(char::is_numeric));
+        assert!(conn["timing"]["total"].as_f64().unwrap() > 0.0);
+    }
+    assert!(doc["pool"]["opened"].as_u64().unwrap() >= 3);
+
+    let out = run_plain(&pg, &["connect"]).await;
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(text.contains("session id") && text.contains("TLSv1.3") && text.contains("generation"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iam_through_the_local_endpoint() {
+    let ep = TestEndpoint::start().await;
+    let out = run_at(&ep, &["query", "--format", "json", "select sys.current_session_id() as id, current_user as u"]).await;
+    assert_code(&out, 0);
+    let row: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(row["u"], "admin");
+    let id = row["id"].as_str().unwrap();
+    assert_eq!(id.len(), 26);
+
+    // Direct TLS negotiation (PostgreSQL 17 style, ALPN postgresql).
+    let out = run_at(&ep, &["connect", "--format", "json", "--ssl-negotiation", "direct", "--count", "2"]).await;
+    assert_code(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for conn in doc["connections"].as_array().unwrap() {
+        assert_eq!(conn["alpn"], true);
+        assert!(conn["token_signed_at"].is_string());
+        assert_eq!(conn["session_id"].as_str().unwrap().len(), 26);
+    }
+
+    // A custom role gets a DbConnect token.
+    let admin = ep.admin_client().await;
+    admin.batch_execute("create role app login").await.unwrap();
+    let out = run_at(&ep, &["query", "--user", "app", "--format", "csv", "--no-header", "select current_user"]).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "app\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_tokens_explain_and_never_leak() {
+    let ep = TestEndpoint::start().await;
+    let secret = ep.secret_access_key().to_string();
+    let out = run_at(&ep, &["query", "select 1", "--region", "eu-west-1"]).await;
+    assert_code(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("IAM authentication failed for user \"admin\""), "{err}");
+    assert!(err.contains("SQLSTATE 28000"), "{err}");
+    assert!(err.contains("check the system clock"), "{err}");
+    assert!(!err.contains(&secret) && !err.contains("X-Amz-Signature"), "no secrets: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_works_for_psql_and_as_json() {
+    let ep = TestEndpoint::start().await;
+    let out = run_at(&ep, &["token"]).await;
+    assert_code(&out, 0);
+    let token = stdout(&out);
+    assert!(token.ends_with('\n') && token.lines().count() == 1);
+    assert!(token.starts_with("localhost/?Action=DbConnectAdmin&"), "{token}");
+    assert_eq!(stderr(&out), "");
+
+    let out = run_at(&ep, &["token", "--user", "app", "--format", "json", "--expires-in", "60"]).await;
+    assert_code(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["action"], "DbConnect");
+    assert_eq!(doc["hostname"], "localhost");
+    assert_eq!(doc["region"], "us-east-1");
+    assert!(doc["token"].as_str().unwrap().contains("X-Amz-Expires=60&"));
+    assert!(doc["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    // psql, a client we did not write, accepts the token.
+    let psql = tokio::process::Command::new("psql")
+        .env("PGPASSWORD", token.trim_end())
+        .env("PGSSLROOTCERT", ep.ca_path())
+        .args(["-X", "-A", "-t", "-c", "select sys.current_session_id()"])
+        .arg(format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user=admin dbname=postgres sslmode=verify-full",
+            ep.port()
+        ))
+        .output()
+        .await
+        .expect("psql is installed (Debian package postgresql-client)");
+    assert!(psql.status.success(), "psql: {}", String::from_utf8_lossy(&psql.stderr));
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim().len(), 26);
+}

@@ -1,0 +1,133 @@
+//! Client-side helpers: the dsql-pgx binary as a test runs it, and library settings that
+//! reach a [`TestEndpoint`] or a [`TestPg`].
+
+use std::ffi::OsStr;
+use std::process::Output;
+use std::time::Duration;
+
+use dsql_pgx::auth::{CredentialSource, Secret};
+use dsql_pgx::cli::{SslMode, SslNegotiation};
+use dsql_pgx::settings::{Auth, ConnSettings, PoolSettings, Target, Tls};
+
+use super::{TestEndpoint, TestPg};
+
+/// Variables a developer's shell may set that would change what the binary does.
+const AMBIENT: &[&str] = &[
+    "CLUSTER_ENDPOINT", "CLUSTER_USER", "REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DB_HOST", "DB_PORT",
+    "DB_USER", "DB_NAME", "DB_USE_IAM", "DB_MAX_CONNS", "DB_MIN_CONNS", "DB_REFRESH_TOKEN",
+    "TOKEN_REFRESH_INTERVAL", "TOKEN_EXPIRES_IN", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLNEGOTIATION",
+    "PGPASSWORD", "RUST_LOG", "RUST_BACKTRACE",
+];
+
+/// The built binary with a clean environment: no ambient AWS or PG settings, no colour.
+pub fn dsql_pgx() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("dsql-pgx").expect("binary built");
+    for var in AMBIENT {
+        cmd.env_remove(var);
+    }
+    // Keep the AWS SDK away from a developer's ~/.aws and from instance metadata.
+    cmd.env("AWS_CONFIG_FILE", "/nonexistent/dsql-pgx-test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/dsql-pgx-test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs a prepared command off the async runtime and returns what it printed.
+pub async fn output(mut cmd: assert_cmd::Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("running dsql-pgx"))
+        .await
+        .expect("joining the command")
+}
+
+/// Runs `dsql-pgx ARGS` against the endpoint (its environment, IAM on).
+pub async fn run_at(endpoint: &TestEndpoint, args: &[&str]) -> Output {
+    let mut cmd = dsql_pgx();
+    cmd.envs(endpoint.env()).args(args);
+    output(cmd).await
+}
+
+/// Runs `dsql-pgx ARGS` against the plain PostgreSQL with `--no-iam` and its CA.
+pub async fn run_plain(pg: &TestPg, args: &[&str]) -> Output {
+    let mut cmd = dsql_pgx();
+    let port = pg.port().to_string();
+    let mut full: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    full.extend(
+        ["--endpoint", "localhost", "--region", "us-east-1", "--port", &port, "--no-iam"]
+            .iter()
+            .map(OsStr::new),
+    );
+    cmd.env("PGPASSWORD", pg.password())
+        .env("PGSSLROOTCERT", pg.ca_path())
+        .args(full);
+    output(cmd).await
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the exit code, showing both streams when it differs.
+pub fn assert_code(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code\n--- stdout\n{}\n--- stderr\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Pool settings small and quick for tests.
+pub fn pool_settings() -> PoolSettings {
+    PoolSettings {
+        max_size: 10,
+        min_idle: 2,
+        max_lifetime: Duration::from_secs(55 * 60),
+        idle_timeout: Duration::from_secs(600),
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+impl TestEndpoint {
+    /// Library settings that reach this endpoint as `user` with IAM tokens.
+    pub fn settings(&self, user: &str) -> ConnSettings {
+        self.settings_with(
+            user,
+            CredentialSource::Static {
+                access_key_id: self.access_key_id().to_string(),
+                secret_access_key: Secret::new(self.secret_access_key()),
+            },
+        )
+    }
+
+    /// Library settings with a credential source of the test's choosing.
+    pub fn settings_with(&self, user: &str, credentials: CredentialSource) -> ConnSettings {
+        ConnSettings {
+            target: Target {
+                endpoint: self.host().to_string(),
+                region: self.region().to_string(),
+                user: user.to_string(),
+                credentials,
+                token_expires_in: Duration::from_secs(900),
+            },
+            host: "127.0.0.1".to_string(),
+            port: self.port(),
+            database: "postgres".to_string(),
+            auth: Auth::Iam,
+            tls: Tls {
+                mode: SslMode::VerifyFull,
+                ca_file: Some(self.ca_path().to_path_buf()),
+                negotiation: SslNegotiation::Postgres,
+            },
+            pool: pool_settings(),
+        }
+    }
+}
