@@ -391,3 +391,79 @@ async fn dropping_the_server_leaves_no_process() {
     drop(ep);
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err());
 }
+
+#[tokio::test]
+async fn gssenc_request_is_declined_then_tls_proceeds() {
+    let ep = TestEndpoint::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(ep.endpoint().local_addr())
+        .await
+        .unwrap();
+    let mut reply = [0u8; 1];
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap();
+    tcp.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"N");
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    tcp.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"S");
+}
+
+#[tokio::test]
+async fn a_data_dir_keeps_credentials_ca_and_data_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = dsql_pgx::local::EndpointOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let first = dsql_pgx::local::LocalEndpoint::start(opts.clone())
+        .await
+        .unwrap();
+    let (akid, secret) = (
+        first.access_key_id().to_owned(),
+        first.secret_access_key().to_owned(),
+    );
+    let ca = std::fs::read_to_string(first.ca_path()).unwrap();
+    first
+        .postgres()
+        .admin_client()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE kept (x int)")
+        .await
+        .unwrap();
+    assert!(!format!("{first:?}").contains(&secret));
+    first.shutdown().await.unwrap();
+
+    let second = dsql_pgx::local::LocalEndpoint::start(opts).await.unwrap();
+    assert_eq!(second.access_key_id(), akid);
+    assert_eq!(second.secret_access_key(), secret);
+    assert_eq!(std::fs::read_to_string(second.ca_path()).unwrap(), ca);
+    let token = TokenSpec {
+        host: second.hostname().into(),
+        region: second.region().into(),
+        access_key_id: akid,
+        secret_access_key: secret,
+        expires_in: 60,
+    }
+    .sign("admin")
+    .await;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("localhost")
+        .hostaddr(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        .port(second.port())
+        .user("admin")
+        .password(token)
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let client = connect(
+        &config,
+        common::RustlsConnect(common::client_config(&ca, false)),
+    )
+    .await
+    .unwrap();
+    client.query("SELECT x FROM kept", &[]).await.unwrap();
+    second.shutdown().await.unwrap();
+}
