@@ -1,0 +1,446 @@
+//! The one shared harness for integration tests: a real PostgreSQL with TCP+TLS+password
+//! ([`TestPg`]), a local DSQL endpoint ([`TestEndpoint`]), a rustls connector for
+//! tokio-postgres and DSQL token helpers. Everything stops on drop, leaving no process.
+//! A missing PostgreSQL installation fails loudly, it is never a skip.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config as TokenConfig};
+use aws_smithy_async::time::StaticTimeSource;
+use dsql_pgx::local::certs::LocalCa;
+use dsql_pgx::local::{EndpointOptions, Limits, LocalEndpoint, PgOptions, PgServer, TcpTls};
+use rand::Rng as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+/// A rustls client config (ring provider) trusting only the CA in `ca_pem`.
+pub fn client_config(ca_pem: &str, alpn: bool) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    if alpn {
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+    }
+    Arc::new(config)
+}
+
+/// A tokio-postgres TLS connector on rustls.
+#[derive(Clone)]
+pub struct RustlsConnect(pub Arc<rustls::ClientConfig>);
+
+/// One handshake of [`RustlsConnect`].
+pub struct RustlsConnector {
+    config: Arc<rustls::ClientConfig>,
+    name: rustls_pki_types::ServerName<'static>,
+}
+
+/// A TLS stream usable by tokio-postgres.
+pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S> MakeTlsConnect<S> for RustlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type TlsConnect = RustlsConnector;
+    type Error = rustls_pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnector, Self::Error> {
+        Ok(RustlsConnector {
+            config: self.0.clone(),
+            name: rustls_pki_types::ServerName::try_from(domain.to_owned())?,
+        })
+    }
+}
+
+impl<S> TlsConnect<S> for RustlsConnector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let tls = tokio_rustls::TlsConnector::from(self.config)
+                .connect(self.name, stream)
+                .await?;
+            Ok(RustlsStream(tls))
+        })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+/// Connects with `config` and spawns the connection task.
+pub async fn connect(
+    config: &tokio_postgres::Config,
+    tls: RustlsConnect,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Everything needed to sign a DSQL token.
+#[derive(Clone, Debug)]
+pub struct TokenSpec {
+    /// Hostname signed for.
+    pub host: String,
+    /// Region signed for.
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Validity in seconds.
+    pub expires_in: u64,
+}
+
+impl TokenSpec {
+    /// Signs a token with aws-sdk-dsql's generator: `DbConnectAdmin` iff `user == "admin"`.
+    pub async fn sign(&self, user: &str) -> String {
+        let creds = Credentials::new(
+            &self.access_key_id,
+            &self.secret_access_key,
+            None,
+            None,
+            "test",
+        );
+        let sdk = aws_config::SdkConfig::builder()
+            .credentials_provider(SharedCredentialsProvider::new(creds))
+            .time_source(StaticTimeSource::new(SystemTime::now()))
+            .build();
+        let generator = AuthTokenGenerator::new(
+            TokenConfig::builder()
+                .hostname(&self.host)
+                .region(aws_config::Region::new(self.region.clone()))
+                .expires_in(self.expires_in)
+                .build()
+                .expect("token config"),
+        );
+        let token = if user == "admin" {
+            generator.db_connect_admin_auth_token(&sdk).await
+        } else {
+            generator.db_connect_auth_token(&sdk).await
+        };
+        token.expect("signing a token").to_string()
+    }
+}
+
+fn random_password() -> String {
+    let mut rng = rand::rng();
+    (0..24)
+        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+        .collect()
+}
+
+/// A real PostgreSQL on 127.0.0.1 with TLS (certificate from a local CA) and a SCRAM
+/// password for the superuser `admin`.
+pub struct TestPg {
+    pg: Option<PgServer>,
+    password: String,
+    ca_pem: String,
+    ca_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestPg {
+    /// Starts a plain PostgreSQL.
+    pub async fn start() -> TestPg {
+        Self::start_with(false).await
+    }
+
+    /// Starts PostgreSQL, DSQL-like when `dsql_mimic`.
+    pub async fn start_with(dsql_mimic: bool) -> TestPg {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = LocalCa::generate().expect("CA");
+        let cert = ca.issue_server_cert(&[]).expect("server certificate");
+        let password = random_password();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).expect("writing ca.pem");
+        let opts = PgOptions {
+            data_dir: dir.path().join("data"),
+            superuser: "admin".into(),
+            tcp: Some(TcpTls {
+                port: 0,
+                cert_pem: cert.cert_pem.clone(),
+                key_pem: cert.key_pem.clone(),
+                password: password.clone(),
+            }),
+            dsql_mimic,
+        };
+        let pg = PgServer::start(opts)
+            .await
+            .unwrap_or_else(|e| panic!("starting the test PostgreSQL failed: {e:#}"));
+        TestPg {
+            pg: Some(pg),
+            password,
+            ca_pem: ca.cert_pem().to_owned(),
+            ca_path,
+            _dir: dir,
+        }
+    }
+
+    /// The server.
+    pub fn server(&self) -> &PgServer {
+        self.pg.as_ref().expect("running")
+    }
+
+    /// Host to connect to.
+    pub fn host(&self) -> &str {
+        "localhost"
+    }
+
+    /// TCP port.
+    pub fn port(&self) -> u16 {
+        self.server().port().expect("TCP enabled")
+    }
+
+    /// Superuser name.
+    pub fn user(&self) -> &str {
+        "admin"
+    }
+
+    /// Superuser password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// Path of the CA certificate (PEM).
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A superuser client over the Unix socket.
+    pub async fn admin_client(&self) -> tokio_postgres::Client {
+        self.server().admin_client().await.expect("admin client")
+    }
+
+    /// A client over TCP+TLS with the password.
+    pub async fn tcp_client(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(self.host())
+            .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .port(self.port())
+            .user(self.user())
+            .password(self.password())
+            .dbname("postgres")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        connect(&config, RustlsConnect(client_config(&self.ca_pem, false))).await
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(pg) = self.pg.take() {
+            pg.stop().await.expect("stopping PostgreSQL");
+        }
+    }
+}
+
+/// A [`LocalEndpoint`] on 127.0.0.1 (free port) with a temporary data directory.
+pub struct TestEndpoint {
+    endpoint: Option<LocalEndpoint>,
+    ca_pem: String,
+}
+
+impl TestEndpoint {
+    /// Starts an endpoint with DSQL's default limits.
+    pub async fn start() -> TestEndpoint {
+        Self::start_with(Limits::default()).await
+    }
+
+    /// Starts an endpoint with the given limits.
+    pub async fn start_with(limits: Limits) -> TestEndpoint {
+        let endpoint = LocalEndpoint::start(EndpointOptions {
+            limits,
+            ..EndpointOptions::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("starting the local endpoint failed: {e:#}"));
+        let ca_pem = std::fs::read_to_string(endpoint.ca_path()).expect("reading ca.pem");
+        TestEndpoint {
+            endpoint: Some(endpoint),
+            ca_pem,
+        }
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &LocalEndpoint {
+        self.endpoint.as_ref().expect("running")
+    }
+
+    /// Hostname to connect to (and sign tokens for).
+    pub fn host(&self) -> &str {
+        self.endpoint().hostname()
+    }
+
+    /// TCP port.
+    pub fn port(&self) -> u16 {
+        self.endpoint().port()
+    }
+
+    /// Region.
+    pub fn region(&self) -> &str {
+        self.endpoint().region()
+    }
+
+    /// CA certificate path.
+    pub fn ca_path(&self) -> &Path {
+        self.endpoint().ca_path()
+    }
+
+    /// CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Access key id.
+    pub fn access_key_id(&self) -> &str {
+        self.endpoint().access_key_id()
+    }
+
+    /// Secret access key.
+    pub fn secret_access_key(&self) -> &str {
+        self.endpoint().secret_access_key()
+    }
+
+    /// Environment for a client process (the CLI) to reach this endpoint.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CLUSTER_ENDPOINT".into(), self.host().into()),
+            ("REGION".into(), self.region().into()),
+            ("DB_PORT".into(), self.port().to_string()),
+            (
+                "PGSSLROOTCERT".into(),
+                self.ca_path().to_string_lossy().into_owned(),
+            ),
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key_id().into()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                self.secret_access_key().into(),
+            ),
+        ]
+    }
+
+    /// What a correct token for this endpoint is signed with (900 s validity).
+    pub fn token_spec(&self) -> TokenSpec {
+        TokenSpec {
+            host: self.host().into(),
+            region: self.region().into(),
+            access_key_id: self.access_key_id().into(),
+            secret_access_key: self.secret_access_key().into(),
+            expires_in: 900,
+        }
+    }
+
+    /// A valid token for `user`.
+    pub async fn token(&self, user: &str) -> String {
+        self.token_spec().sign(user).await
+    }
+
+    /// A rustls connector trusting the endpoint's CA (ALPN `postgresql` when `alpn`).
+    pub fn tls(&self, alpn: bool) -> RustlsConnect {
+        RustlsConnect(client_config(&self.ca_pem, alpn))
+    }
+
+    /// A tokio-postgres config for `user` with `password`, TLS required.
+    pub fn config(&self, user: &str, password: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(self.host())
+            .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .port(self.port())
+            .user(user)
+            .password(password)
+            .dbname("postgres")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        config
+    }
+
+    /// Connects as `user` with a fresh valid token.
+    pub async fn connect(
+        &self,
+        user: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let token = self.token(user).await;
+        connect(&self.config(user, &token), self.tls(false)).await
+    }
+
+    /// A superuser client straight to the private PostgreSQL (Unix socket).
+    pub async fn admin_client(&self) -> tokio_postgres::Client {
+        self.endpoint()
+            .postgres()
+            .admin_client()
+            .await
+            .expect("admin client")
+    }
+
+    /// Shuts the endpoint down cleanly.
+    pub async fn stop(mut self) {
+        if let Some(ep) = self.endpoint.take() {
+            ep.shutdown().await.expect("endpoint shutdown");
+        }
+    }
+}

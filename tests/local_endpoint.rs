@@ -1,0 +1,469 @@
+//! End-to-end tests of the local DSQL endpoint with tokio-postgres, rustls and tokens
+//! from aws-sdk-dsql, against a real private PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEndpoint, TestPg, TokenSpec, connect};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_postgres::error::SqlState;
+
+fn assert_iam_refused(err: &tokio_postgres::Error, user: &str) {
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {err:?}"));
+    assert_eq!(db.code(), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    assert_eq!(
+        db.message(),
+        format!("IAM authentication failed for user \"{user}\"")
+    );
+}
+
+fn code(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {err:?}"))
+        .code()
+        .code()
+        .to_owned()
+}
+
+async fn create_role(ep: &TestEndpoint, role: &str) {
+    ep.admin_client()
+        .await
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn admin_and_custom_role_tokens_are_accepted() {
+    let ep = TestEndpoint::start().await;
+    let admin = ep.connect("admin").await.unwrap();
+    let row = admin.query_one("SELECT current_user", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "admin");
+    let iso: String = admin
+        .query_one("SHOW transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(iso, "repeatable read");
+
+    create_role(&ep, "app").await;
+    let app = ep.connect("app").await.unwrap();
+    let row = app.query_one("SELECT current_user", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "app");
+    ep.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_for_the_wrong_action_are_refused_both_ways() {
+    let ep = TestEndpoint::start().await;
+    create_role(&ep, "app").await;
+    let spec = ep.token_spec();
+    let admin_token = spec.sign("admin").await;
+    let user_token = spec.sign("app").await;
+    let tls = ep.tls(false);
+    let err = connect(&ep.config("app", &admin_token), tls.clone())
+        .await
+        .unwrap_err();
+    assert_iam_refused(&err, "app");
+    let err = connect(&ep.config("admin", &user_token), tls)
+        .await
+        .unwrap_err();
+    assert_iam_refused(&err, "admin");
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused() {
+    let ep = TestEndpoint::start().await;
+    let good = ep.token_spec();
+    let cases = [
+        TokenSpec {
+            secret_access_key: "wrong-secret".into(),
+            ..good.clone()
+        },
+        TokenSpec {
+            region: "eu-west-1".into(),
+            ..good.clone()
+        },
+        TokenSpec {
+            host: "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws".into(),
+            ..good.clone()
+        },
+        TokenSpec {
+            access_key_id: "AKIAUNKNOWNUNKNOWN00".into(),
+            ..good.clone()
+        },
+    ];
+    for spec in cases {
+        let token = spec.sign("admin").await;
+        let err = connect(&ep.config("admin", &token), ep.tls(false))
+            .await
+            .unwrap_err();
+        assert_iam_refused(&err, "admin");
+    }
+    for garbage in ["", "hunter2", "localhost/?Action=DbConnectAdmin"] {
+        let err = connect(&ep.config("admin", garbage), ep.tls(false))
+            .await
+            .unwrap_err();
+        assert_iam_refused(&err, "admin");
+    }
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refused_but_open_connections_live_on() {
+    let ep = TestEndpoint::start().await;
+    let short = TokenSpec {
+        expires_in: 1,
+        ..ep.token_spec()
+    };
+    let token = short.sign("admin").await;
+    let open = connect(&ep.config("admin", &token), ep.tls(false))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = connect(&ep.config("admin", &token), ep.tls(false))
+        .await
+        .unwrap_err();
+    assert_iam_refused(&err, "admin");
+    let one: i32 = open.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test]
+async fn plaintext_is_refused() {
+    let ep = TestEndpoint::start().await;
+    let token = ep.token("admin").await;
+    let mut config = ep.config("admin", &token);
+    config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let err = match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => panic!("plaintext connection accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(code(&err), "08P01");
+    assert_eq!(err.as_db_error().unwrap().message(), "SSL/TLS required");
+}
+
+#[tokio::test]
+async fn raw_plaintext_startup_gets_a_fatal_error_response() {
+    let ep = TestEndpoint::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(ep.endpoint().local_addr())
+        .await
+        .unwrap();
+    let startup = dsql_pgx::local::wire::Startup {
+        params: vec![("user".into(), "admin".into())],
+    };
+    tcp.write_all(&startup.encode()).await.unwrap();
+    let mut reply = Vec::new();
+    tcp.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply[0], b'E');
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("SFATAL\0") && text.contains("C08P01\0"),
+        "{text:?}"
+    );
+    assert!(text.contains("MSSL/TLS required\0"), "{text:?}");
+
+    // Garbage bytes: an error or a close, never a hang or a crash of the endpoint.
+    let mut tcp = tokio::net::TcpStream::connect(ep.endpoint().local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(&[0xff; 64]).await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink))
+        .await
+        .expect("endpoint closes a garbage connection");
+    ep.connect("admin").await.unwrap();
+}
+
+#[tokio::test]
+async fn disallowed_startup_parameters_are_refused() {
+    let ep = TestEndpoint::start().await;
+    let token = ep.token("admin").await;
+    let mut config = ep.config("admin", &token);
+    config.options("-c work_mem=64MB");
+    let err = connect(&config, ep.tls(false)).await.unwrap_err();
+    assert_eq!(code(&err), "0A000");
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "setting configuration parameter \"options\" not supported"
+    );
+    // Allowed ones pass through to PostgreSQL.
+    let mut config = ep.config("admin", &token);
+    config.application_name("dsql-pgx-test");
+    let client = connect(&config, ep.tls(false)).await.unwrap();
+    let name: String = client
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "dsql-pgx-test");
+}
+
+#[tokio::test]
+async fn session_ids_are_dsql_shaped_and_per_session() {
+    let ep = TestEndpoint::start().await;
+    create_role(&ep, "app").await;
+    let a = ep.connect("admin").await.unwrap();
+    let b = ep.connect("app").await.unwrap();
+    let id = |c: tokio_postgres::Client| async move {
+        let first: String = c
+            .query_one("SELECT sys.current_session_id()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let again: String = c
+            .query_one("SELECT sys.current_session_id()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(first, again, "stable within a session");
+        first
+    };
+    let (ia, ib) = (id(a).await, id(b).await);
+    for s in [&ia, &ib] {
+        assert_eq!(s.len(), 26, "{s}");
+        assert!(
+            s.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+            "{s}"
+        );
+    }
+    assert_ne!(ia, ib);
+}
+
+#[tokio::test]
+async fn direct_tls_requires_alpn() {
+    let ep = TestEndpoint::start().await;
+    let token = ep.token("admin").await;
+    let mut config = ep.config("admin", &token);
+    config.ssl_negotiation(tokio_postgres::config::SslNegotiation::Direct);
+    let client = connect(&config, ep.tls(true)).await.unwrap();
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+
+    let err = connect(&config, ep.tls(false)).await.unwrap_err();
+    assert_eq!(code(&err), "08P01");
+}
+
+#[tokio::test]
+async fn connections_are_closed_at_their_maximum_age() {
+    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
+        max_connection_age: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let client = ep.connect("admin").await.unwrap();
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(client.query_one("SELECT 1", &[]).await.is_err());
+    assert!(client.is_closed());
+    // New connections are fine.
+    ep.connect("admin").await.unwrap();
+}
+
+#[tokio::test]
+async fn connection_rate_is_limited() {
+    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
+        rate_per_sec: 1,
+        burst: 1,
+        ..Default::default()
+    })
+    .await;
+    let _first = ep.connect("admin").await.unwrap();
+    let err = ep.connect("admin").await.unwrap_err();
+    assert_eq!(code(&err), "53400");
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "Unable to accept connection, rate exceeded."
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ep.connect("admin").await.unwrap();
+}
+
+#[tokio::test]
+async fn open_connections_are_limited() {
+    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let first = ep.connect("admin").await.unwrap();
+    let err = ep.connect("admin").await.unwrap_err();
+    assert_eq!(code(&err), "53300");
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "Unable to accept connection, too many open connections."
+    );
+    drop(first);
+    // The slot is released once the endpoint sees the close.
+    let mut ok = false;
+    for _ in 0..50 {
+        if ep.connect("admin").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "slot not released after the first connection closed");
+}
+
+#[tokio::test]
+async fn cancel_requests_reach_postgres() {
+    let ep = TestEndpoint::start().await;
+    let client = ep.connect("admin").await.unwrap();
+    let cancel = client.cancel_token();
+    let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(10)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel_query(ep.tls(false)).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .expect("cancel took effect")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+}
+
+#[tokio::test]
+async fn unknown_role_error_is_relayed() {
+    let ep = TestEndpoint::start().await;
+    let err = ep.connect("nosuchrole").await.unwrap_err();
+    assert_eq!(code(&err), "28000");
+    assert!(
+        err.as_db_error().unwrap().message().contains("nosuchrole"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_client_connections() {
+    let ep = TestEndpoint::start().await;
+    let client = ep.connect("admin").await.unwrap();
+    let pid = ep.endpoint().postgres().pid().unwrap();
+    ep.stop().await;
+    assert!(client.query_one("SELECT 1", &[]).await.is_err());
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err());
+}
+
+#[tokio::test]
+async fn test_pg_speaks_tls_with_a_password() {
+    let pg = TestPg::start().await;
+    let client = pg.tcp_client().await.unwrap();
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
+    pg.admin_client()
+        .await
+        .batch_execute("CREATE ROLE r LOGIN")
+        .await
+        .unwrap();
+    pg.stop().await;
+}
+
+#[tokio::test]
+async fn dropping_the_server_leaves_no_process() {
+    let pg = TestPg::start().await;
+    let pid_file = pg.server().pgdata().join("postmaster.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok());
+    drop(pg);
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+        "postmaster {pid} still running after drop"
+    );
+
+    let ep = TestEndpoint::start().await;
+    let pid = ep.endpoint().postgres().pid().unwrap() as i32;
+    drop(ep);
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err());
+}
+
+#[tokio::test]
+async fn gssenc_request_is_declined_then_tls_proceeds() {
+    let ep = TestEndpoint::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(ep.endpoint().local_addr())
+        .await
+        .unwrap();
+    let mut reply = [0u8; 1];
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap();
+    tcp.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"N");
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    tcp.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"S");
+}
+
+#[tokio::test]
+async fn a_data_dir_keeps_credentials_ca_and_data_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = dsql_pgx::local::EndpointOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let first = dsql_pgx::local::LocalEndpoint::start(opts.clone())
+        .await
+        .unwrap();
+    let (akid, secret) = (
+        first.access_key_id().to_owned(),
+        first.secret_access_key().to_owned(),
+    );
+    let ca = std::fs::read_to_string(first.ca_path()).unwrap();
+    first
+        .postgres()
+        .admin_client()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE kept (x int)")
+        .await
+        .unwrap();
+    assert!(!format!("{first:?}").contains(&secret));
+    first.shutdown().await.unwrap();
+
+    let second = dsql_pgx::local::LocalEndpoint::start(opts).await.unwrap();
+    assert_eq!(second.access_key_id(), akid);
+    assert_eq!(second.secret_access_key(), secret);
+    assert_eq!(std::fs::read_to_string(second.ca_path()).unwrap(), ca);
+    let token = TokenSpec {
+        host: second.hostname().into(),
+        region: second.region().into(),
+        access_key_id: akid,
+        secret_access_key: secret,
+        expires_in: 60,
+    }
+    .sign("admin")
+    .await;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("localhost")
+        .hostaddr(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        .port(second.port())
+        .user("admin")
+        .password(token)
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let client = connect(
+        &config,
+        common::RustlsConnect(common::client_config(&ca, false)),
+    )
+    .await
+    .unwrap();
+    client.query("SELECT x FROM kept", &[]).await.unwrap();
+    second.shutdown().await.unwrap();
+}
