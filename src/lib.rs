@@ -62,7 +62,7 @@ fn init_tracing(cli: &Cli) {
         "error"
     } else {
         match cli.global.verbose {
-            0 => "warn",
+            0 => "error,dsql_pgx=warn",
             1 => "warn,dsql_pgx=info",
             _ => "info,dsql_pgx=debug",
         }

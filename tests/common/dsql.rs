@@ -27,8 +27,8 @@ pub fn dsql_pgx() -> assert_cmd::Command {
         cmd.env_remove(var);
     }
     // Keep the AWS SDK away from a developer's ~/.aws and from instance metadata.
-    cmd.env("AWS_CONFIG_FILE", "/nonexistent/dsql-pgx-test")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/dsql-pgx-test")
+    cmd.env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("NO_COLOR", "1");
     cmd
@@ -52,12 +52,8 @@ pub async fn run_at(endpoint: &TestEndpoint, args: &[&str]) -> Output {
 pub async fn run_plain(pg: &TestPg, args: &[&str]) -> Output {
     let mut cmd = dsql_pgx();
     let port = pg.port().to_string();
-    let mut full: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    full.extend(
-        ["--endpoint", "localhost", "--region", "us-east-1", "--port", &port, "--no-iam"]
-            .iter()
-            .map(OsStr::new),
-    );
+    let connection = ["--endpoint", "localhost", "--region", "us-east-1", "--port", &port, "--no-iam"];
+    let full: Vec<&OsStr> = args.iter().chain(&connection).map(OsStr::new).collect();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
         .args(full);

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod dsql;
+
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
