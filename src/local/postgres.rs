@@ -58,6 +58,7 @@ impl std::fmt::Debug for TcpTls {
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// Parent directory; the cluster lives in `data_dir/pgdata` (created on first use).
+    /// As root, this directory is chowned to the `postgres` OS user and made 0755.
     pub data_dir: PathBuf,
     /// Superuser name given to initdb.
     pub superuser: String,
