@@ -677,15 +677,17 @@ impl Pool {
             .reaper_rate(reaper)
             .test_on_check_out(true)
             .retry_connection(false)
-            .build_unchecked(manager);
-        let pool = Pool {
+            // Waits for the minimum idle connections; with retries off, the first
+            // connection error comes back at once.
+            .build(manager)
+            .await
+            .map_err(PoolError::Connect)?;
+        Ok(Pool {
             bb8,
             shared,
             opener,
             signer: signer.map(|s| (s, action)),
-        };
-        pool.warm(pool_settings.min_idle as usize).await?;
-        Ok(pool)
+        })
     }
 
     /// Checks out `count` connections at once and returns them, so that many are open.

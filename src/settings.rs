@@ -510,7 +510,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag_and_the_variable() {
-        let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (&[], &[], "set --endpoint or CLUSTER_ENDPOINT"),
             (&["--endpoint", "localhost"], &[], "set --region or REGION"),
             (

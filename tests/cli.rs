@@ -16,22 +16,45 @@ async fn query_prints_every_format() {
     assert_code(&out, 0);
     let text = stdout(&out);
     assert!(text.contains("| n | s   | b | z | j"), "{text}");
-    assert!(text.contains("| 1 | a,b | t |   | {\"k\": [1]} |"), "{text}");
+    assert!(
+        text.contains("| 1 | a,b | t |   | {\"k\": [1]} |"),
+        "{text}"
+    );
     assert!(text.trim_end().ends_with("SELECT 1"), "{text}");
-    assert!(stderr(&out).contains("session id"), "statistics go to stderr");
+    assert!(
+        stderr(&out).contains("session id"),
+        "statistics go to stderr"
+    );
 
     let out = run_plain(&pg, &["query", "--format", "csv", sql]).await;
     assert_code(&out, 0);
-    assert_eq!(stdout(&out), "n,s,b,z,j\n1,\"a,b\",t,,\"{\"\"k\"\": [1]}\"\n");
+    assert_eq!(
+        stdout(&out),
+        "n,s,b,z,j\n1,\"a,b\",t,,\"{\"\"k\"\": [1]}\"\n"
+    );
 
-    let out = run_plain(&pg, &["query", "--format", "tsv", "--no-header", "select 'x\ty' as a, 2 as b"]).await;
+    let out = run_plain(
+        &pg,
+        &[
+            "query",
+            "--format",
+            "tsv",
+            "--no-header",
+            "select 'x\ty' as a, 2 as b",
+        ],
+    )
+    .await;
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "x\\ty\t2\n");
 
     let out = run_plain(&pg, &["query", "--format", "json", sql]).await;
     assert_code(&out, 0);
-    let row: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
-    assert_eq!(row, serde_json::json!({"n": 1, "s": "a,b", "b": true, "z": null, "j": {"k": [1]}}));
+    let row: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    assert_eq!(
+        row,
+        serde_json::json!({"n": 1, "s": "a,b", "b": true, "z": null, "j": {"k": [1]}})
+    );
 
     let out = run_plain(&pg, &["query", "-q", "--format", "csv", "select 1 as a"]).await;
     assert_code(&out, 0);
@@ -48,21 +71,41 @@ async fn query_runs_statements_from_argument_file_and_stdin() {
     .await;
     assert_code(&out, 0);
     let text = stdout(&out);
-    for tag in ["CREATE TABLE", "INSERT 0 2", "| 3 |", "SELECT 1", "DROP TABLE"] {
+    for tag in [
+        "CREATE TABLE",
+        "INSERT 0 2",
+        "| 3 |",
+        "SELECT 1",
+        "DROP TABLE",
+    ] {
         assert!(text.contains(tag), "{tag} missing in {text}");
     }
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("q.sql");
     std::fs::write(&file, "select 'from file' as src;\n-- trailing comment\n").unwrap();
-    let out = run_plain(&pg, &["query", "--format", "csv", "-f", file.to_str().unwrap()]).await;
+    let out = run_plain(
+        &pg,
+        &["query", "--format", "csv", "-f", file.to_str().unwrap()],
+    )
+    .await;
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "src\nfrom file\n");
 
     let mut cmd = dsql_pgx();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
-        .args(["query", "--format", "csv", "-", "--endpoint", "localhost", "--region", "us-east-1", "--no-iam"])
+        .args([
+            "query",
+            "--format",
+            "csv",
+            "-",
+            "--endpoint",
+            "localhost",
+            "--region",
+            "us-east-1",
+            "--no-iam",
+        ])
         .args(["--port", &pg.port().to_string()])
         .write_stdin("select 'from stdin' as src");
     let out = output(cmd).await;
@@ -91,30 +134,68 @@ async fn sql_errors_exit_1_with_sqlstate_and_position() {
 async fn tls_verification_follows_sslmode() {
     let pg = TestPg::start().await;
     // The harness's CA (via PGSSLROOTCERT) verifies the server.
-    let out = run_plain(&pg, &["query", "-q", "--format", "csv", "--no-header", "select 1"]).await;
+    let out = run_plain(
+        &pg,
+        &["query", "-q", "--format", "csv", "--no-header", "select 1"],
+    )
+    .await;
     assert_code(&out, 0);
 
     // Another CA: a clear message naming host, CA file and fix; exit 3.
     let other = TestPg::start().await;
-    let out = run_plain(&pg, &["query", "select 1", "--ca-file", other.ca_path().to_str().unwrap()]).await;
+    let out = run_plain(
+        &pg,
+        &[
+            "query",
+            "select 1",
+            "--ca-file",
+            other.ca_path().to_str().unwrap(),
+        ],
+    )
+    .await;
     assert_code(&out, 3);
     let err = stderr(&out);
-    assert!(err.contains("TLS certificate of localhost was rejected by the CA file"), "{err}");
+    assert!(
+        err.contains("TLS certificate of localhost was rejected by the CA file"),
+        "{err}"
+    );
     assert!(err.contains("--ca-file"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
     // The Mozilla roots do not know the harness's CA either.
     let mut cmd = dsql_pgx();
     cmd.env("PGPASSWORD", pg.password()).args([
-        "query", "select 1", "--endpoint", "localhost", "--region", "us-east-1", "--no-iam", "--port",
+        "query",
+        "select 1",
+        "--endpoint",
+        "localhost",
+        "--region",
+        "us-east-1",
+        "--no-iam",
+        "--port",
         &pg.port().to_string(),
     ]);
     let out = output(cmd).await;
     assert_code(&out, 3);
-    assert!(stderr(&out).contains("Mozilla/webpki roots"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Mozilla/webpki roots"),
+        "{}",
+        stderr(&out)
+    );
 
     // require encrypts without verifying.
-    let out = run_plain(&pg, &["query", "select 1", "--sslmode", "require", "--ca-file", other.ca_path().to_str().unwrap()]).await;
+    let out = run_plain(
+        &pg,
+        &[
+            "query",
+            "select 1",
+            "--sslmode",
+            "require",
+            "--ca-file",
+            other.ca_path().to_str().unwrap(),
+        ],
+    )
+    .await;
     assert_code(&out, 0);
 }
 
@@ -126,13 +207,21 @@ async fn connect_shows_distinct_connections_and_statistics() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let conns = doc["connections"].as_array().expect("connections");
     assert_eq!(conns.len(), 3);
-    let mut ids: Vec<&str> = conns.iter().map(|c| c["session_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = conns
+        .iter()
+        .map(|c| c["session_id"].as_str().unwrap())
+        .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3, "distinct sessions");
     for conn in conns {
         assert_eq!(conn["tls_version"], "TLSv1.3");
-        assert!(conn["server_version"].as_str().unwrap().starts_with(char::is_numeric));
+        assert!(
+            conn["server_version"]
+                .as_str()
+                .unwrap()
+                .starts_with(char::is_numeric)
+        );
         assert!(conn["timing"]["total"].as_f64().unwrap() > 0.0);
     }
     assert!(doc["pool"]["opened"].as_u64().unwrap() >= 3);
@@ -140,13 +229,25 @@ async fn connect_shows_distinct_connections_and_statistics() {
     let out = run_plain(&pg, &["connect"]).await;
     assert_code(&out, 0);
     let text = stdout(&out);
-    assert!(text.contains("session id") && text.contains("TLSv1.3") && text.contains("generation"), "{text}");
+    assert!(
+        text.contains("session id") && text.contains("TLSv1.3") && text.contains("generation"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn iam_through_the_local_endpoint() {
     let ep = TestEndpoint::start().await;
-    let out = run_at(&ep, &["query", "--format", "json", "select sys.current_session_id() as id, current_user as u"]).await;
+    let out = run_at(
+        &ep,
+        &[
+            "query",
+            "--format",
+            "json",
+            "select sys.current_session_id() as id, current_user as u",
+        ],
+    )
+    .await;
     assert_code(&out, 0);
     let row: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(row["u"], "admin");
@@ -154,7 +255,19 @@ async fn iam_through_the_local_endpoint() {
     assert_eq!(id.len(), 26);
 
     // Direct TLS negotiation (PostgreSQL 17 style, ALPN postgresql).
-    let out = run_at(&ep, &["connect", "--format", "json", "--ssl-negotiation", "direct", "--count", "2"]).await;
+    let out = run_at(
+        &ep,
+        &[
+            "connect",
+            "--format",
+            "json",
+            "--ssl-negotiation",
+            "direct",
+            "--count",
+            "2",
+        ],
+    )
+    .await;
     assert_code(&out, 0);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for conn in doc["connections"].as_array().unwrap() {
@@ -166,7 +279,19 @@ async fn iam_through_the_local_endpoint() {
     // A custom role gets a DbConnect token.
     let admin = ep.admin_client().await;
     admin.batch_execute("create role app login").await.unwrap();
-    let out = run_at(&ep, &["query", "--user", "app", "--format", "csv", "--no-header", "select current_user"]).await;
+    let out = run_at(
+        &ep,
+        &[
+            "query",
+            "--user",
+            "app",
+            "--format",
+            "csv",
+            "--no-header",
+            "select current_user",
+        ],
+    )
+    .await;
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "app\n");
 }
@@ -178,10 +303,16 @@ async fn rejected_tokens_explain_and_never_leak() {
     let out = run_at(&ep, &["query", "select 1", "--region", "eu-west-1"]).await;
     assert_code(&out, 3);
     let err = stderr(&out);
-    assert!(err.contains("IAM authentication failed for user \"admin\""), "{err}");
+    assert!(
+        err.contains("IAM authentication failed for user \"admin\""),
+        "{err}"
+    );
     assert!(err.contains("SQLSTATE 28000"), "{err}");
     assert!(err.contains("check the system clock"), "{err}");
-    assert!(!err.contains(&secret) && !err.contains("X-Amz-Signature"), "no secrets: {err}");
+    assert!(
+        !err.contains(&secret) && !err.contains("X-Amz-Signature"),
+        "no secrets: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,10 +322,25 @@ async fn token_works_for_psql_and_as_json() {
     assert_code(&out, 0);
     let token = stdout(&out);
     assert!(token.ends_with('\n') && token.lines().count() == 1);
-    assert!(token.starts_with("localhost/?Action=DbConnectAdmin&"), "{token}");
+    assert!(
+        token.starts_with("localhost/?Action=DbConnectAdmin&"),
+        "{token}"
+    );
     assert_eq!(stderr(&out), "");
 
-    let out = run_at(&ep, &["token", "--user", "app", "--format", "json", "--expires-in", "60"]).await;
+    let out = run_at(
+        &ep,
+        &[
+            "token",
+            "--user",
+            "app",
+            "--format",
+            "json",
+            "--expires-in",
+            "60",
+        ],
+    )
+    .await;
     assert_code(&out, 0);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["action"], "DbConnect");
@@ -215,6 +361,10 @@ async fn token_works_for_psql_and_as_json() {
         .output()
         .await
         .expect("psql is installed (Debian package postgresql-client)");
-    assert!(psql.status.success(), "psql: {}", String::from_utf8_lossy(&psql.stderr));
+    assert!(
+        psql.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&psql.stdout).trim().len(), 26);
 }

@@ -3,7 +3,13 @@
 use clap_complete::Shell;
 use dsql_pgx::cmd::completions::{file_name, script};
 
-const SHELLS: [Shell; 5] = [Shell::Bash, Shell::Zsh, Shell::Fish, Shell::Elvish, Shell::PowerShell];
+const SHELLS: [Shell; 5] = [
+    Shell::Bash,
+    Shell::Zsh,
+    Shell::Fish,
+    Shell::Elvish,
+    Shell::PowerShell,
+];
 
 #[test]
 fn committed_completions_are_in_sync() {

@@ -13,11 +13,31 @@ use super::{TestEndpoint, TestPg};
 
 /// Variables a developer's shell may set that would change what the binary does.
 const AMBIENT: &[&str] = &[
-    "CLUSTER_ENDPOINT", "CLUSTER_USER", "REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DB_HOST", "DB_PORT",
-    "DB_USER", "DB_NAME", "DB_USE_IAM", "DB_MAX_CONNS", "DB_MIN_CONNS", "DB_REFRESH_TOKEN",
-    "TOKEN_REFRESH_INTERVAL", "TOKEN_EXPIRES_IN", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLNEGOTIATION",
-    "PGPASSWORD", "RUST_LOG", "RUST_BACKTRACE",
+    "CLUSTER_ENDPOINT",
+    "CLUSTER_USER",
+    "REGION",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_NAME",
+    "DB_USE_IAM",
+    "DB_MAX_CONNS",
+    "DB_MIN_CONNS",
+    "DB_REFRESH_TOKEN",
+    "TOKEN_REFRESH_INTERVAL",
+    "TOKEN_EXPIRES_IN",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLNEGOTIATION",
+    "PGPASSWORD",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
 ];
 
 /// The built binary with a clean environment: no ambient AWS or PG settings, no colour.
@@ -52,7 +72,15 @@ pub async fn run_at(endpoint: &TestEndpoint, args: &[&str]) -> Output {
 pub async fn run_plain(pg: &TestPg, args: &[&str]) -> Output {
     let mut cmd = dsql_pgx();
     let port = pg.port().to_string();
-    let connection = ["--endpoint", "localhost", "--region", "us-east-1", "--port", &port, "--no-iam"];
+    let connection = [
+        "--endpoint",
+        "localhost",
+        "--region",
+        "us-east-1",
+        "--port",
+        &port,
+        "--no-iam",
+    ];
     let full: Vec<&OsStr> = args.iter().chain(&connection).map(OsStr::new).collect();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
