@@ -137,7 +137,7 @@ pub fn chain(error: &(dyn StdError + 'static)) -> String {
             render_db_error(db, &mut extra)
         } else {
             current = cause.source();
-            cause.to_string()
+            first_line(&cause.to_string())
         };
         // Some errors repeat their source's text; print each piece once.
         if !text.is_empty() && !last.contains(&text) {
@@ -149,6 +149,14 @@ pub fn chain(error: &(dyn StdError + 'static)) -> String {
         last = text;
     }
     line + &extra
+}
+
+/// The first line of a message (some SDK errors list every provider they tried on the
+/// lines after; `-vv` logs those).
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default().trim_end();
+    let line = line.strip_suffix("Attempted:").unwrap_or(line);
+    line.trim_end_matches([' ', ':', '.']).to_string()
 }
 
 fn render_db_error(db: &tokio_postgres::error::DbError, extra: &mut String) -> String {

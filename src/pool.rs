@@ -68,15 +68,14 @@ pub enum ConnectError {
         phase: &'static str,
     },
     /// TLS or the PostgreSQL startup/authentication failed.
-    #[error("connection to {addr} failed{hint}")]
+    #[error("connection to {addr} failed: {}{hint}", crate::exit::chain(error))]
     Rejected {
         /// host:port
         addr: String,
         /// Advice for authentication failures (empty otherwise).
         hint: String,
-        /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
+        /// The driver's error (already part of the message, so not a `source`).
+        error: tokio_postgres::Error,
     },
     /// The connection opened but identifying its session failed.
     #[error("cannot read the session id on {addr}")]
@@ -405,7 +404,7 @@ impl Opener {
         ConnectError::Rejected {
             addr: self.addr.clone(),
             hint: hint.to_string(),
-            source,
+            error: source,
         }
     }
 

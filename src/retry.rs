@@ -93,7 +93,7 @@ pub struct RetryEvent {
 /// Conflicts persisted through every retry.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "optimistic-concurrency conflict persisted after {attempts} attempts; raise --retries or reduce contention"
+    "optimistic-concurrency conflict persisted after {attempts} attempt(s); raise --retries (or drop --no-retry) or reduce contention"
 )]
 pub struct RetriesExhausted {
     /// Attempts made.
@@ -130,9 +130,6 @@ pub async fn run<T>(
             return Err(error);
         };
         if attempt > policy.retries {
-            if policy.retries == 0 {
-                return Err(error);
-            }
             return Err(RetriesExhausted {
                 attempts: attempt,
                 last: error,

@@ -257,6 +257,7 @@ pub async fn execute(
             Err(e) => return Err(e),
         }
     }
+    let started = std::time::Instant::now();
     let mut result = StatementResult::default();
     let mut count = 0;
     let mut columns: Option<Arc<[tokio_postgres::SimpleColumn]>> = None;
@@ -283,6 +284,12 @@ pub async fn execute(
     }
     result.kinds = kinds;
     result.tag = command_tag(statement, count, result.returned_rows);
+    tracing::info!(
+        query_ms = started.elapsed().as_secs_f64() * 1000.0,
+        rows = result.rows.len(),
+        "{}",
+        result.tag
+    );
     Ok(result)
 }
 

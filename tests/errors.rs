@@ -1,0 +1,539 @@
+//! Script-facing contracts: every error is one `dsql-pgx: error:` line with a documented
+//! exit code and no secret in it; conflicts are retried; a closed pipe is not an error;
+//! Ctrl-C cancels and exits 130.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::dsql::{assert_code, dsql_pgx, output, run_at, run_plain, stderr, stdout};
+use common::{TestEndpoint, TestPg};
+
+/// Where a row's command runs.
+#[derive(Clone, Copy)]
+enum At {
+    Nowhere,
+    Endpoint,
+    Plain,
+}
+
+struct Case {
+    name: &'static str,
+    at: At,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    code: i32,
+    fragment: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "missing endpoint",
+        at: At::Nowhere,
+        args: &["query", "select 1"],
+        env: &[],
+        code: 2,
+        fragment: "set --endpoint or CLUSTER_ENDPOINT",
+    },
+    Case {
+        name: "unparsable region",
+        at: At::Nowhere,
+        args: &["token", "--endpoint", "db.example.com"],
+        env: &[],
+        code: 2,
+        fragment: "set --region or REGION",
+    },
+    Case {
+        name: "bad region",
+        at: At::Nowhere,
+        args: &[
+            "token",
+            "--endpoint",
+            "db.example.com",
+            "--region",
+            "Mars 1",
+        ],
+        env: &[],
+        code: 2,
+        fragment: "is not a region name",
+    },
+    Case {
+        name: "bad duration",
+        at: At::Nowhere,
+        args: &["token", "--endpoint", "localhost", "--region", "us-east-1"],
+        env: &[("TOKEN_EXPIRES_IN", "soon")],
+        code: 2,
+        fragment: "--token-expires-in (or TOKEN_EXPIRES_IN): invalid duration",
+    },
+    Case {
+        name: "lifetime over DSQL's limit",
+        at: At::Endpoint,
+        args: &["query", "select 1", "--max-lifetime", "2h"],
+        env: &[],
+        code: 2,
+        fragment: "below DSQL's 60-minute connection limit",
+    },
+    Case {
+        name: "unknown format",
+        at: At::Nowhere,
+        args: &["query", "--format", "xml", "select 1"],
+        env: &[],
+        code: 2,
+        fragment: "invalid value 'xml' for '--format",
+    },
+    Case {
+        name: "sslmode disable with IAM",
+        at: At::Endpoint,
+        args: &["query", "select 1", "--sslmode", "disable"],
+        env: &[],
+        code: 2,
+        fragment: "DSQL requires TLS",
+    },
+    Case {
+        name: "no AWS credentials",
+        at: At::Nowhere,
+        args: &[
+            "token",
+            "--endpoint",
+            "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws",
+        ],
+        env: &[],
+        code: 2,
+        fragment: "no AWS credentials: set AWS_ACCESS_KEY_ID",
+    },
+    Case {
+        name: "refused host",
+        at: At::Endpoint,
+        args: &["query", "select 1", "--port", "1"],
+        env: &[],
+        code: 3,
+        fragment: "cannot reach localhost:1",
+    },
+    Case {
+        name: "wrong secret",
+        at: At::Endpoint,
+        args: &["query", "select 1"],
+        env: &[(
+            "AWS_SECRET_ACCESS_KEY",
+            "wrong-secret-wrong-secret-wrong-secret00",
+        )],
+        code: 3,
+        fragment: "IAM authentication failed for user \"admin\" (SQLSTATE 28000); check the system clock",
+    },
+    Case {
+        name: "unknown role",
+        at: At::Endpoint,
+        args: &["query", "select 1", "--user", "nobody"],
+        env: &[],
+        code: 3,
+        fragment: "role \"nobody\" does not exist (SQLSTATE 28000); check",
+    },
+    Case {
+        name: "wrong CA",
+        at: At::Endpoint,
+        args: &[
+            "query",
+            "select 1",
+            "--ca-file",
+            "/etc/ssl/certs/ca-certificates.crt",
+        ],
+        env: &[],
+        code: 3,
+        fragment: "TLS certificate of localhost was rejected by the CA file",
+    },
+    Case {
+        name: "SQL syntax error",
+        at: At::Endpoint,
+        args: &["query", "select from from"],
+        env: &[],
+        code: 1,
+        fragment: "syntax error at or near \"from\" (SQLSTATE 42601, at character 13)",
+    },
+    Case {
+        name: "unreadable file",
+        at: At::Endpoint,
+        args: &["query", "-f", "/nonexistent/q.sql"],
+        env: &[],
+        code: 2,
+        fragment: "cannot read SQL file /nonexistent/q.sql",
+    },
+    Case {
+        name: "count above pool size",
+        at: At::Endpoint,
+        args: &["connect", "--count", "50"],
+        env: &[],
+        code: 2,
+        fragment: "--count 50 exceeds --max-conns 10",
+    },
+    Case {
+        name: "bad password without IAM",
+        at: At::Plain,
+        args: &["query", "select 1"],
+        env: &[("PGPASSWORD", "not-the-password")],
+        code: 3,
+        fragment: "password authentication failed for user \"admin\"",
+    },
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_name_the_fix_with_documented_codes() {
+    let ep = TestEndpoint::start().await;
+    let pg = TestPg::start().await;
+    let secrets = [
+        ep.secret_access_key().to_string(),
+        pg.password().to_string(),
+    ];
+    for case in CASES {
+        let mut cmd = dsql_pgx();
+        let mut extra: Vec<String> = Vec::new();
+        match case.at {
+            At::Nowhere => {}
+            At::Endpoint => {
+                cmd.envs(ep.env());
+            }
+            At::Plain => {
+                cmd.env("PGSSLROOTCERT", pg.ca_path());
+                extra = [
+                    "--endpoint",
+                    "localhost",
+                    "--region",
+                    "us-east-1",
+                    "--no-iam",
+                    "--port",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                extra.push(pg.port().to_string());
+            }
+        }
+        cmd.args(case.args)
+            .args(&extra)
+            .envs(case.env.iter().copied());
+        let out = output(cmd).await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(case.code), "{}: {err}", case.name);
+        assert!(err.starts_with("dsql-pgx: error: "), "{}: {err}", case.name);
+        assert!(
+            err.contains(case.fragment),
+            "{}: {err:?} lacks {:?}",
+            case.name,
+            case.fragment
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+            "{}: {err}",
+            case.name
+        );
+        let all = format!("{}{err}", stdout(&out));
+        for secret in &secrets {
+            assert!(
+                !all.contains(secret.as_str()),
+                "{} leaked a secret",
+                case.name
+            );
+        }
+        assert!(
+            !all.contains("X-Amz-Signature"),
+            "{} leaked a token",
+            case.name
+        );
+        // clap's usage errors add the possible values and a pointer to --help.
+        if case.at != At::Plain && !err.contains("try '--help'") {
+            assert_eq!(err.lines().count(), 1, "{}: one line: {err}", case.name);
+        }
+    }
+}
+
+impl PartialEq for At {
+    fn eq(&self, other: &At) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connect_timeout_is_honoured() {
+    // A listener that accepts TCP but never answers the TLS request.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let started = Instant::now();
+    let mut cmd = dsql_pgx();
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .args([
+            "query",
+            "select 1",
+            "--endpoint",
+            "localhost",
+            "--region",
+            "us-east-1",
+        ])
+        .args(["--port", &port, "--connect-timeout", "1s"]);
+    let out = output(cmd).await;
+    assert_code(&out, 3);
+    assert!(
+        stderr(&out).contains("timed out after 1s (during TLS and authentication)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflict_is_retried_until_it_succeeds() {
+    let ep = TestEndpoint::start().await;
+    let admin = ep.admin_client().await;
+    admin
+        .batch_execute(
+            "create table acct (id int primary key, v int); insert into acct values (1, 0)",
+        )
+        .await
+        .unwrap();
+
+    // Hold a repeatable-read transaction that updated the row, let the CLI's transaction
+    // start and block on it, then commit: PostgreSQL raises 40001 in the CLI's transaction.
+    let holder = ep.connect("admin").await.unwrap();
+    holder
+        .batch_execute(
+            "begin isolation level repeatable read; update acct set v = v + 1 where id = 1",
+        )
+        .await
+        .unwrap();
+    let mut cmd = dsql_pgx();
+    cmd.envs(ep.env()).args([
+        "query",
+        "--transaction",
+        "--retry-base",
+        "50ms",
+        "select v from acct where id = 1; update acct set v = v + 10 where id = 1",
+    ]);
+    let cli = tokio::spawn(output(cmd));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    holder.batch_execute("commit").await.unwrap();
+    let out = cli.await.unwrap();
+    assert_code(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("conflict on attempt 1/4 (SQLSTATE 40001)"),
+        "{err}"
+    );
+    let v: i32 = admin
+        .query_one("select v from acct where id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 11, "both updates applied once");
+    assert!(stdout(&out).contains("UPDATE 1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_only_oc000_is_a_conflict_and_exhaustion_exits_4() {
+    let ep = TestEndpoint::start().await;
+    let raise = "do $$ begin raise exception 'change conflicts with another transaction, please retry: (OC000)'; end $$";
+    let out = run_at(
+        &ep,
+        &["query", "--retries", "2", "--retry-base", "1ms", raise],
+    )
+    .await;
+    assert_code(&out, 4);
+    let err = stderr(&out);
+    assert_eq!(err.matches("conflict on attempt").count(), 2, "{err}");
+    assert!(err.contains("OC000"), "{err}");
+    assert!(
+        err.contains(
+            "dsql-pgx: error: optimistic-concurrency conflict persisted after 3 attempt(s)"
+        ),
+        "{err}"
+    );
+
+    let out = run_at(&ep, &["query", "--no-retry", raise]).await;
+    assert_code(&out, 4);
+    assert!(!stderr(&out).contains("conflict on attempt"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unique_violation_is_not_retried() {
+    let ep = TestEndpoint::start().await;
+    let out = run_at(&ep, &["query", "create table u (id int primary key); insert into u values (1); insert into u values (1)"]).await;
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("SQLSTATE 23505"), "{err}");
+    assert!(
+        err.contains("DETAIL: Key (id)=(1) already exists."),
+        "{err}"
+    );
+    assert!(!err.contains("conflict on attempt"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_pipe_ends_quietly() {
+    let pg = TestPg::start().await;
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    cmd.env("PGPASSWORD", pg.password())
+        .env("PGSSLROOTCERT", pg.ca_path())
+        .args([
+            "query",
+            "--format",
+            "csv",
+            "select generate_series(1, 500000) as n",
+        ])
+        .args([
+            "--endpoint",
+            "localhost",
+            "--region",
+            "us-east-1",
+            "--no-iam",
+            "--port",
+            &pg.port().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "n");
+        drop(lines); // `| head -1`
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0), "stderr: {}", status.1);
+    assert!(!status.1.contains("error"), "quiet: {}", status.1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_cancels_the_running_query_and_exits_130() {
+    let ep = TestEndpoint::start().await;
+    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    cmd.envs(ep.env())
+        .env_remove("RUST_LOG")
+        .args(["query", "select pg_sleep(60)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    let admin = ep.admin_client().await;
+    let running = "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .query_one(running, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("exits promptly")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dsql-pgx: error: interrupted"));
+    // The cancel reached the server: the backend is no longer sleeping.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin
+        .query_one(running, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        != 0
+    {
+        assert!(Instant::now() < deadline, "the query was not cancelled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    cmd.args(["local", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut exports = String::new();
+    use tokio::io::AsyncBufReadExt;
+    while !exports.contains("export ") {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), lines.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "local exited early");
+        exports.push_str(&line);
+    }
+    // Use the printed variables as a user's `eval` would.
+    let env: Vec<(String, String)> = exports
+        .lines()
+        .find(|l| l.starts_with("export "))
+        .unwrap()
+        .trim_start_matches("export ")
+        .split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.trim_matches('\'').to_string())
+        })
+        .collect();
+    let mut query = dsql_pgx();
+    query.envs(env).args([
+        "query",
+        "--format",
+        "csv",
+        "--no-header",
+        "select current_user",
+    ]);
+    let out = output(query).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "admin\n");
+
+    let pid_file = dir.path().join("pgdata").join("postmaster.pid");
+    let postmaster: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!pid_file.exists(), "PostgreSQL shut down cleanly");
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), None).is_err(),
+        "no PostgreSQL process survives"
+    );
+    let _ = run_plain; // shared harness helpers are used by other test files
+}
