@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::pool::{Pool, PooledConn};
-use rand::Rng;
+use rand::RngExt;
 
 /// How conflicts are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -487,7 +487,7 @@ mod tests {
     use aws_credential_types::provider::SharedCredentialsProvider;
     use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config};
     use aws_smithy_async::time::StaticTimeSource;
-    use rand::{Rng as _, SeedableRng as _};
+    use rand::{RngExt as _, SeedableRng as _};
 
     const HOST: &str = "peccy.dsql.us-east-1.on.aws";
     const KAT: &str = "peccy.dsql.us-east-1.on.aws/?Action=DbConnect&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=akid%2F20240827%2Fus-east-1%2Fdsql%2Faws4_request&X-Amz-Date=20240827T000000Z&X-Amz-Expires=450&X-Amz-SignedHeaders=host&X-Amz-Signature=f5f2ad764ca5df44045d4ab6ccecba0eef941b0007e5765885a0b6ed3702a3f8";

@@ -268,7 +268,7 @@ pub fn escape_for_message(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng as _, SeedableRng as _};
+    use rand::{RngExt as _, SeedableRng as _};
 
     fn startup(params: &[(&str, &str)]) -> Vec<u8> {
         Startup {

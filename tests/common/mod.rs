@@ -22,7 +22,7 @@ use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config as TokenConfig};
 use aws_smithy_async::time::StaticTimeSource;
 use dsql_pgx::local::certs::LocalCa;
 use dsql_pgx::local::{EndpointOptions, Limits, LocalEndpoint, PgOptions, PgServer, TcpTls};
-use rand::Rng as _;
+use rand::RngExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
