@@ -45,7 +45,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l retries -d '
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l retry-base -d 'Backoff ceiling of the first retry; doubles each retry, with full jitter' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l retry-max -d 'Largest backoff ceiling' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l region -d 'AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
@@ -79,7 +79,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s h -l help -d
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s V -l version -d 'Print version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l count -d 'Connections to open at once (default: the pool\'s minimum idle size)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l region -d 'AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
@@ -110,7 +110,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s q -l quiet
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s V -l version -d 'Print version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l region -d 'AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
@@ -130,7 +130,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refre
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l workers -d 'Tasks querying continuously through the pool' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refresh-interval -d 'Refresh period: seconds (as the Go example\'s variable) or humantime' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l region -d 'AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r

@@ -106,7 +106,8 @@ pub struct TargetArgs {
     )]
     pub endpoint: Option<String>,
 
-    /// AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint].
+    /// AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or
+    /// AWS_DEFAULT_REGION].
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
 

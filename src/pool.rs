@@ -8,7 +8,8 @@
 //! no holder of a [`Pool`] ever sees it swapped, and the query path takes no lock.
 //!
 //! ```no_run
-//! # async fn demo(settings: dsql_pgx::settings::ConnSettings) -> anyhow::Result<()> {
+//! # async fn demo() -> anyhow::Result<()> {
+//! let settings = dsql_pgx::settings::ConnSettings::for_endpoint("abcdefghijklmnopqrstuvwxyz")?;
 //! let pool = dsql_pgx::Pool::new(&settings).await?;
 //! let conn = pool.get().await?;
 //! let rows = conn.query("select 1::int4", &[]).await?;

@@ -125,6 +125,49 @@ pub struct ConnSettings {
     pub pool: PoolSettings,
 }
 
+impl ConnSettings {
+    /// Settings as `dsql-pgx` builds them without flags: from the environment
+    /// (`CLUSTER_ENDPOINT`, `REGION`, `DB_USER`, ...) and the defaults.
+    pub fn from_env() -> Result<ConnSettings, ConfigError> {
+        Self::from_flags(&[])
+    }
+
+    /// Settings for one endpoint (a host name or a bare cluster id), the rest as
+    /// [`ConnSettings::from_env`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> anyhow::Result<()> {
+    /// let settings = dsql_pgx::settings::ConnSettings::for_endpoint(
+    ///     "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws",
+    /// )?;
+    /// let pool = dsql_pgx::Pool::new(&settings).await?;
+    /// let _refresher = pool.spawn_refresher(std::time::Duration::from_secs(15 * 60));
+    /// let conn = pool.get().await?;
+    /// let row = conn.query_one("select sys.current_session_id()", &[]).await?;
+    /// println!("session {}", row.get::<_, String>(0));
+    /// # Ok(()) }
+    /// ```
+    pub fn for_endpoint(endpoint: &str) -> Result<ConnSettings, ConfigError> {
+        Self::from_flags(&["--endpoint", endpoint])
+    }
+
+    /// Settings from command-line style flags (as `dsql-pgx connect` takes them).
+    pub fn from_flags(flags: &[&str]) -> Result<ConnSettings, ConfigError> {
+        use clap::{Args as _, FromArgMatches as _};
+        let command = ConnArgs::augment_args(clap::Command::new("dsql-pgx"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("dsql-pgx").chain(flags.iter().copied()))
+            .map_err(|e| bad(e.render().to_string().trim_end().to_string()))?;
+        let args = ConnArgs::from_arg_matches(&matches).map_err(|e| bad(e.to_string()))?;
+        match destination(&args, &ProcessEnv)? {
+            Destination::Remote(settings) => Ok(settings),
+            Destination::Local { .. } => Err(bad(
+                "--local starts an endpoint: use dsql_pgx::local::LocalEndpoint from a program",
+            )),
+        }
+    }
+}
+
 /// What a connecting command asked for: a real cluster, or an ephemeral local endpoint.
 #[derive(Debug, Clone)]
 pub enum Destination {
@@ -568,6 +611,19 @@ mod tests {
                 err.0
             );
         }
+    }
+
+    #[test]
+    fn library_settings_use_the_cli_defaults() {
+        let s =
+            ConnSettings::from_flags(&["--endpoint", HOST, "--user", "app", "--max-conns", "4"])
+                .unwrap();
+        assert_eq!(s.target.region, "eu-west-1");
+        assert_eq!(s.target.user, "app");
+        assert_eq!(s.pool.max_size, 4);
+        assert_eq!(s.pool.max_lifetime, Duration::from_secs(55 * 60));
+        let err = ConnSettings::from_flags(&["--endpoint", HOST, "--bogus"]).unwrap_err();
+        assert!(err.0.contains("--bogus"), "{}", err.0);
     }
 
     #[test]
