@@ -104,6 +104,12 @@ async fn worker(pool: Pool, tally: Arc<Mutex<Tally>>, stop: Arc<AtomicBool>) {
 /// Runs the demo until `--refreshes`, `--duration` or Ctrl-C.
 pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
     let refresh = settings::refresh(&args.refresh)?;
+    if !refresh.enabled {
+        return Err(ConfigError(
+            "refresh-demo shows the periodic refresh: drop --refresh false (or DB_REFRESH_TOKEN=false)".into(),
+        )
+        .into());
+    }
     let interval = match &args.interval {
         Some(text) => settings::duration(text, "--interval", None)?,
         None => refresh.interval,
