@@ -371,7 +371,12 @@ async fn token_works_for_psql_and_as_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn help_never_shows_secret_values() {
-    for args in [&["local", "--help"][..], &["query", "--help"], &["token", "--help"], &["--help"]] {
+    for args in [
+        &["local", "--help"][..],
+        &["query", "--help"],
+        &["token", "--help"],
+        &["--help"],
+    ] {
         let mut cmd = dsql_pgx();
         cmd.env("DSQL_LOCAL_SECRET_ACCESS_KEY", "topsecret-value")
             .env("AWS_SECRET_ACCESS_KEY", "topsecret-value")
@@ -379,6 +384,9 @@ async fn help_never_shows_secret_values() {
             .args(args);
         let out = output(cmd).await;
         assert_code(&out, 0);
-        assert!(!stdout(&out).contains("topsecret"), "{args:?} shows a secret");
+        assert!(
+            !stdout(&out).contains("topsecret"),
+            "{args:?} shows a secret"
+        );
     }
 }

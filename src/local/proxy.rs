@@ -240,9 +240,12 @@ impl LocalEndpoint {
         .context("TLS server certificate")?;
         tls.alpn_protocols = vec![b"postgresql".to_vec()];
 
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .with_context(|| format!("listening on {}", opts.listen))?;
+        let listener = TcpListener::bind(opts.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (choose another with --listen or --port; 0 picks a free port)",
+                opts.listen
+            )
+        })?;
         let local_addr = listener.local_addr().context("listener address")?;
 
         let mut pg_opts = PgOptions::new(&data_dir);
