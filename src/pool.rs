@@ -497,6 +497,12 @@ impl PooledConn {
         self.inner.meta.info()
     }
 
+    /// The client-side connection number (from 1, never reused): cheap to read, and a key
+    /// for anything cached per physical connection, such as prepared statements.
+    pub fn number(&self) -> u64 {
+        self.inner.meta.number
+    }
+
     /// The server session ID.
     pub fn session_id(&self) -> &str {
         &self.inner.meta.session_id
@@ -676,6 +682,11 @@ impl Pool {
             .reaper_rate(reaper)
             .test_on_check_out(true)
             .retry_connection(false)
+            // The most recently returned connection is handed out first: a lightly loaded
+            // pool keeps using a few warm connections (a warm server backend, warm caches)
+            // instead of rotating through all of them, and the rest can idle out. Measured
+            // with `dsql-pgx bench --clients 1`: about 3x the throughput of first-in-first-out.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             // Waits for the minimum idle connections; with retries off, the first
             // connection error comes back at once.
             .build(manager)
@@ -806,18 +817,20 @@ impl Pool {
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let want = (self.shared.settings.min_idle.max(1) as usize)
             .min(self.shared.settings.max_size as usize);
-        let fresh = self.get_many(want).await.map_err(RefreshError::Connect)?;
-        drop(fresh);
-        // Any old idle connection a concurrent checkout skipped is retired here.
-        for _ in 0..self.shared.settings.max_size {
+        let mut held = self.get_many(want).await.map_err(RefreshError::Connect)?;
+        // Any old idle connection a concurrent checkout skipped is retired here. Checkouts
+        // are held until the sweep ends: the idle queue is last-in-first-out, so a returned
+        // connection would be handed straight back instead of reaching the old ones.
+        while held.len() < self.shared.settings.max_size as usize {
             let stale_idle = lock(&self.shared.registry)
                 .values()
                 .any(|m| m.generation < generation && !m.in_use.load(Ordering::Relaxed));
             if !stale_idle {
                 break;
             }
-            drop(self.get().await.map_err(RefreshError::Connect)?);
+            held.push(self.get().await.map_err(RefreshError::Connect)?);
         }
+        drop(held);
         let opened: BTreeSet<String> = self
             .connections()
             .into_iter()
