@@ -63,7 +63,9 @@ impl Failure {
                 ConnectError::Tcp { .. } => "connect: unreachable".into(),
                 ConnectError::Timeout { .. } => "connect: timed out".into(),
                 ConnectError::Auth(_) => "connect: signing failed".into(),
-                ConnectError::Retired | ConnectError::Closed => "connect: closed".into(),
+                ConnectError::Retired | ConnectError::Closed | ConnectError::Expired => {
+                    "connect: closed".into()
+                }
             },
             Failure::Pool(PoolError::Timeout(_)) => "pool: timed out".into(),
             Failure::Pool(PoolError::Config(_)) => "pool: configuration".into(),
