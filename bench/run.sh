@@ -8,9 +8,10 @@
 #   1. builds the release binary and the `bench_pg` example (examples/bench_pg.rs);
 #   2. starts a private PostgreSQL with TLS and a password exactly as the test harness does
 #      (`bench_pg`), and a local DSQL endpoint (`dsql-pgx local --port 0`), both in a temp dir;
-#   3. measures, each figure the median of RUNS runs (progress on stderr):
+#   3. measures, each figure the median of RUNS runs, runs interleaved (progress on stderr):
 #      (1) `dsql-pgx bench` vs `pgbench -M prepared -f select1.sql` over TLS
-#          (PGSSLMODE=require), 1 and 8 connections, direct to PostgreSQL;
+#          (PGSSLMODE=require), 1 and 8 connections, direct to PostgreSQL; pgbench with its
+#          default single thread, and at 8 connections also with one thread per core;
 #      (2) `dsql-pgx bench` through the local endpoint vs direct (endpoint overhead);
 #      (3) one-shot `dsql-pgx query "select 1"` (both --ssl-negotiation styles) vs
 #          `PGPASSWORD=$(dsql-pgx token) psql -c "select 1"` against the endpoint (hyperfine);
@@ -86,44 +87,47 @@ sum() { python3 -c 'import sys; print(sum(float(x) for x in sys.argv[1:]))' "$@"
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
-# bench_run NAME WHERE CLIENTS [extra flags]: median qps; keeps the JSON of every run.
-bench_run() {
-  local name=$1 where=$2 clients=$3; shift 3
-  local qps=()
-  for i in $(seq 1 "$RUNS"); do
-    $where "$BIN" bench --clients "$clients" --duration "$DURATION" --warmup "$WARMUP" \
-      --format json "$@" >"$work/$name.$i.json"
-    qps+=("$(field qps <"$work/$name.$i.json")")
-    log "$name run $i: ${qps[-1]} q/s"
-  done
-  median "${qps[@]}"
+# bench_once NAME RUN WHERE CLIENTS [extra flags]: one run, its JSON kept as NAME.RUN.json.
+bench_once() {
+  local name=$1 i=$2 where=$3 clients=$4; shift 4
+  $where "$BIN" bench --clients "$clients" --duration "$DURATION" --warmup "$WARMUP" \
+    --format json "$@" >"$work/$name.$i.json"
+  log "$name run $i: $(field qps <"$work/$name.$i.json") q/s"
 }
 
-pgbench_run() { # CLIENTS
-  local tps=()
-  for i in $(seq 1 "$RUNS"); do
-    local t
-    t=$(PGSSLMODE=require PGPASSWORD=$PG_PASSWORD "$PGBENCH" -h localhost -p "$PG_PORT" -U admin \
-      -n -M prepared -f "$work/select1.sql" -c "$1" -j "$(( $1 < $(nproc) ? $1 : $(nproc) ))" \
-      -T "$secs" postgres 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
-    tps+=("$t")
-    log "pgbench -c $1 run $i: $t tps"
-  done
-  median "${tps[@]}"
+# pgbench_once NAME RUN CLIENTS THREADS: one run, its tps kept in NAME.RUN.tps.
+pgbench_once() {
+  PGSSLMODE=require PGPASSWORD=$PG_PASSWORD "$PGBENCH" -h localhost -p "$PG_PORT" -U admin \
+    -n -M prepared -f "$work/select1.sql" -c "$3" -j "$4" -T "$secs" postgres 2>/dev/null |
+    sed -n 's/^tps = \([0-9.]*\).*/\1/p' >"$work/$1.$2.tps"
+  log "$1 run $2: $(cat "$work/$1.$2.tps") tps"
 }
 
-# (1) and (2)
-pgb1=$(pgbench_run 1)
-dir1=$(bench_run direct1 direct 1)
-pgb8=$(pgbench_run 8)
-dir8=$(bench_run direct8 direct 8)
-ep1=$(bench_run endpoint1 endpoint 1)
-ep8=$(bench_run endpoint8 endpoint 8)
+median_of() { # NAME KEY: the median of KEY over NAME's runs (KEY "tps" reads pgbench's files)
+  local values=()
+  for i in $(seq 1 "$RUNS"); do
+    if [ "$2" = tps ]; then values+=("$(cat "$work/$1.$i.tps")")
+    else values+=("$(field "$2" <"$work/$1.$i.json")"); fi
+  done
+  median "${values[@]}"
+}
 
-# (4) refresh under load, through the endpoint (IAM tokens signed for every new connection)
-bench_run refresh endpoint 8 --refresh-every 1s >/dev/null
-p99_plain=$(median $(for i in $(seq 1 "$RUNS"); do field p99_ms <"$work/endpoint8.$i.json"; done))
-p99_refresh=$(median $(for i in $(seq 1 "$RUNS"); do field p99_ms <"$work/refresh.$i.json"; done))
+# (1), (2) and (4), interleaved run by run so that drift in the machine hits every column.
+for i in $(seq 1 "$RUNS"); do
+  pgbench_once pgbench1 "$i" 1 1
+  bench_once direct1 "$i" direct 1
+  bench_once endpoint1 "$i" endpoint 1
+  pgbench_once pgbench8 "$i" 8 1
+  pgbench_once pgbench8j "$i" 8 "$(nproc)"
+  bench_once direct8 "$i" direct 8
+  bench_once endpoint8 "$i" endpoint 8
+  # refresh under load, through the endpoint (an IAM token signed for every new connection)
+  bench_once refresh "$i" endpoint 8 --refresh-every 1s
+done
+pgb1=$(median_of pgbench1 tps); pgb8=$(median_of pgbench8 tps); pgb8j=$(median_of pgbench8j tps)
+dir1=$(median_of direct1 qps); dir8=$(median_of direct8 qps)
+ep1=$(median_of endpoint1 qps); ep8=$(median_of endpoint8 qps)
+p99_plain=$(median_of endpoint8 p99_ms); p99_refresh=$(median_of refresh p99_ms)
 errors_refresh=$(sum $(for i in $(seq 1 "$RUNS"); do field failed <"$work/refresh.$i.json"; done))
 errors_plain=$(sum $(for i in $(seq 1 "$RUNS"); do field failed <"$work/endpoint8.$i.json"; done))
 refreshes=$(sum $(for i in $(seq 1 "$RUNS"); do field refreshes <"$work/refresh.$i.json"; done))
@@ -147,26 +151,27 @@ rss_kb=$(sed -n 's/.*Maximum resident set size (kbytes): *//p' "$work/rss.txt")
 
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo "+dirty")
 cpu=$(sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -1)
-pgver=$("$PGBENCH" --version | awk '{print $NF}')
+pgver=$("$PGBENCH" --version | awk '{print $3}')
 
 python3 - "$pgb1" "$dir1" "$pgb8" "$dir8" "$ep1" "$ep8" "$p99_plain" "$p99_refresh" \
   "$errors_plain" "$errors_refresh" "$refreshes" "$q_mean" "$qd_mean" "$psql_mean" "$rss_kb" \
-  "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" "$SHOTS" <<'EOF'
+  "$pgb8j" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" "$SHOTS" <<'EOF'
 import sys, datetime
 (pgb1, dir1, pgb8, dir8, ep1, ep8, p99_plain, p99_refresh, err_plain, err_refresh, refreshes,
- q, qd, psql, rss_kb) = map(float, sys.argv[1:16])
-commit, cpu, cores, pgver, duration, runs, shots = sys.argv[16:23]
+ q, qd, psql, rss_kb, pgb8j) = map(float, sys.argv[1:17])
+commit, cpu, cores, pgver, duration, runs, shots = sys.argv[17:24]
 ok = lambda good: "✅" if good else "❌"
 date = datetime.date.today().isoformat()
 print(f"### Benchmarks ({date}, commit `{commit}`)\n")
 print(f"{cpu}, {cores} cores; PostgreSQL {pgver}, server and clients on the same machine; "
       f"TLS everywhere; `select 1`; each throughput the median of {runs} runs of {duration} "
-      f"(after a warm-up for `dsql-pgx bench`); one-shot times the mean of {shots} runs. "
+      f"(after a warm-up for `dsql-pgx bench`; pgbench excludes its connection time), runs interleaved; one-shot times the mean of {shots} runs. "
       "Run `bench/run.sh` to reproduce.\n")
 print("| # | measure | dsql-pgx | baseline | ratio | target |")
 print("|---|---|---|---|---|---|")
 print(f"| 1 | throughput, 1 connection, vs `pgbench -M prepared` | {dir1:,.0f} q/s | {pgb1:,.0f} tps | {dir1/pgb1:.2f}× | ≥ 1.0× {ok(dir1 >= pgb1)} |")
 print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared` | {dir8:,.0f} q/s | {pgb8:,.0f} tps | {dir8/pgb8:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8)} |")
+print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared -j {cores}` ({cores} threads) | {dir8:,.0f} q/s | {pgb8j:,.0f} tps | {dir8/pgb8j:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8j)} |")
 o1, o8 = 1 - ep1 / dir1, 1 - ep8 / dir8
 print(f"| 2 | through the local endpoint vs direct, 1 client | {ep1:,.0f} q/s | {dir1:,.0f} q/s | overhead {o1:.0%} | ≤ 10 % {ok(o1 <= 0.10)} |")
 print(f"| 2 | through the local endpoint vs direct, 8 clients | {ep8:,.0f} q/s | {dir8:,.0f} q/s | overhead {o8:.0%} | ≤ 10 % {ok(o8 <= 0.10)} |")
