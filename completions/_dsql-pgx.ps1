@@ -36,6 +36,7 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('token', 'token', [CompletionResultType]::ParameterValue, 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`')
             [CompletionResult]::new('refresh-demo', 'refresh-demo', [CompletionResultType]::ParameterValue, 'Show that a token refresh replaces every connection while queries keep succeeding')
             [CompletionResult]::new('local', 'local', [CompletionResultType]::ParameterValue, 'Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL')
+            [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Measure throughput and latency of one statement through the pool')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -201,6 +202,44 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'dsql-pgx;bench' {
+            [CompletionResult]::new('--clients', '--clients', [CompletionResultType]::ParameterName, 'Tasks querying concurrently, each checking a connection out of the pool per query')
+            [CompletionResult]::new('--duration', '--duration', [CompletionResultType]::ParameterName, 'How long to measure, after the warm-up')
+            [CompletionResult]::new('--warmup', '--warmup', [CompletionResultType]::ParameterName, 'How long to run before measuring (statements prepared, caches warm); `0s` for none')
+            [CompletionResult]::new('--refresh-every', '--refresh-every', [CompletionResultType]::ParameterName, 'Refresh tokens and replace every connection this often while measuring')
+            [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Cluster endpoint to sign for, or a bare 26-character cluster id')
+            [CompletionResult]::new('--hostname', '--hostname', [CompletionResultType]::ParameterName, 'Cluster endpoint to sign for, or a bare 26-character cluster id')
+            [CompletionResult]::new('--region', '--region', [CompletionResultType]::ParameterName, 'AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint]')
+            [CompletionResult]::new('--user', '--user', [CompletionResultType]::ParameterName, 'Database role [env: DB_USER, CLUSTER_USER; default: admin]')
+            [CompletionResult]::new('--profile', '--profile', [CompletionResultType]::ParameterName, 'AWS profile for credentials (default: the AWS default chain)')
+            [CompletionResult]::new('--token-expires-in', '--token-expires-in', [CompletionResultType]::ParameterName, 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week')
+            [CompletionResult]::new('--expires-in', '--expires-in', [CompletionResultType]::ParameterName, 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week')
+            [CompletionResult]::new('--host', '--host', [CompletionResultType]::ParameterName, 'Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'Port to connect to')
+            [CompletionResult]::new('--database', '--database', [CompletionResultType]::ParameterName, 'Database name (DSQL has only `postgres`)')
+            [CompletionResult]::new('--sslmode', '--sslmode', [CompletionResultType]::ParameterName, 'TLS mode')
+            [CompletionResult]::new('--ca-file', '--ca-file', [CompletionResultType]::ParameterName, 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots')
+            [CompletionResult]::new('--ssl-negotiation', '--ssl-negotiation', [CompletionResultType]::ParameterName, 'How TLS is negotiated')
+            [CompletionResult]::new('--max-conns', '--max-conns', [CompletionResultType]::ParameterName, 'Maximum connections in the pool')
+            [CompletionResult]::new('--min-idle', '--min-idle', [CompletionResultType]::ParameterName, 'Idle connections the pool keeps open')
+            [CompletionResult]::new('--max-lifetime', '--max-lifetime', [CompletionResultType]::ParameterName, 'Close connections older than this (must stay below DSQL''s 60-minute limit)')
+            [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'Close connections idle longer than this')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up on a new connection (token, TCP, TLS, auth) after this long')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format for data on stdout')
+            [CompletionResult]::new('--local', '--local', [CompletionResultType]::ParameterName, 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)')
+            [CompletionResult]::new('--iam', '--iam', [CompletionResultType]::ParameterName, 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]')
+            [CompletionResult]::new('--no-iam', '--no-iam', [CompletionResultType]::ParameterName, 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)')
+            [CompletionResult]::new('--no-header', '--no-header', [CompletionResultType]::ParameterName, 'Omit the header row in csv and tsv output')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print results only: no statistics or notices on stderr, errors still shown')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print results only: no statistics or notices on stderr, errors still shown')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'dsql-pgx;completions' {
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format for data on stdout')
             [CompletionResult]::new('--no-header', '--no-header', [CompletionResultType]::ParameterName, 'Omit the header row in csv and tsv output')
@@ -220,6 +259,7 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('token', 'token', [CompletionResultType]::ParameterValue, 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`')
             [CompletionResult]::new('refresh-demo', 'refresh-demo', [CompletionResultType]::ParameterValue, 'Show that a token refresh replaces every connection while queries keep succeeding')
             [CompletionResult]::new('local', 'local', [CompletionResultType]::ParameterValue, 'Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL')
+            [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Measure throughput and latency of one statement through the pool')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -237,6 +277,9 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             break
         }
         'dsql-pgx;help;local' {
+            break
+        }
+        'dsql-pgx;help;bench' {
             break
         }
         'dsql-pgx;help;completions' {

@@ -16,6 +16,9 @@ _dsql__pgx() {
             ",$1")
                 cmd="dsql__pgx"
                 ;;
+            dsql__pgx,bench)
+                cmd="dsql__pgx__subcmd__bench"
+                ;;
             dsql__pgx,completions)
                 cmd="dsql__pgx__subcmd__completions"
                 ;;
@@ -36,6 +39,9 @@ _dsql__pgx() {
                 ;;
             dsql__pgx,token)
                 cmd="dsql__pgx__subcmd__token"
+                ;;
+            dsql__pgx__subcmd__help,bench)
+                cmd="dsql__pgx__subcmd__help__subcmd__bench"
                 ;;
             dsql__pgx__subcmd__help,completions)
                 cmd="dsql__pgx__subcmd__help__subcmd__completions"
@@ -65,12 +71,118 @@ _dsql__pgx() {
 
     case "${cmd}" in
         dsql__pgx)
-            opts="-v -q -h -V --format --no-header --verbose --quiet --help --version query connect token refresh-demo local completions help"
+            opts="-v -q -h -V --format --no-header --verbose --quiet --help --version query connect token refresh-demo local bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dsql__subcmd__pgx__subcmd__bench)
+            opts="-v -q -h -V --clients --duration --warmup --refresh-every --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --iam --no-iam --sslmode --ca-file --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --clients)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --warmup)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --refresh-every)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --endpoint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hostname)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --region)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-expires-in)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expires-in)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sslmode)
+                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ssl-negotiation)
+                    COMPREPLY=($(compgen -W "postgres direct" -- "${cur}"))
+                    return 0
+                    ;;
+                --max-conns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --min-idle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-lifetime)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
                     return 0
@@ -195,8 +307,22 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__help)
-            opts="query connect token refresh-demo local completions help"
+            opts="query connect token refresh-demo local bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dsql__subcmd__pgx__subcmd__help__subcmd__bench)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -33,6 +33,7 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand token 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`'
             cand refresh-demo 'Show that a token refresh replaces every connection while queries keep succeeding'
             cand local 'Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL'
+            cand bench 'Measure throughput and latency of one statement through the pool'
             cand completions 'Print a shell completion script'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -192,6 +193,43 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'dsql-pgx;bench'= {
+            cand --clients 'Tasks querying concurrently, each checking a connection out of the pool per query'
+            cand --duration 'How long to measure, after the warm-up'
+            cand --warmup 'How long to run before measuring (statements prepared, caches warm); `0s` for none'
+            cand --refresh-every 'Refresh tokens and replace every connection this often while measuring'
+            cand --endpoint 'Cluster endpoint to sign for, or a bare 26-character cluster id'
+            cand --hostname 'Cluster endpoint to sign for, or a bare 26-character cluster id'
+            cand --region 'AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint]'
+            cand --user 'Database role [env: DB_USER, CLUSTER_USER; default: admin]'
+            cand --profile 'AWS profile for credentials (default: the AWS default chain)'
+            cand --token-expires-in 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week'
+            cand --expires-in 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week'
+            cand --host 'Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink)'
+            cand --port 'Port to connect to'
+            cand --database 'Database name (DSQL has only `postgres`)'
+            cand --sslmode 'TLS mode'
+            cand --ca-file 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots'
+            cand --ssl-negotiation 'How TLS is negotiated'
+            cand --max-conns 'Maximum connections in the pool'
+            cand --min-idle 'Idle connections the pool keeps open'
+            cand --max-lifetime 'Close connections older than this (must stay below DSQL''s 60-minute limit)'
+            cand --idle-timeout 'Close connections idle longer than this'
+            cand --connect-timeout 'Give up on a new connection (token, TCP, TLS, auth) after this long'
+            cand --format 'Output format for data on stdout'
+            cand --local 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
+            cand --iam 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'
+            cand --no-iam 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)'
+            cand --no-header 'Omit the header row in csv and tsv output'
+            cand -v 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
+            cand --verbose 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
+            cand -q 'Print results only: no statistics or notices on stderr, errors still shown'
+            cand --quiet 'Print results only: no statistics or notices on stderr, errors still shown'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'dsql-pgx;completions'= {
             cand --format 'Output format for data on stdout'
             cand --no-header 'Omit the header row in csv and tsv output'
@@ -210,6 +248,7 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand token 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`'
             cand refresh-demo 'Show that a token refresh replaces every connection while queries keep succeeding'
             cand local 'Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL'
+            cand bench 'Measure throughput and latency of one statement through the pool'
             cand completions 'Print a shell completion script'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -222,6 +261,8 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
         &'dsql-pgx;help;refresh-demo'= {
         }
         &'dsql-pgx;help;local'= {
+        }
+        &'dsql-pgx;help;bench'= {
         }
         &'dsql-pgx;help;completions'= {
         }

@@ -38,6 +38,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "connect" -d 'Open
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "token" -d 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "refresh-demo" -d 'Show that a token refresh replaces every connection while queries keep succeeding'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "local" -d 'Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL'
+complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "bench" -d 'Measure throughput and latency of one statement through the pool'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s f -l file -d 'Read SQL from a file' -r -F
@@ -181,6 +182,41 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s v -l verbose
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s V -l version -d 'Print version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l clients -d 'Tasks querying concurrently, each checking a connection out of the pool per query' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l duration -d 'How long to measure, after the warm-up' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l warmup -d 'How long to run before measuring (statements prepared, caches warm); `0s` for none' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l refresh-every -d 'Refresh tokens and replace every connection this often while measuring' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l region -d 'AWS region [env: REGION, AWS_REGION, AWS_DEFAULT_REGION; default: parsed from the endpoint]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l host -d 'Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l port -d 'Port to connect to' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l database -d 'Database name (DSQL has only `postgres`)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
+require\t'Encrypt without verifying the certificate (testing only)'
+disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
+direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l max-conns -d 'Maximum connections in the pool' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l min-idle -d 'Idle connections the pool keeps open' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l idle-timeout -d 'Close connections idle longer than this' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
+csv\t'Comma-separated values (RFC 4180), header row first'
+tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
+json\t'JSON: one object per row for `query`, one document for other commands'"
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l local -d 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l iam -d 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l no-iam -d 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l no-header -d 'Omit the header row in csv and tsv output'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s V -l version -d 'Print version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
 csv\t'Comma-separated values (RFC 4180), header row first'
 tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
@@ -190,10 +226,11 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s v -l v
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local completions help" -f -a "query" -d 'Run SQL with tokens handled and print the results'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local completions help" -f -a "connect" -d 'Open the pool and show each connection\'s session ID, TLS and timing'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local completions help" -f -a "token" -d 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local completions help" -f -a "refresh-demo" -d 'Show that a token refresh replaces every connection while queries keep succeeding'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local completions help" -f -a "local" -d 'Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "query" -d 'Run SQL with tokens handled and print the results'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "connect" -d 'Open the pool and show each connection\'s session ID, TLS and timing'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "token" -d 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "refresh-demo" -d 'Show that a token refresh replaces every connection while queries keep succeeding'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "local" -d 'Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "bench" -d 'Measure throughput and latency of one statement through the pool'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

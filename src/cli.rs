@@ -90,6 +90,14 @@ pub enum Command {
     /// Run a local DSQL-compatible endpoint that checks IAM tokens, in front of PostgreSQL.
     Local(LocalArgs),
 
+    /// Measure throughput and latency of one statement through the pool.
+    ///
+    /// `--clients` tasks each check a connection out of the pool, run the statement
+    /// (prepared once per connection) and return the connection, as fast as they can, for
+    /// `--warmup` and then `--duration`. Prints throughput, latency percentiles, errors by
+    /// SQLSTATE, connections opened, refreshes and the pool's statistics.
+    Bench(BenchArgs),
+
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -324,6 +332,38 @@ pub struct RefreshArgs {
         value_name = "DURATION"
     )]
     pub refresh_interval: String,
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// SQL to run repeatedly: one statement without parameters, prepared once per connection.
+    #[arg(value_name = "SQL", default_value = "select 1")]
+    pub sql: String,
+
+    /// Tasks querying concurrently, each checking a connection out of the pool per query.
+    ///
+    /// The pool opens this many connections up front (at most --max-conns; clients beyond
+    /// that wait for a free connection).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub clients: u32,
+
+    /// How long to measure, after the warm-up.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub duration: String,
+
+    /// How long to run before measuring (statements prepared, caches warm); `0s` for none.
+    ///
+    /// Errors during the warm-up are counted too; latencies and throughput are not.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub warmup: String,
+
+    /// Refresh tokens and replace every connection this often while measuring.
+    #[arg(long, value_name = "DURATION")]
+    pub refresh_every: Option<String>,
+
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 /// Arguments of `local`.

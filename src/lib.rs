@@ -14,6 +14,7 @@
 //! | [`auth`] | credentials, token signing, the credential cache |
 //! | [`tls`] | the rustls configuration and the TLS connector |
 //! | [`pool`] | the bb8 manager, connection registry, refresh, statistics |
+//! | [`latency`] | latency samples and percentiles, for the commands that measure |
 //! | [`retry`] | optimistic-concurrency conflict detection and retry |
 //! | [`sql`] | splitting SQL into statements, running them, command tags |
 //! | [`output`] | tables, csv, tsv, json, terminal detection, escaping |
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod cli;
 pub mod cmd;
 pub mod exit;
+pub mod latency;
 pub mod local;
 pub mod output;
 pub mod pool;

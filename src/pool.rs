@@ -93,6 +93,34 @@ pub enum ConnectError {
     /// An idle connection was found closed (internal: it is closed and replaced).
     #[error("connection closed")]
     Closed,
+    /// An idle connection reached its maximum lifetime (internal: it is closed and replaced).
+    #[error("connection reached its maximum lifetime")]
+    Expired,
+}
+
+impl ConnectError {
+    /// The server refused the connection for a limit that lifts by itself: too many
+    /// connections (SQLSTATE 53300) or too many new connections per second (53400).
+    /// Worth retrying after a pause, unlike authentication, TLS or configuration errors.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, ConnectError::Rejected { error, .. }
+            if matches!(error.code().map(|c| c.code()), Some("53300" | "53400")))
+    }
+}
+
+/// The first pause before connecting again after the server refused for a limit.
+const LIMIT_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause between such attempts.
+const LIMIT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The pause before attempt `retry` (from 0) after a limit refusal: a ceiling doubling from
+/// [`LIMIT_BACKOFF_FIRST`] to [`LIMIT_BACKOFF_MAX`], and a random point in its upper half,
+/// so connections refused together do not come back together.
+fn limit_backoff(retry: u32, unit: f64) -> Duration {
+    let ceiling = LIMIT_BACKOFF_FIRST
+        .saturating_mul(1u32 << retry.min(16))
+        .min(LIMIT_BACKOFF_MAX);
+    ceiling.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
 /// Why a connection could not be handed out.
@@ -182,6 +210,8 @@ fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S:
 
 struct ConnMeta {
     number: u64,
+    /// When it became ready, for the lifetime check on checkout.
+    ready: Instant,
     session_id: String,
     generation: u64,
     opened_at: SystemTime,
@@ -236,6 +266,7 @@ struct Shared {
     generation: AtomicU64,
     next_number: AtomicU64,
     retired: AtomicU64,
+    expired: AtomicU64,
     registry: Mutex<BTreeMap<u64, Arc<ConnMeta>>>,
     errors: watch::Sender<u64>,
     last_error: Mutex<Option<Arc<ConnectError>>>,
@@ -255,6 +286,13 @@ impl Shared {
 
     fn is_retired(&self, meta: &ConnMeta) -> bool {
         meta.generation < self.generation.load(Ordering::Acquire)
+    }
+
+    /// bb8 checks the lifetime when a connection is returned and when the reaper runs, not
+    /// on checkout; between reaper runs an idle connection can outlive it. DSQL closes a
+    /// connection at its age limit even mid-query, so it is never handed out once expired.
+    fn is_expired(&self, meta: &ConnMeta) -> bool {
+        meta.ready.elapsed() >= self.settings.max_lifetime
     }
 }
 
@@ -373,6 +411,7 @@ impl Opener {
         );
         let meta = Arc::new(ConnMeta {
             number,
+            ready: done,
             session_id,
             generation,
             opened_at: SystemTime::now() - timing.total,
@@ -453,13 +492,33 @@ impl bb8::ManageConnection for Manager {
     type Connection = PgConn;
     type Error = Arc<ConnectError>;
 
+    /// Opens a connection. A refusal for a connection limit (53300, 53400) is retried with
+    /// a jittered, doubling backoff until the connect timeout; any other error, and the
+    /// last refusal, is returned at once (and wakes every waiting checkout with it).
     async fn connect(&self) -> Result<PgConn, Arc<ConnectError>> {
-        self.opener.open(&self.shared).await.map_err(|error| {
+        let deadline = Instant::now() + self.opener.connect_timeout;
+        let mut retry = 0;
+        loop {
+            let error = match self.opener.open(&self.shared).await {
+                Ok(conn) => return Ok(conn),
+                Err(error) => error,
+            };
+            let pause = limit_backoff(retry, rand::random());
+            if error.is_limit() && Instant::now() + pause < deadline {
+                tracing::debug!(
+                    "connection refused for a limit, retrying in {}: {}",
+                    humantime::format_duration(pause),
+                    crate::exit::chain(&error)
+                );
+                tokio::time::sleep(pause).await;
+                retry += 1;
+                continue;
+            }
             let error = Arc::new(error);
             tracing::debug!("cannot open a connection: {}", crate::exit::chain(&*error));
             self.shared.record_error(error.clone());
-            error
-        })
+            return Err(error);
+        }
     }
 
     async fn is_valid(&self, conn: &mut PgConn) -> Result<(), Arc<ConnectError>> {
@@ -471,6 +530,10 @@ impl bb8::ManageConnection for Manager {
             // Counted in `has_broken`, which bb8 calls as it drops the connection.
             return Err(Arc::new(ConnectError::Retired));
         }
+        if self.shared.is_expired(&conn.meta) {
+            // Counted in `has_broken` too.
+            return Err(Arc::new(ConnectError::Expired));
+        }
         Ok(())
     }
 
@@ -481,6 +544,12 @@ impl bb8::ManageConnection for Manager {
         }
         if self.shared.is_retired(&conn.meta) {
             self.shared.retired.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        // Decided here rather than by bb8's own lifetime check (which runs after this one,
+        // on a clock started a little later) so every closure is counted once.
+        if self.shared.is_expired(&conn.meta) {
+            self.shared.expired.fetch_add(1, Ordering::Relaxed);
             return true;
         }
         false
@@ -496,6 +565,12 @@ impl PooledConn {
     /// What the registry knows about this connection.
     pub fn info(&self) -> ConnInfo {
         self.inner.meta.info()
+    }
+
+    /// The client-side connection number (from 1, never reused): cheap to read, and a key
+    /// for anything cached per physical connection, such as prepared statements.
+    pub fn number(&self) -> u64 {
+        self.inner.meta.number
     }
 
     /// The server session ID.
@@ -638,6 +713,7 @@ impl Pool {
             generation: AtomicU64::new(1),
             next_number: AtomicU64::new(0),
             retired: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             registry: Mutex::new(BTreeMap::new()),
             errors: watch::Sender::new(0),
             last_error: Mutex::new(None),
@@ -677,6 +753,11 @@ impl Pool {
             .reaper_rate(reaper)
             .test_on_check_out(true)
             .retry_connection(false)
+            // The most recently returned connection is handed out first: a lightly loaded
+            // pool keeps using a few warm connections (a warm server backend, warm caches)
+            // instead of rotating through all of them, and the rest can idle out. Measured
+            // with `dsql-pgx bench --clients 1`: about 3x the throughput of first-in-first-out.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             // Waits for the minimum idle connections; with retries off, the first
             // connection error comes back at once.
             .build(manager)
@@ -758,17 +839,20 @@ impl Pool {
         let state = self.bb8.state();
         let s = &state.statistics;
         let retired = self.shared.retired.load(Ordering::Relaxed);
+        let expired = self.shared.expired.load(Ordering::Relaxed);
         PoolStats {
             generation: self.generation(),
             total: state.connections,
             idle: state.idle_connections,
             in_use: state.connections.saturating_sub(state.idle_connections),
             opened: s.connections_created,
-            closed_lifetime: s.connections_closed_max_lifetime,
+            closed_lifetime: s.connections_closed_max_lifetime + expired,
             closed_idle: s.connections_closed_idle_timeout,
             // bb8 counts every closure on return or failed checkout as "broken" (a failed
-            // checkout also as "invalid"); retirements are ours to subtract.
-            closed_broken: s.connections_closed_broken.saturating_sub(retired),
+            // checkout also as "invalid"); retirements and expiries are ours to subtract.
+            closed_broken: s
+                .connections_closed_broken
+                .saturating_sub(retired + expired),
             closed_retired: retired,
             gets: s.get_direct + s.get_waited + s.get_timed_out,
             waits: s.get_waited,
@@ -807,18 +891,20 @@ impl Pool {
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let want = (self.shared.settings.min_idle.max(1) as usize)
             .min(self.shared.settings.max_size as usize);
-        let fresh = self.get_many(want).await.map_err(RefreshError::Connect)?;
-        drop(fresh);
-        // Any old idle connection a concurrent checkout skipped is retired here.
-        for _ in 0..self.shared.settings.max_size {
+        let mut held = self.get_many(want).await.map_err(RefreshError::Connect)?;
+        // Any old idle connection a concurrent checkout skipped is retired here. Checkouts
+        // are held until the sweep ends: the idle queue is last-in-first-out, so a returned
+        // connection would be handed straight back instead of reaching the old ones.
+        while held.len() < self.shared.settings.max_size as usize {
             let stale_idle = lock(&self.shared.registry)
                 .values()
                 .any(|m| m.generation < generation && !m.in_use.load(Ordering::Relaxed));
             if !stale_idle {
                 break;
             }
-            drop(self.get().await.map_err(RefreshError::Connect)?);
+            held.push(self.get().await.map_err(RefreshError::Connect)?);
         }
+        drop(held);
         let opened: BTreeSet<String> = self
             .connections()
             .into_iter()
@@ -900,5 +986,23 @@ impl Pool {
             .cancel_query_raw(tcp, tls)
             .await
             .map_err(|source| opener.rejected(source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_backoff_doubles_with_jitter_up_to_a_ceiling() {
+        assert_eq!(limit_backoff(0, 1.0), LIMIT_BACKOFF_FIRST);
+        assert_eq!(limit_backoff(0, 0.0), LIMIT_BACKOFF_FIRST / 2);
+        assert_eq!(limit_backoff(2, 1.0), LIMIT_BACKOFF_FIRST * 4);
+        assert_eq!(limit_backoff(40, 1.0), LIMIT_BACKOFF_MAX);
+        assert_eq!(limit_backoff(40, 7.0), LIMIT_BACKOFF_MAX, "unit is clamped");
+        for retry in 0..10 {
+            let pause = limit_backoff(retry, 0.3);
+            assert!(pause >= LIMIT_BACKOFF_FIRST / 2 && pause <= LIMIT_BACKOFF_MAX);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with `pub async fn run(..)`, and what they share:
 //! turning connection flags into a pool (against a real cluster or a local endpoint).
 
+pub mod bench;
 pub mod completions;
 pub mod connect;
 pub mod local;
@@ -23,6 +24,7 @@ pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Token(args) => token::run(args, out).await,
         Command::RefreshDemo(args) => refresh_demo::run(args, out).await,
         Command::Local(args) => local::run(args, out).await,
+        Command::Bench(args) => bench::run(args, out).await,
         Command::Completions(args) => completions::run(&args),
     }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::cli::{Format, RefreshDemoArgs};
 use crate::exit::{Exit, Failed};
+use crate::latency::percentile_ms;
 use crate::output::{self, Output};
 use crate::pool::{Pool, PoolStats};
 use crate::settings::{self, ConfigError};
@@ -53,15 +54,6 @@ struct Summary {
     p50_ms: f64,
     p99_ms: f64,
     pool: PoolStats,
-}
-
-/// The `p`-th percentile (0..=1) of sorted latencies, in milliseconds.
-pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    (sorted[rank - 1].as_secs_f64() * 1e6).round() / 1e3
 }
 
 fn take(tally: &Mutex<Tally>) -> Tally {
@@ -308,18 +300,4 @@ fn print_summary(stdout: &mut dyn Write, out: &Output, summary: &Summary) -> any
     ];
     writeln!(stdout, "{}", out.table(&["summary", "value"], &rows))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile_ms(&sorted, 0.50), 50.0);
-        assert_eq!(percentile_ms(&sorted, 0.99), 99.0);
-        assert_eq!(percentile_ms(&[], 0.99), 0.0);
-        assert_eq!(percentile_ms(&sorted[..1], 0.99), 1.0);
-    }
 }

@@ -155,3 +155,29 @@ impl TestEndpoint {
         }
     }
 }
+
+impl TestPg {
+    /// Library settings that reach this PostgreSQL as its superuser with the password, TLS
+    /// verified against its CA.
+    pub fn settings(&self) -> ConnSettings {
+        ConnSettings {
+            target: Target {
+                endpoint: self.host().to_string(),
+                region: "us-east-1".to_string(),
+                user: self.user().to_string(),
+                credentials: CredentialSource::DefaultChain { profile: None },
+                token_expires_in: Duration::from_secs(900),
+            },
+            host: "127.0.0.1".to_string(),
+            port: self.port(),
+            database: "postgres".to_string(),
+            auth: Auth::Password(Some(Secret::new(self.password()))),
+            tls: Tls {
+                mode: SslMode::VerifyFull,
+                ca_file: Some(self.ca_path().to_path_buf()),
+                negotiation: SslNegotiation::Postgres,
+            },
+            pool: pool_settings(),
+        }
+    }
+}

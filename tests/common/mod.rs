@@ -196,6 +196,7 @@ fn random_password() -> String {
 /// password for the superuser `admin`.
 pub struct TestPg {
     pg: Option<PgServer>,
+    opts: PgOptions,
     password: String,
     ca_pem: String,
     ca_path: PathBuf,
@@ -227,11 +228,17 @@ impl TestPg {
             }),
             dsql_mimic,
         };
-        let pg = PgServer::start(opts)
+        let pg = PgServer::start(opts.clone())
             .await
             .unwrap_or_else(|e| panic!("starting the test PostgreSQL failed: {e:#}"));
+        let mut opts = opts;
+        if let Some(tcp) = opts.tcp.as_mut() {
+            // A restart keeps the port clients know.
+            tcp.port = pg.port().expect("TCP enabled");
+        }
         TestPg {
             pg: Some(pg),
+            opts,
             password,
             ca_pem: ca.cert_pem().to_owned(),
             ca_path,
@@ -291,6 +298,24 @@ impl TestPg {
             .dbname("postgres")
             .ssl_mode(tokio_postgres::config::SslMode::Require);
         connect(&config, RustlsConnect(client_config(&self.ca_pem, false))).await
+    }
+
+    /// Stops the server (fast shutdown: connected clients get FATAL 57P01), keeping its data
+    /// directory and port for [`TestPg::start_server`].
+    pub async fn stop_server(&mut self) {
+        if let Some(pg) = self.pg.take() {
+            pg.stop().await.expect("stopping PostgreSQL");
+        }
+    }
+
+    /// Starts the server again after [`TestPg::stop_server`]: same data, port and password.
+    /// Returns once it accepts connections.
+    pub async fn start_server(&mut self) {
+        assert!(self.pg.is_none(), "the test PostgreSQL is already running");
+        let pg = PgServer::start(self.opts.clone())
+            .await
+            .unwrap_or_else(|e| panic!("restarting the test PostgreSQL failed: {e:#}"));
+        self.pg = Some(pg);
     }
 
     /// Stops the server and waits for it.

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# bench/run.sh: dsql-pgx side by side with the tools users would use instead, in one run.
+#
+#   bench/run.sh                      # from anywhere; prints a Markdown report on stdout
+#   DURATION=5s RUNS=1 bench/run.sh   # quicker, noisier
+#
+# What it does:
+#   1. builds the release binary and the `bench_pg` example (examples/bench_pg.rs);
+#   2. starts a private PostgreSQL with TLS and a password exactly as the test harness does
+#      (`bench_pg`), and a local DSQL endpoint (`dsql-pgx local --port 0`), both in a temp dir;
+#   3. measures, each figure the median of RUNS runs, runs interleaved (progress on stderr):
+#      (1) `dsql-pgx bench` vs `pgbench -M prepared -f select1.sql` over TLS
+#          (PGSSLMODE=require), 1 and 8 connections, direct to PostgreSQL; pgbench with its
+#          default single thread, and at 8 connections also with one thread per core;
+#      (2) `dsql-pgx bench` through the local endpoint vs direct (endpoint overhead);
+#      (3) one-shot `dsql-pgx query "select 1"` (both --ssl-negotiation styles) vs
+#          `PGPASSWORD=$(dsql-pgx token) psql -c "select 1"` against the endpoint (hyperfine);
+#      (4) `bench --refresh-every 1s` vs no refresh through the endpoint: errors, p99;
+#      (5) peak RSS of `bench --clients 8` (/usr/bin/time -v);
+#   4. prints the results and their ratios to the targets as Markdown, and stops everything.
+#
+# Needs: cargo, PostgreSQL server binaries, pgbench, psql, hyperfine, GNU time, python3.
+# Environment: DURATION (10s) and WARMUP (2s) per bench run, RUNS (3), SHOTS (hyperfine
+# runs, 50), PGBENCH (path; default: pgbench next to the server binaries, else on PATH).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+RUNS=${RUNS:-3}
+SHOTS=${SHOTS:-50}
+secs=${DURATION%s}
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: $1 not found; $2" >&2; exit 2; }; }
+need hyperfine "install it, e.g. apt-get install hyperfine"
+need psql "install it, e.g. apt-get install postgresql-client"
+need python3 "install python3"
+[ -x /usr/bin/time ] || { echo "bench: /usr/bin/time not found; apt-get install time" >&2; exit 2; }
+if [ -z "${PGBENCH:-}" ]; then
+  PGBENCH=$(ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -1 || true)
+  [ -n "$PGBENCH" ] || PGBENCH=$(command -v pgbench || true)
+fi
+[ -x "$PGBENCH" ] || { echo "bench: pgbench not found; set PGBENCH" >&2; exit 2; }
+
+log() { echo "bench: $*" >&2; }
+
+log "building (release)"
+cargo build --release --locked --quiet --bin dsql-pgx --example bench_pg
+BIN=$PWD/target/release/dsql-pgx
+
+work=$(mktemp -d /tmp/dsql-pgx-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_for_line() { # file pid what
+  for _ in $(seq 1 600); do
+    [ -s "$1" ] && return 0
+    kill -0 "$2" 2>/dev/null || { echo "bench: $3 did not start:" >&2; cat "$work"/*.log >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "bench: $3 did not start within 60 s" >&2; exit 1
+}
+
+log "starting PostgreSQL with TLS"
+target/release/examples/bench_pg "$work/pg" >"$work/pg.env" 2>"$work/pg.log" &
+pids+=($!)
+wait_for_line "$work/pg.env" "$!" "PostgreSQL"
+eval "$(cat "$work/pg.env")"
+
+log "starting the local endpoint"
+"$BIN" local --port 0 --data-dir "$work/local" >"$work/endpoint.env" 2>"$work/endpoint.log" &
+pids+=($!)
+wait_for_line "$work/endpoint.env" "$!" "the local endpoint"
+
+# Commands against PostgreSQL directly, and through the endpoint (its env in a subshell).
+direct() { PGPASSWORD=$PG_PASSWORD "$@" --endpoint localhost --region us-east-1 --port "$PG_PORT" --no-iam --ca-file "$PG_CA"; }
+endpoint() { ( source "$work/endpoint.env"; "$@" ); }
+printf 'select 1;\n' >"$work/select1.sql"
+
+sum() { python3 -c 'import sys; print(sum(float(x) for x in sys.argv[1:]))' "$@"; }
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+# bench_once NAME RUN WHERE CLIENTS [extra flags]: one run, its JSON kept as NAME.RUN.json.
+bench_once() {
+  local name=$1 i=$2 where=$3 clients=$4; shift 4
+  $where "$BIN" bench --clients "$clients" --duration "$DURATION" --warmup "$WARMUP" \
+    --format json "$@" >"$work/$name.$i.json"
+  log "$name run $i: $(field qps <"$work/$name.$i.json") q/s"
+}
+
+# pgbench_once NAME RUN CLIENTS THREADS: one run, its tps kept in NAME.RUN.tps.
+pgbench_once() {
+  PGSSLMODE=require PGPASSWORD=$PG_PASSWORD "$PGBENCH" -h localhost -p "$PG_PORT" -U admin \
+    -n -M prepared -f "$work/select1.sql" -c "$3" -j "$4" -T "$secs" postgres 2>/dev/null |
+    sed -n 's/^tps = \([0-9.]*\).*/\1/p' >"$work/$1.$2.tps"
+  log "$1 run $2: $(cat "$work/$1.$2.tps") tps"
+}
+
+median_of() { # NAME KEY: the median of KEY over NAME's runs (KEY "tps" reads pgbench's files)
+  local values=()
+  for i in $(seq 1 "$RUNS"); do
+    if [ "$2" = tps ]; then values+=("$(cat "$work/$1.$i.tps")")
+    else values+=("$(field "$2" <"$work/$1.$i.json")"); fi
+  done
+  median "${values[@]}"
+}
+
+# (1), (2) and (4), interleaved run by run so that drift in the machine hits every column.
+for i in $(seq 1 "$RUNS"); do
+  pgbench_once pgbench1 "$i" 1 1
+  bench_once direct1 "$i" direct 1
+  bench_once endpoint1 "$i" endpoint 1
+  pgbench_once pgbench8 "$i" 8 1
+  pgbench_once pgbench8j "$i" 8 "$(nproc)"
+  bench_once direct8 "$i" direct 8
+  bench_once endpoint8 "$i" endpoint 8
+  # refresh under load, through the endpoint (an IAM token signed for every new connection)
+  bench_once refresh "$i" endpoint 8 --refresh-every 1s
+done
+pgb1=$(median_of pgbench1 tps); pgb8=$(median_of pgbench8 tps); pgb8j=$(median_of pgbench8j tps)
+dir1=$(median_of direct1 qps); dir8=$(median_of direct8 qps)
+ep1=$(median_of endpoint1 qps); ep8=$(median_of endpoint8 qps)
+p99_plain=$(median_of endpoint8 p99_ms); p99_refresh=$(median_of refresh p99_ms)
+errors_refresh=$(sum $(for i in $(seq 1 "$RUNS"); do field failed <"$work/refresh.$i.json"; done))
+errors_plain=$(sum $(for i in $(seq 1 "$RUNS"); do field failed <"$work/endpoint8.$i.json"; done))
+refreshes=$(sum $(for i in $(seq 1 "$RUNS"); do field refreshes <"$work/refresh.$i.json"; done))
+
+# (3) one-shot query vs the psql pipeline, against the endpoint
+log "one-shot queries (hyperfine, $SHOTS runs each)"
+endpoint hyperfine -N --style none --warmup 5 --runs "$SHOTS" --export-json "$work/oneshot.json" \
+  -n query "$BIN query 'select 1'" \
+  -n query-direct "$BIN query --ssl-negotiation direct 'select 1'" \
+  -n psql "bash -c 'PGPASSWORD=\$($BIN token) psql -X -Atq \"host=\$CLUSTER_ENDPOINT hostaddr=\$DB_HOST port=\$DB_PORT user=admin dbname=postgres sslmode=verify-full sslrootcert=\$PGSSLROOTCERT\" -c \"select 1\"'" \
+  >&2
+# The pipeline's shell is part of what a user runs; measure it alone too, for the record.
+oneshot() { python3 -c 'import json,sys; r={x["command"]:x for x in json.load(open(sys.argv[1]))["results"]}; print(r[sys.argv[2]][sys.argv[3]]*1000)' "$work/oneshot.json" "$@"; }
+q_mean=$(oneshot query mean); qd_mean=$(oneshot query-direct mean); psql_mean=$(oneshot psql mean)
+
+# (5) peak RSS
+log "peak RSS of bench --clients 8"
+direct /usr/bin/time -v "$BIN" bench --clients 8 --duration "$DURATION" --warmup "$WARMUP" --format json \
+  >"$work/rss.json" 2>"$work/rss.txt"
+rss_kb=$(sed -n 's/.*Maximum resident set size (kbytes): *//p' "$work/rss.txt")
+
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo "+dirty")
+cpu=$(sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -1)
+pgver=$("$PGBENCH" --version | awk '{print $3}')
+
+python3 - "$pgb1" "$dir1" "$pgb8" "$dir8" "$ep1" "$ep8" "$p99_plain" "$p99_refresh" \
+  "$errors_plain" "$errors_refresh" "$refreshes" "$q_mean" "$qd_mean" "$psql_mean" "$rss_kb" \
+  "$pgb8j" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" "$SHOTS" <<'EOF'
+import sys, datetime
+(pgb1, dir1, pgb8, dir8, ep1, ep8, p99_plain, p99_refresh, err_plain, err_refresh, refreshes,
+ q, qd, psql, rss_kb, pgb8j) = map(float, sys.argv[1:17])
+commit, cpu, cores, pgver, duration, runs, shots = sys.argv[17:24]
+ok = lambda good: "✅" if good else "❌"
+date = datetime.date.today().isoformat()
+print(f"### Benchmarks ({date}, commit `{commit}`)\n")
+print(f"{cpu}, {cores} cores; PostgreSQL {pgver}, server and clients on the same machine; "
+      f"TLS everywhere; `select 1`; each throughput the median of {runs} runs of {duration} "
+      f"(after a warm-up for `dsql-pgx bench`; pgbench excludes its connection time), runs interleaved; one-shot times the mean of {shots} runs. "
+      "Run `bench/run.sh` to reproduce.\n")
+print("| # | measure | dsql-pgx | baseline | ratio | target |")
+print("|---|---|---|---|---|---|")
+print(f"| 1 | throughput, 1 connection, vs `pgbench -M prepared` | {dir1:,.0f} q/s | {pgb1:,.0f} tps | {dir1/pgb1:.2f}× | ≥ 1.0× {ok(dir1 >= pgb1)} |")
+print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared` | {dir8:,.0f} q/s | {pgb8:,.0f} tps | {dir8/pgb8:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8)} |")
+print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared -j {cores}` ({cores} threads) | {dir8:,.0f} q/s | {pgb8j:,.0f} tps | {dir8/pgb8j:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8j)} |")
+o1, o8 = 1 - ep1 / dir1, 1 - ep8 / dir8
+print(f"| 2 | through the local endpoint vs direct, 1 client | {ep1:,.0f} q/s | {dir1:,.0f} q/s | overhead {o1:.0%} | ≤ 10 % {ok(o1 <= 0.10)} |")
+print(f"| 2 | through the local endpoint vs direct, 8 clients | {ep8:,.0f} q/s | {dir8:,.0f} q/s | overhead {o8:.0%} | ≤ 10 % {ok(o8 <= 0.10)} |")
+print(f"| 3 | one-shot `query \"select 1\"` vs `PGPASSWORD=$(dsql-pgx token) psql -c` | {q:.1f} ms | {psql:.1f} ms | {q/psql:.2f}× | ≤ 0.7× {ok(q <= 0.7 * psql)} |")
+print(f"| 3 | the same with `--ssl-negotiation direct` | {qd:.1f} ms | {psql:.1f} ms | {qd/psql:.2f}× | ≤ 0.7× {ok(qd <= 0.7 * psql)} |")
+print(f"| 4 | p99 with `--refresh-every 1s` vs none (8 clients, endpoint) | {p99_refresh:.3f} ms | {p99_plain:.3f} ms | {p99_refresh/p99_plain:.2f}× | ≤ 2× {ok(p99_refresh <= 2 * p99_plain)} |")
+print(f"| 4 | failed queries with / without refreshes ({refreshes:.0f} refreshes) | {err_refresh:.0f} | {err_plain:.0f} | | 0 {ok(err_refresh == 0)} |")
+print(f"| 5 | peak RSS of `bench --clients 8` | {rss_kb/1024:.1f} MB | | | ≤ 30 MB {ok(rss_kb <= 30 * 1024)} |")
+EOF

@@ -1,0 +1,478 @@
+//! `dsql-pgx bench`: throughput and latency of one statement through the pool.
+//!
+//! Each client task loops: check a connection out of the pool, run the statement, return
+//! the connection. That is the pool's real query path, not a connection held for the whole
+//! run. tokio-postgres statements belong to one connection, so each task keeps the
+//! statement it prepared on each connection, keyed by the connection number: a statement is
+//! prepared once per (task, connection), and again only on a connection the task has not
+//! used yet (one that replaced a broken or retired one).
+//!
+//! Every task owns its samples and counters; nothing on the query path takes a lock. The
+//! samples are merged when the run ends.
+
+use std::collections::HashMap;
+use std::collections::btree_map::{BTreeMap, Entry};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio_postgres::Statement;
+
+use crate::cli::{BenchArgs, Format};
+use crate::latency::Latencies;
+use crate::output::{self, Output};
+use crate::pool::{ConnectError, Pool, PoolError, PoolStats};
+use crate::settings::{self, ConfigError};
+
+use super::Session;
+
+/// A task that sees more connection numbers than this forgets its statements and
+/// prepares again: a bound for runs that replace connections for hours.
+const STATEMENT_CACHE_MAX: usize = 64;
+/// Pause after a failed query, so a down server is not hammered in a tight loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// Why one benchmark query failed.
+enum Failure {
+    Pool(PoolError),
+    Query(tokio_postgres::Error),
+}
+
+impl Failure {
+    /// Errors are grouped by SQLSTATE when there is one, else by a short kind.
+    fn key(&self) -> String {
+        let db_code = |e: &tokio_postgres::Error| e.code().map(|c| c.code().to_string());
+        match self {
+            Failure::Query(e) => db_code(e).unwrap_or_else(|| {
+                if e.is_closed() {
+                    "connection closed".into()
+                } else {
+                    "driver error".into()
+                }
+            }),
+            Failure::Pool(PoolError::Connect(e)) => match &**e {
+                ConnectError::Rejected { error, .. } => {
+                    db_code(error).unwrap_or_else(|| "connect: rejected".into())
+                }
+                ConnectError::Session { source, .. } => {
+                    db_code(source).unwrap_or_else(|| "connect: session id".into())
+                }
+                ConnectError::Tcp { .. } => "connect: unreachable".into(),
+                ConnectError::Timeout { .. } => "connect: timed out".into(),
+                ConnectError::Auth(_) => "connect: signing failed".into(),
+                ConnectError::Retired | ConnectError::Closed | ConnectError::Expired => {
+                    "connect: closed".into()
+                }
+            },
+            Failure::Pool(PoolError::Timeout(_)) => "pool: timed out".into(),
+            Failure::Pool(PoolError::Config(_)) => "pool: configuration".into(),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Failure::Pool(e) => crate::exit::chain(e),
+            Failure::Query(e) => crate::exit::chain(e),
+        }
+    }
+
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Pool(e) => e.into(),
+            Failure::Query(e) => e.into(),
+        }
+    }
+}
+
+/// Failures of one kind: how many, and the first one's message.
+#[derive(Debug, Clone)]
+struct ErrorCount {
+    count: u64,
+    example: String,
+}
+
+/// What one client task did.
+#[derive(Default)]
+struct ClientReport {
+    ok: u64,
+    latencies: Latencies,
+    errors: BTreeMap<String, ErrorCount>,
+    first_error: Option<anyhow::Error>,
+}
+
+impl ClientReport {
+    fn record_error(&mut self, failure: Failure) {
+        let key = failure.key();
+        match self.errors.entry(key) {
+            Entry::Occupied(mut e) => e.get_mut().count += 1,
+            Entry::Vacant(e) => {
+                e.insert(ErrorCount {
+                    count: 1,
+                    example: failure.message(),
+                });
+            }
+        }
+        if self.first_error.is_none() {
+            self.first_error = Some(failure.into_error());
+        }
+    }
+
+    fn merge(&mut self, mut other: ClientReport) {
+        self.ok += other.ok;
+        self.latencies.append(&mut other.latencies);
+        for (key, theirs) in other.errors {
+            match self.errors.entry(key) {
+                Entry::Occupied(mut e) => e.get_mut().count += theirs.count,
+                Entry::Vacant(e) => {
+                    e.insert(theirs);
+                }
+            }
+        }
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// When a client measures and when it stops.
+#[derive(Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    until: Instant,
+}
+
+/// One query through the pool with this task's statement for the connection it got.
+async fn one_query(
+    pool: &Pool,
+    sql: &str,
+    statements: &mut HashMap<u64, Statement>,
+) -> Result<(), Failure> {
+    let conn = pool.get().await.map_err(Failure::Pool)?;
+    let number = conn.number();
+    if !statements.contains_key(&number) {
+        let statement = conn.prepare(sql).await.map_err(Failure::Query)?;
+        if statements.len() >= STATEMENT_CACHE_MAX {
+            statements.clear();
+        }
+        statements.insert(number, statement);
+    }
+    let statement = &statements[&number];
+    let result = conn.query(statement, &[]).await;
+    if result.is_err() && conn.is_closed() {
+        statements.remove(&number);
+    }
+    result.map(drop).map_err(Failure::Query)
+}
+
+async fn client(pool: Pool, sql: Arc<str>, window: Window, done: Arc<AtomicU64>) -> ClientReport {
+    let mut report = ClientReport::default();
+    let mut statements = HashMap::new();
+    loop {
+        let started = Instant::now();
+        if started >= window.until {
+            break;
+        }
+        let outcome = one_query(&pool, &sql, &mut statements).await;
+        let elapsed = started.elapsed();
+        match outcome {
+            Ok(()) => {
+                if started >= window.measure_from {
+                    report.ok += 1;
+                    report.latencies.push(elapsed);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(failure) => {
+                tracing::debug!("bench query failed: {}", failure.message());
+                report.record_error(failure);
+                tokio::time::sleep(ERROR_PAUSE).await;
+            }
+        }
+    }
+    report
+}
+
+/// The result, as `--format json` prints it.
+#[derive(Debug, Serialize)]
+struct BenchJson {
+    sql: String,
+    clients: u32,
+    duration_s: f64,
+    warmup_s: f64,
+    queries: u64,
+    qps: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// Failed queries by SQLSTATE (or kind, when there is none).
+    errors: BTreeMap<String, u64>,
+    failed: u64,
+    connections_opened: u64,
+    refreshes: u64,
+    failed_refreshes: u64,
+    pool: PoolStats,
+}
+
+/// Prints a progress line on stderr every second, while stderr is a terminal.
+async fn progress(window: Window, warmup: Duration, done: Arc<AtomicU64>) {
+    let start = window.measure_from - warmup;
+    let total = window.until - start;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.tick().await;
+    let mut last = 0;
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        let count = done.load(Ordering::Relaxed);
+        let phase = if now < window.measure_from {
+            "warm-up"
+        } else {
+            "measuring"
+        };
+        eprint!(
+            "\r\x1b[Kbench: {:.0}/{:.0} s {phase}, {} q/s",
+            (now - start).as_secs_f64().min(total.as_secs_f64()),
+            total.as_secs_f64(),
+            count - last
+        );
+        let _ = std::io::stderr().flush();
+        last = count;
+    }
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
+    let duration = settings::duration(&args.duration, "--duration", None)?;
+    let warmup = settings::duration(&args.warmup, "--warmup", None)?;
+    if duration.is_zero() {
+        return Err(ConfigError("--duration must be longer than 0s".into()).into());
+    }
+    if args.clients == 0 {
+        return Err(ConfigError("--clients must be at least 1".into()).into());
+    }
+    let refresh_every = match &args.refresh_every {
+        Some(text) => {
+            let every = settings::duration(text, "--refresh-every", None)?;
+            if every < Duration::from_millis(100) {
+                return Err(ConfigError("--refresh-every must be at least 100ms".into()).into());
+            }
+            Some(every)
+        }
+        None => None,
+    };
+    let session = Session::open(&args.conn, Some(args.clients)).await?;
+    let pool = session.pool.clone();
+    let max_size = session.settings.pool.max_size;
+    if args.clients > max_size && !out.quiet {
+        eprintln!(
+            "bench: {} clients share at most {max_size} connections; raise --max-conns to give each its own",
+            args.clients
+        );
+    }
+    // Fail fast on SQL the server rejects, before any client starts.
+    {
+        let conn = pool.get().await?;
+        let statement = conn
+            .prepare(&args.sql)
+            .await
+            .context("cannot prepare the benchmark SQL")?;
+        if !statement.params().is_empty() {
+            return Err(ConfigError(format!(
+                "the benchmark SQL takes {} parameter(s); give a statement without $1, $2, ...",
+                statement.params().len()
+            ))
+            .into());
+        }
+    }
+
+    let sql: Arc<str> = Arc::from(args.sql.as_str());
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let window = Window {
+        measure_from: started + warmup,
+        until: started + warmup + duration,
+    };
+    let refresher = refresh_every.map(|every| pool.spawn_refresher(every));
+    let ticker = (out.stderr_is_terminal() && !out.quiet)
+        .then(|| tokio::spawn(progress(window, warmup, done.clone())));
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|_| tokio::spawn(client(pool.clone(), sql.clone(), window, done.clone())))
+        .collect();
+    let mut total = ClientReport::default();
+    for task in tasks {
+        match task.await {
+            Ok(report) => total.merge(report),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+    let measured = Instant::now().saturating_duration_since(window.measure_from);
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        eprint!("\r\x1b[K");
+    }
+    let (mut refreshes, mut failed_refreshes) = (0, 0);
+    if let Some(mut refresher) = refresher {
+        while let Ok(outcome) = refresher.reports.try_recv() {
+            match outcome {
+                Ok(_) => refreshes += 1,
+                Err(_) => failed_refreshes += 1,
+            }
+        }
+    }
+
+    total.latencies.sort();
+    let stats = pool.stats();
+    let failed: u64 = total.errors.values().map(|e| e.count).sum();
+    let report = BenchJson {
+        sql: args.sql.clone(),
+        clients: args.clients,
+        duration_s: measured.as_secs_f64(),
+        warmup_s: warmup.as_secs_f64(),
+        queries: total.ok,
+        qps: if measured.is_zero() {
+            0.0
+        } else {
+            (total.ok as f64 / measured.as_secs_f64() * 10.0).round() / 10.0
+        },
+        p50_ms: total.latencies.percentile_ms(0.50),
+        p90_ms: total.latencies.percentile_ms(0.90),
+        p99_ms: total.latencies.percentile_ms(0.99),
+        max_ms: total.latencies.max_ms(),
+        errors: total
+            .errors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.count))
+            .collect(),
+        failed,
+        connections_opened: stats.opened,
+        refreshes,
+        failed_refreshes,
+        pool: stats,
+    };
+    let mut stdout = std::io::stdout().lock();
+    print_report(&mut stdout, out, &report, &total.errors)?;
+    stdout.flush()?;
+    drop(stdout);
+    drop(pool);
+    session.close().await;
+    match total.first_error {
+        Some(error) if total.ok == 0 => Err(error.context("every benchmark query failed")),
+        _ => Ok(()),
+    }
+}
+
+fn print_report(
+    stdout: &mut dyn Write,
+    out: &Output,
+    report: &BenchJson,
+    errors: &BTreeMap<String, ErrorCount>,
+) -> anyhow::Result<()> {
+    if out.format == Format::Json {
+        serde_json::to_writer(&mut *stdout, report)?;
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    let rows = vec![
+        vec!["sql".to_string(), report.sql.clone()],
+        vec!["clients".to_string(), report.clients.to_string()],
+        vec![
+            "measured (warm-up)".to_string(),
+            format!("{:.1} s ({:.1} s)", report.duration_s, report.warmup_s),
+        ],
+        vec!["queries".to_string(), report.queries.to_string()],
+        vec!["throughput".to_string(), format!("{:.1} q/s", report.qps)],
+        vec![
+            "latency p50 / p90 / p99 / max".to_string(),
+            format!(
+                "{:.3} / {:.3} / {:.3} / {:.3} ms",
+                report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms
+            ),
+        ],
+        vec!["errors".to_string(), report.failed.to_string()],
+        vec![
+            "connections opened".to_string(),
+            report.connections_opened.to_string(),
+        ],
+        vec![
+            "refreshes (failed attempts)".to_string(),
+            format!("{} ({})", report.refreshes, report.failed_refreshes),
+        ],
+    ];
+    writeln!(stdout, "{}", out.table(&["bench", "value"], &rows))?;
+    if !errors.is_empty() {
+        let rows: Vec<Vec<String>> = errors
+            .iter()
+            .map(|(key, e)| vec![key.clone(), e.count.to_string(), e.example.clone()])
+            .collect();
+        writeln!(
+            stdout,
+            "{}",
+            out.table(&["error (SQLSTATE)", "count", "first message"], &rows)
+        )?;
+    }
+    if !out.quiet {
+        writeln!(
+            stdout,
+            "{}",
+            out.table(&["pool", "value"], &output::stats_rows(&report.pool))
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_merge_counts_and_keep_the_first_example() {
+        let mut a = ClientReport::default();
+        a.errors.insert(
+            "57P01".into(),
+            ErrorCount {
+                count: 2,
+                example: "first".into(),
+            },
+        );
+        a.ok = 3;
+        let mut b = ClientReport::default();
+        b.errors.insert(
+            "57P01".into(),
+            ErrorCount {
+                count: 5,
+                example: "second".into(),
+            },
+        );
+        b.errors.insert(
+            "connection closed".into(),
+            ErrorCount {
+                count: 1,
+                example: "closed".into(),
+            },
+        );
+        b.ok = 4;
+        b.latencies.push(Duration::from_micros(250));
+        a.merge(b);
+        assert_eq!(a.ok, 7);
+        assert_eq!(a.latencies.len(), 1);
+        assert_eq!(a.errors["57P01"].count, 7);
+        assert_eq!(a.errors["57P01"].example, "first");
+        assert_eq!(a.errors["connection closed"].count, 1);
+    }
+
+    #[test]
+    fn pool_failures_are_keyed_by_kind() {
+        let timeout = Failure::Pool(PoolError::Timeout(Duration::from_secs(1)));
+        assert_eq!(timeout.key(), "pool: timed out");
+        let unreachable = Failure::Pool(PoolError::Connect(Arc::new(ConnectError::Tcp {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        })));
+        assert_eq!(unreachable.key(), "connect: unreachable");
+        assert!(unreachable.message().contains("cannot reach 127.0.0.1:1"));
+    }
+}

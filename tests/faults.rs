@@ -1,0 +1,493 @@
+//! Faults a real cluster throws, under bench-like load, each bounded in time: PostgreSQL
+//! restarting, connections reaching the endpoint's age limit, the connection-rate limit,
+//! signing failing mid-run. And untrusted input to the endpoint's parsers: property tests
+//! (the cargo-fuzz target in `fuzz/` runs the same entry points for longer).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{
+    ProvideCredentials, SharedCredentialsProvider, error::CredentialsError, future,
+};
+use dsql_pgx::Pool;
+use dsql_pgx::auth::CredentialSource;
+use dsql_pgx::local::Limits;
+use dsql_pgx::local::verify::TokenVerifier;
+use dsql_pgx::local::wire::{self, FirstPacket, Startup};
+use dsql_pgx::pool::RefreshError;
+use proptest::prelude::*;
+use tokio::task::JoinHandle;
+
+use common::dsql::{assert_code, run_at, stderr, stdout};
+use common::{TestEndpoint, TestPg};
+
+/// What the workers saw: when each query succeeded, and when and how each one failed.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: Vec<Instant>,
+    failed: Vec<(Instant, String)>,
+}
+
+/// Bench-like load through the library pool: workers check a connection out, run a
+/// query and return it, as fast as they can, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<Tally>>,
+}
+
+impl Load {
+    fn start(pool: &Pool, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|_| tokio::spawn(worker(pool.clone(), stop.clone())))
+            .collect();
+        Load { stop, workers }
+    }
+
+    /// Stops the workers and merges what they saw; a worker that panicked fails the test.
+    async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut tally = Tally::default();
+        for worker in self.workers {
+            let mut t = tokio::time::timeout(Duration::from_secs(30), worker)
+                .await
+                .expect("a worker stops within 30 s")
+                .expect("a worker never panics");
+            tally.ok.append(&mut t.ok);
+            tally.failed.append(&mut t.failed);
+        }
+        tally
+    }
+}
+
+async fn worker(pool: Pool, stop: Arc<AtomicBool>) -> Tally {
+    let mut tally = Tally::default();
+    while !stop.load(Ordering::SeqCst) {
+        let outcome = match pool.get().await {
+            Ok(conn) => conn
+                .query_one("select 1::int4", &[])
+                .await
+                .map(drop)
+                .map_err(|e| dsql_pgx::exit::chain(&e)),
+            Err(e) => Err(dsql_pgx::exit::chain(&e)),
+        };
+        match outcome {
+            Ok(()) => tally.ok.push(Instant::now()),
+            Err(error) => {
+                tally.failed.push((Instant::now(), error));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    tally
+}
+
+fn ids(pool: &Pool) -> BTreeSet<String> {
+    pool.connections()
+        .into_iter()
+        .map(|c| c.session_id)
+        .collect()
+}
+
+fn code(error: &tokio_postgres::Error) -> String {
+    error
+        .code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {error}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_restarted_under_load_errors_are_counted_and_the_pool_recovers() {
+    let mut pg = TestPg::start().await;
+    let mut settings = pg.settings();
+    settings.pool.min_idle = 4;
+    settings.pool.max_size = 8;
+    settings.pool.connect_timeout = Duration::from_secs(2);
+    let pool = Pool::new(&settings).await.unwrap();
+    let before = ids(&pool);
+    let load = Load::start(&pool, 8);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    pg.stop_server().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.start_server().await;
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tally = load.finish().await;
+
+    assert!(!tally.failed.is_empty(), "the restart was felt");
+    let first_ok = tally
+        .ok
+        .iter()
+        .filter(|&&t| t >= back)
+        .min()
+        .expect("queries succeed again after the restart");
+    assert!(
+        *first_ok - back < Duration::from_secs(2),
+        "first success {:?} after the server was back",
+        *first_ok - back
+    );
+    let late: Vec<&String> = tally
+        .failed
+        .iter()
+        .filter(|(t, _)| *t > back + Duration::from_secs(2))
+        .map(|(_, e)| e)
+        .collect();
+    assert!(late.is_empty(), "failures 2 s after recovery: {late:?}");
+    assert!(
+        ids(&pool).is_disjoint(&before),
+        "every connection was replaced"
+    );
+    pg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_reaching_the_endpoint_age_limit_are_replaced_without_failed_queries() {
+    let ep = TestEndpoint::start_with(Limits {
+        max_connection_age: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    let mut settings = ep.settings("admin");
+    // Below the endpoint's limit, as the default 55 minutes is below DSQL's 60.
+    settings.pool.max_lifetime = Duration::from_millis(600);
+    let pool = Pool::new(&settings).await.unwrap();
+    let before = ids(&pool);
+    let load = Load::start(&pool, 8);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let tally = load.finish().await;
+
+    assert!(
+        tally.failed.is_empty(),
+        "{} failed queries, first: {:?}",
+        tally.failed.len(),
+        tally.failed.first()
+    );
+    assert!(tally.ok.len() > 100, "only {} queries", tally.ok.len());
+    let stats = pool.stats();
+    assert!(
+        stats.closed_lifetime >= 8,
+        "connections were replaced for their age: {stats:?}"
+    );
+    assert!(ids(&pool).is_disjoint(&before));
+    ep.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_the_server_closed_while_idle_is_never_handed_out() {
+    let ep = TestEndpoint::start_with(Limits {
+        max_connection_age: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    let mut settings = ep.settings("admin");
+    settings.pool.min_idle = 1;
+    settings.pool.max_size = 1;
+    let pool = Pool::new(&settings).await.unwrap();
+    let first = pool.get().await.unwrap().session_id().to_string();
+    // The endpoint closes the idle connection at its age limit; the pool's own lifetime
+    // (55 minutes) has not run out, so only the closed socket tells.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let conn = pool.get().await.unwrap();
+    conn.query_one("select 1::int4", &[])
+        .await
+        .expect("a checked-out connection is open");
+    assert_ne!(conn.session_id(), first);
+    drop(conn);
+    assert!(pool.stats().closed_broken >= 1, "{:?}", pool.stats());
+    ep.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connects_refused_for_the_rate_limit_back_off_and_succeed() {
+    let ep = TestEndpoint::start_with(Limits {
+        rate_per_sec: 2,
+        burst: 2,
+        ..Limits::default()
+    })
+    .await;
+    // The limit is real: once the burst is spent, a new connection gets 53400.
+    let mut refused = None;
+    for _ in 0..4 {
+        if let Err(e) = ep.connect("admin").await {
+            refused = Some(code(&e));
+            break;
+        }
+    }
+    assert_eq!(refused.as_deref(), Some("53400"));
+
+    let mut settings = ep.settings("admin");
+    settings.pool.min_idle = 0;
+    settings.pool.max_size = 6;
+    let pool = Pool::new(&settings).await.unwrap();
+    let conns = tokio::time::timeout(Duration::from_secs(20), pool.get_many(6))
+        .await
+        .expect("the pool grows within 20 s")
+        .expect("every refused connect backs off and succeeds");
+    for conn in &conns {
+        conn.simple_query("select 1").await.unwrap();
+    }
+    assert_eq!(pool.stats().opened, 6);
+    drop(conns);
+    ep.stop().await;
+}
+
+/// Credentials that expire within the signer's refresh margin, so every signature
+/// resolves them again, and that fail to resolve while switched off.
+#[derive(Debug)]
+struct Flaky {
+    access_key_id: String,
+    secret_access_key: String,
+    on: Arc<AtomicBool>,
+}
+
+impl ProvideCredentials for Flaky {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::ready(if self.on.load(Ordering::SeqCst) {
+            Ok(Credentials::new(
+                &self.access_key_id,
+                &self.secret_access_key,
+                None,
+                Some(SystemTime::now() + Duration::from_secs(60)),
+                "flaky",
+            ))
+        } else {
+            Err(CredentialsError::not_loaded("credentials went away"))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_failing_mid_run_leaves_open_connections_serving() {
+    let ep = TestEndpoint::start().await;
+    let on = Arc::new(AtomicBool::new(true));
+    let provider = Flaky {
+        access_key_id: ep.access_key_id().to_string(),
+        secret_access_key: ep.secret_access_key().to_string(),
+        on: on.clone(),
+    };
+    let mut settings = ep.settings_with(
+        "admin",
+        CredentialSource::Provider(SharedCredentialsProvider::new(provider)),
+    );
+    settings.pool.min_idle = 4;
+    settings.pool.max_size = 4;
+    let pool = Pool::new(&settings).await.unwrap();
+    let before = ids(&pool);
+    assert_eq!(before.len(), 4);
+    let load = Load::start(&pool, 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    on.store(false, Ordering::SeqCst);
+    let error = pool.refresh().await.expect_err("signing must fail");
+    assert!(matches!(error, RefreshError::Sign(_)), "{error:?}");
+    let during = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tally = load.finish().await;
+
+    assert!(tally.failed.is_empty(), "{:?}", tally.failed.first());
+    assert!(
+        tally.ok.iter().filter(|&&t| t > during).count() > 10,
+        "queries kept succeeding while signing failed"
+    );
+    assert_eq!(ids(&pool), before, "the same connections kept serving");
+    on.store(true, Ordering::SeqCst);
+    ep.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reports_json_with_refreshes_and_no_errors() {
+    let ep = TestEndpoint::start().await;
+    let out = run_at(
+        &ep,
+        &[
+            "bench",
+            "--clients",
+            "4",
+            "--duration",
+            "3s",
+            "--warmup",
+            "500ms",
+            "--refresh-every",
+            "1s",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_code(&out, 0);
+    assert_eq!(
+        stderr(&out),
+        "",
+        "no progress when stderr is not a terminal"
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    for key in [
+        "qps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "pool",
+    ] {
+        assert!(report.get(key).is_some(), "{key} in {report}");
+    }
+    assert!(report["qps"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+    assert!(report["refreshes"].as_u64().unwrap() >= 1, "{report}");
+    let p = |k: &str| report[k].as_f64().unwrap();
+    assert!(p("p50_ms") <= p("p90_ms") && p("p90_ms") <= p("p99_ms") && p("p99_ms") <= p("max_ms"));
+    assert!(report["pool"]["generation"].as_u64().unwrap() >= 2);
+    ep.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_tables_and_a_bad_statement() {
+    let ep = TestEndpoint::start().await;
+    let out = run_at(
+        &ep,
+        &[
+            "bench",
+            "--clients",
+            "2",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+        ],
+    )
+    .await;
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    for row in [
+        "throughput",
+        "latency p50 / p90 / p99 / max",
+        "connections opened",
+        "generation",
+    ] {
+        assert!(text.contains(row), "{row} in\n{text}");
+    }
+
+    let out = run_at(&ep, &["bench", "selec 1", "--duration", "1s"]).await;
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("SQLSTATE 42601"), "{}", stderr(&out));
+    let out = run_at(&ep, &["bench", "select $1::int4", "--duration", "1s"]).await;
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("without $1"), "{}", stderr(&out));
+    ep.stop().await;
+}
+
+// ---- untrusted input: random and truncated startup packets and tokens ----
+
+fn startup_body(params: &[(String, String)]) -> Vec<u8> {
+    Startup {
+        params: params.to_vec(),
+    }
+    .encode()[4..]
+        .to_vec()
+}
+
+/// A verifier and a token it accepts (signed with the AWS SDK at a fixed time).
+static SIGNED: LazyLock<(TokenVerifier, String, SystemTime)> = LazyLock::new(|| {
+    let spec = common::TokenSpec {
+        host: "localhost".into(),
+        region: "us-east-1".into(),
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+        expires_in: 900,
+    };
+    let token = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(spec.sign("admin"));
+    let verifier = TokenVerifier::new("localhost", "us-east-1").with_key(
+        spec.access_key_id.clone(),
+        spec.secret_access_key.clone(),
+        None,
+    );
+    (verifier, token, SystemTime::now())
+});
+
+fn param() -> impl Strategy<Value = (String, String)> {
+    ("[a-z_]{1,12}", "\\PC{0,16}")
+        .prop_filter("no NUL", |(n, v)| !n.contains('\0') && !v.contains('\0'))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_first_packets_are_refused_cleanly(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = wire::parse_first_packet(&body);
+        let _ = wire::parse_password(b'p', &body);
+    }
+
+    #[test]
+    fn startup_packets_parse_and_every_truncation_is_refused(
+        params in proptest::collection::btree_map("[a-z_]{1,12}", "\\PC{0,16}", 0..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let params: Vec<(String, String)> = params.into_iter().collect();
+        let body = startup_body(&params);
+        prop_assert_eq!(
+            wire::parse_first_packet(&body),
+            Ok(FirstPacket::Startup(Startup { params }))
+        );
+        let cut = cut.index(body.len());
+        prop_assert!(wire::parse_first_packet(&body[..cut]).is_err());
+    }
+
+    #[test]
+    fn mutated_startup_packets_never_panic(
+        params in proptest::collection::vec(param(), 0..6),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let mut body = startup_body(&params);
+        for (at, byte) in flips {
+            let i = at.index(body.len());
+            body[i] = byte;
+        }
+        let _ = wire::parse_first_packet(&body);
+    }
+
+    #[test]
+    fn truncated_streams_end_in_an_error_not_a_hang(
+        bytes in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut r: &[u8] = &bytes;
+            let _ = wire::read_first_packet(&mut r).await;
+            let mut r: &[u8] = &bytes;
+            let _ = wire::read_message(&mut r, wire::MAX_PASSWORD_LEN).await;
+        });
+    }
+
+    #[test]
+    fn random_tokens_are_refused(token in "\\PC{0,300}", user in "\\PC{0,20}", sni in proptest::option::of("[a-z.]{0,20}")) {
+        let (verifier, _, now) = &*SIGNED;
+        prop_assert!(verifier.verify(&user, &token, sni.as_deref(), *now).is_err());
+    }
+
+    #[test]
+    fn truncated_and_mutated_tokens_never_panic_and_truncations_are_refused(
+        cut in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        replacement in any::<char>(),
+    ) {
+        let (verifier, token, now) = &*SIGNED;
+        prop_assert!(verifier.verify("admin", token, Some("localhost"), *now).is_ok());
+        let cut = cut.index(token.len());
+        prop_assert!(verifier.verify("admin", &token[..cut], Some("localhost"), *now).is_err());
+        let mut mutated: Vec<char> = token.chars().collect();
+        let i = at.index(mutated.len());
+        mutated[i] = replacement;
+        let mutated: String = mutated.into_iter().collect();
+        let _ = verifier.verify("admin", &mutated, Some("localhost"), *now);
+    }
+}
