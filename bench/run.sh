@@ -11,7 +11,8 @@
 #   3. measures, each figure the median of RUNS runs, runs interleaved (progress on stderr):
 #      (1) `dsql-pgx bench` vs `pgbench -M prepared -f select1.sql` over TLS
 #          (PGSSLMODE=require), 1 and 8 connections, direct to PostgreSQL; pgbench with its
-#          default single thread, and at 8 connections also with one thread per core;
+#          default single thread, and at 8 connections also with one thread per core; and
+#          `bench --pipeline 4` (tokio-postgres pipelining) at 8 connections;
 #      (2) `dsql-pgx bench` through the local endpoint vs direct (endpoint overhead);
 #      (3) one-shot `dsql-pgx query "select 1"` (both --ssl-negotiation styles) vs
 #          `PGPASSWORD=$(dsql-pgx token) psql -c "select 1"` against the endpoint (hyperfine);
@@ -120,12 +121,13 @@ for i in $(seq 1 "$RUNS"); do
   pgbench_once pgbench8 "$i" 8 1
   pgbench_once pgbench8j "$i" 8 "$(nproc)"
   bench_once direct8 "$i" direct 8
+  bench_once pipe8 "$i" direct 8 --pipeline 4
   bench_once endpoint8 "$i" endpoint 8
   # refresh under load, through the endpoint (an IAM token signed for every new connection)
   bench_once refresh "$i" endpoint 8 --refresh-every 1s
 done
 pgb1=$(median_of pgbench1 tps); pgb8=$(median_of pgbench8 tps); pgb8j=$(median_of pgbench8j tps)
-dir1=$(median_of direct1 qps); dir8=$(median_of direct8 qps)
+dir1=$(median_of direct1 qps); dir8=$(median_of direct8 qps); pipe8=$(median_of pipe8 qps)
 ep1=$(median_of endpoint1 qps); ep8=$(median_of endpoint8 qps)
 p99_plain=$(median_of endpoint8 p99_ms); p99_refresh=$(median_of refresh p99_ms)
 errors_refresh=$(sum $(for i in $(seq 1 "$RUNS"); do field failed <"$work/refresh.$i.json"; done))
@@ -155,11 +157,11 @@ pgver=$("$PGBENCH" --version | awk '{print $3}')
 
 python3 - "$pgb1" "$dir1" "$pgb8" "$dir8" "$ep1" "$ep8" "$p99_plain" "$p99_refresh" \
   "$errors_plain" "$errors_refresh" "$refreshes" "$q_mean" "$qd_mean" "$psql_mean" "$rss_kb" \
-  "$pgb8j" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" "$SHOTS" <<'EOF'
+  "$pgb8j" "$pipe8" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" "$SHOTS" <<'EOF'
 import sys, datetime
 (pgb1, dir1, pgb8, dir8, ep1, ep8, p99_plain, p99_refresh, err_plain, err_refresh, refreshes,
- q, qd, psql, rss_kb, pgb8j) = map(float, sys.argv[1:17])
-commit, cpu, cores, pgver, duration, runs, shots = sys.argv[17:24]
+ q, qd, psql, rss_kb, pgb8j, pipe8) = map(float, sys.argv[1:18])
+commit, cpu, cores, pgver, duration, runs, shots = sys.argv[18:25]
 ok = lambda good: "✅" if good else "❌"
 date = datetime.date.today().isoformat()
 print(f"### Benchmarks ({date}, commit `{commit}`)\n")
@@ -172,6 +174,7 @@ print("|---|---|---|---|---|---|")
 print(f"| 1 | throughput, 1 connection, vs `pgbench -M prepared` | {dir1:,.0f} q/s | {pgb1:,.0f} tps | {dir1/pgb1:.2f}× | ≥ 1.0× {ok(dir1 >= pgb1)} |")
 print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared` | {dir8:,.0f} q/s | {pgb8:,.0f} tps | {dir8/pgb8:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8)} |")
 print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared -j {cores}` ({cores} threads) | {dir8:,.0f} q/s | {pgb8j:,.0f} tps | {dir8/pgb8j:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8j)} |")
+print(f"| 1 | the same, 4 queries in flight per connection (`--pipeline 4`) vs `-j {cores}` | {pipe8:,.0f} q/s | {pgb8j:,.0f} tps | {pipe8/pgb8j:.2f}× | (pipelining) |")
 o1, o8 = 1 - ep1 / dir1, 1 - ep8 / dir8
 print(f"| 2 | through the local endpoint vs direct, 1 client | {ep1:,.0f} q/s | {dir1:,.0f} q/s | overhead {o1:.0%} | ≤ 10 % {ok(o1 <= 0.10)} |")
 print(f"| 2 | through the local endpoint vs direct, 8 clients | {ep8:,.0f} q/s | {dir8:,.0f} q/s | overhead {o8:.0%} | ≤ 10 % {ok(o8 <= 0.10)} |")

@@ -89,7 +89,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__bench)
-            opts="-v -q -h -V --clients --duration --warmup --refresh-every --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --iam --no-iam --sslmode --ca-file --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --clients --duration --warmup --refresh-every --pipeline --threads --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --iam --no-iam --sslmode --ca-file --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -108,6 +108,14 @@ _dsql__pgx() {
                     return 0
                     ;;
                 --refresh-every)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pipeline)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -362,6 +362,18 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION")]
     pub refresh_every: Option<String>,
 
+    /// Queries each client keeps in flight on its connection (tokio-postgres pipelining).
+    ///
+    /// 1 is one query per round trip, as `pgbench -M prepared`; more sends the next queries
+    /// before the first answer arrives.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub pipeline: u32,
+
+    /// Runtime worker threads: 1 runs everything on one thread (no cross-thread wake-ups,
+    /// the fastest on small machines); more spreads clients over threads.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: u32,
+
     #[command(flatten)]
     pub conn: ConnArgs,
 }

@@ -104,13 +104,14 @@ struct ClientReport {
 }
 
 impl ClientReport {
-    fn record_error(&mut self, failure: Failure) {
+    /// Records `count` failed queries (all of a pipelined round's failures share one error).
+    fn record_error(&mut self, failure: Failure, count: u64) {
         let key = failure.key();
         match self.errors.entry(key) {
-            Entry::Occupied(mut e) => e.get_mut().count += 1,
+            Entry::Occupied(mut e) => e.get_mut().count += count,
             Entry::Vacant(e) => {
                 e.insert(ErrorCount {
-                    count: 1,
+                    count,
                     example: failure.message(),
                 });
             }
@@ -144,11 +145,15 @@ struct Window {
     until: Instant,
 }
 
-/// One query through the pool with this task's statement for the connection it got.
-async fn one_query(
+/// One round through the pool: check a connection out, run `depth` pipelined queries with
+/// this task's statement for that connection, return it. Each query's latency is pushed as
+/// it completes; the first failure is returned.
+async fn one_round(
     pool: &Pool,
     sql: &str,
+    depth: u32,
     statements: &mut HashMap<u64, Statement>,
+    latencies: &mut Vec<Duration>,
 ) -> Result<(), Failure> {
     let conn = pool.get().await.map_err(Failure::Pool)?;
     let number = conn.number();
@@ -160,36 +165,65 @@ async fn one_query(
         statements.insert(number, statement);
     }
     let statement = &statements[&number];
-    let result = conn.query(statement, &[]).await;
+    let started = Instant::now();
+    let result = if depth == 1 {
+        let result = conn.query(statement, &[]).await.map(drop);
+        latencies.push(started.elapsed());
+        result
+    } else {
+        let queries = (0..depth).map(|_| async {
+            let result = conn.query(statement, &[]).await.map(drop);
+            (result, started.elapsed())
+        });
+        let mut first_error = Ok(());
+        for (result, elapsed) in futures_util::future::join_all(queries).await {
+            match result {
+                Ok(()) => latencies.push(elapsed),
+                Err(error) if first_error.is_ok() => first_error = Err(error),
+                Err(_) => {}
+            }
+        }
+        first_error
+    };
     if result.is_err() && conn.is_closed() {
         statements.remove(&number);
     }
-    result.map(drop).map_err(Failure::Query)
+    result.map_err(Failure::Query)
 }
 
-async fn client(pool: Pool, sql: Arc<str>, window: Window, done: Arc<AtomicU64>) -> ClientReport {
+async fn client(
+    pool: Pool,
+    sql: Arc<str>,
+    depth: u32,
+    window: Window,
+    done: Arc<AtomicU64>,
+) -> ClientReport {
     let mut report = ClientReport::default();
     let mut statements = HashMap::new();
+    let mut round = Vec::with_capacity(depth as usize);
     loop {
         let started = Instant::now();
         if started >= window.until {
             break;
         }
-        let outcome = one_query(&pool, &sql, &mut statements).await;
-        let elapsed = started.elapsed();
-        match outcome {
-            Ok(()) => {
-                if started >= window.measure_from {
-                    report.ok += 1;
-                    report.latencies.push(elapsed);
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
+        round.clear();
+        let outcome = one_round(&pool, &sql, depth, &mut statements, &mut round).await;
+        if started >= window.measure_from {
+            report.ok += round.len() as u64;
+            done.fetch_add(round.len() as u64, Ordering::Relaxed);
+            for latency in &round {
+                report.latencies.push(*latency);
             }
-            Err(failure) => {
-                tracing::debug!("bench query failed: {}", failure.message());
-                report.record_error(failure);
-                tokio::time::sleep(ERROR_PAUSE).await;
-            }
+        }
+        if let Err(failure) = outcome {
+            tracing::debug!("bench query failed: {}", failure.message());
+            let count = match failure {
+                // Queries that ran and failed; a checkout failure ran none and counts once.
+                Failure::Query(_) => u64::from(depth).saturating_sub(round.len() as u64).max(1),
+                Failure::Pool(_) => 1,
+            };
+            report.record_error(failure, count);
+            tokio::time::sleep(ERROR_PAUSE).await;
         }
     }
     report
@@ -200,6 +234,8 @@ async fn client(pool: Pool, sql: Arc<str>, window: Window, done: Arc<AtomicU64>)
 struct BenchJson {
     sql: String,
     clients: u32,
+    pipeline: u32,
+    threads: u32,
     duration_s: f64,
     warmup_s: f64,
     queries: u64,
@@ -290,6 +326,10 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     }
 
     let sql: Arc<str> = Arc::from(args.sql.as_str());
+    if args.pipeline == 0 || args.pipeline > 1024 {
+        return Err(ConfigError("--pipeline must be between 1 and 1024".into()).into());
+    }
+    let depth = args.pipeline;
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let window = Window {
@@ -300,7 +340,15 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     let ticker = (out.stderr_is_terminal() && !out.quiet)
         .then(|| tokio::spawn(progress(window, warmup, done.clone())));
     let tasks: Vec<_> = (0..args.clients)
-        .map(|_| tokio::spawn(client(pool.clone(), sql.clone(), window, done.clone())))
+        .map(|_| {
+            tokio::spawn(client(
+                pool.clone(),
+                sql.clone(),
+                depth,
+                window,
+                done.clone(),
+            ))
+        })
         .collect();
     let mut total = ClientReport::default();
     for task in tasks {
@@ -330,6 +378,8 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     let report = BenchJson {
         sql: args.sql.clone(),
         clients: args.clients,
+        pipeline: depth,
+        threads: args.threads.max(1),
         duration_s: measured.as_secs_f64(),
         warmup_s: warmup.as_secs_f64(),
         queries: total.ok,
