@@ -190,6 +190,7 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('--max-connections', '--max-connections', [CompletionResultType]::ParameterName, 'Refuse connections beyond this many (SQLSTATE 53300)')
             [CompletionResult]::new('--rate', '--rate', [CompletionResultType]::ParameterName, 'New connections per second before refusing (SQLSTATE 53400)')
             [CompletionResult]::new('--burst', '--burst', [CompletionResultType]::ParameterName, 'Burst of new connections allowed above the rate')
+            [CompletionResult]::new('--threads', '--threads', [CompletionResultType]::ParameterName, 'Runtime worker threads for TLS and relaying (0 = one per core)')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format for data on stdout')
             [CompletionResult]::new('--no-header', '--no-header', [CompletionResultType]::ParameterName, 'Omit the header row in csv and tsv output')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides')

@@ -182,6 +182,7 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand --max-connections 'Refuse connections beyond this many (SQLSTATE 53300)'
             cand --rate 'New connections per second before refusing (SQLSTATE 53400)'
             cand --burst 'Burst of new connections allowed above the rate'
+            cand --threads 'Runtime worker threads for TLS and relaying (0 = one per core)'
             cand --format 'Output format for data on stdout'
             cand --no-header 'Omit the header row in csv and tsv output'
             cand -v 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'

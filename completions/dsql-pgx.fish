@@ -173,6 +173,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connecti
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connections -d 'Refuse connections beyond this many (SQLSTATE 53300)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l rate -d 'New connections per second before refusing (SQLSTATE 53400)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l burst -d 'Burst of new connections allowed above the rate' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l threads -d 'Runtime worker threads for TLS and relaying (0 = one per core)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
 csv\t'Comma-separated values (RFC 4180), header row first'
 tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'

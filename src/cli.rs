@@ -430,6 +430,10 @@ pub struct LocalArgs {
     /// Burst of new connections allowed above the rate.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub burst: u32,
+
+    /// Runtime worker threads for TLS and relaying (0 = one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: u32,
 }
 
 /// Arguments of `completions`.

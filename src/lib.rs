@@ -55,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output::new(&cli.global);
     let threads = match &cli.command {
         Command::Completions(args) => return cmd::completions::run(args),
+        Command::Local(args) if args.threads > 0 => args.threads as usize,
         Command::Local(_) => std::thread::available_parallelism().map_or(2, usize::from),
         Command::Bench(args) => args.threads.max(1) as usize,
         _ => 1,

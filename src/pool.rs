@@ -108,6 +108,10 @@ impl ConnectError {
     }
 }
 
+/// How long one sweep checkout in a refresh waits before letting busy users retire the
+/// remaining old idle connections.
+const SWEEP_WAIT: Duration = Duration::from_millis(50);
+
 /// The first pause before connecting again after the server refused for a limit.
 const LIMIT_BACKOFF_FIRST: Duration = Duration::from_millis(50);
 /// The longest pause between such attempts.
@@ -267,6 +271,7 @@ struct Shared {
     next_number: AtomicU64,
     retired: AtomicU64,
     expired: AtomicU64,
+    opened: AtomicU64,
     registry: Mutex<BTreeMap<u64, Arc<ConnMeta>>>,
     errors: watch::Sender<u64>,
     last_error: Mutex<Option<Arc<ConnectError>>>,
@@ -282,6 +287,13 @@ impl Shared {
 
     fn last_error(&self) -> Option<Arc<ConnectError>> {
         lock(&self.last_error).clone()
+    }
+
+    /// The last connection error, if any happened after the error count was `seen`.
+    fn last_error_since(&self, seen: u64) -> Option<Arc<ConnectError>> {
+        (*self.errors.borrow() != seen)
+            .then(|| self.last_error())
+            .flatten()
     }
 
     fn is_retired(&self, meta: &ConnMeta) -> bool {
@@ -421,11 +433,37 @@ impl Opener {
             in_use: AtomicBool::new(false),
         });
         lock(&shared.registry).insert(number, meta.clone());
+        shared.opened.fetch_add(1, Ordering::Relaxed);
         Ok(PgConn {
             client,
             meta,
             shared: Arc::downgrade(shared),
         })
+    }
+
+    /// Opens a connection. A refusal for a connection limit (53300, 53400) is retried with
+    /// a jittered, doubling backoff until the connect timeout; any other error, and the
+    /// last refusal, is returned at once.
+    async fn open_retrying(&self, shared: &Arc<Shared>) -> Result<PgConn, ConnectError> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let mut retry = 0;
+        loop {
+            let error = match self.open(shared).await {
+                Ok(conn) => return Ok(conn),
+                Err(error) => error,
+            };
+            let pause = limit_backoff(retry, rand::random());
+            if !error.is_limit() || Instant::now() + pause >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(
+                "connection refused for a limit, retrying in {}: {}",
+                humantime::format_duration(pause),
+                crate::exit::chain(&error)
+            );
+            tokio::time::sleep(pause).await;
+            retry += 1;
+        }
     }
 
     fn rejected(&self, source: tokio_postgres::Error) -> ConnectError {
@@ -492,33 +530,18 @@ impl bb8::ManageConnection for Manager {
     type Connection = PgConn;
     type Error = Arc<ConnectError>;
 
-    /// Opens a connection. A refusal for a connection limit (53300, 53400) is retried with
-    /// a jittered, doubling backoff until the connect timeout; any other error, and the
-    /// last refusal, is returned at once (and wakes every waiting checkout with it).
+    /// Opens a connection (see [`Opener::open_retrying`]); a failure wakes every waiting
+    /// checkout with it.
     async fn connect(&self) -> Result<PgConn, Arc<ConnectError>> {
-        let deadline = Instant::now() + self.opener.connect_timeout;
-        let mut retry = 0;
-        loop {
-            let error = match self.opener.open(&self.shared).await {
-                Ok(conn) => return Ok(conn),
-                Err(error) => error,
-            };
-            let pause = limit_backoff(retry, rand::random());
-            if error.is_limit() && Instant::now() + pause < deadline {
-                tracing::debug!(
-                    "connection refused for a limit, retrying in {}: {}",
-                    humantime::format_duration(pause),
-                    crate::exit::chain(&error)
-                );
-                tokio::time::sleep(pause).await;
-                retry += 1;
-                continue;
-            }
-            let error = Arc::new(error);
-            tracing::debug!("cannot open a connection: {}", crate::exit::chain(&*error));
-            self.shared.record_error(error.clone());
-            return Err(error);
-        }
+        self.opener
+            .open_retrying(&self.shared)
+            .await
+            .map_err(|error| {
+                let error = Arc::new(error);
+                tracing::debug!("cannot open a connection: {}", crate::exit::chain(&*error));
+                self.shared.record_error(error.clone());
+                error
+            })
     }
 
     async fn is_valid(&self, conn: &mut PgConn) -> Result<(), Arc<ConnectError>> {
@@ -714,6 +737,7 @@ impl Pool {
             next_number: AtomicU64::new(0),
             retired: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
             registry: Mutex::new(BTreeMap::new()),
             errors: watch::Sender::new(0),
             last_error: Mutex::new(None),
@@ -845,7 +869,8 @@ impl Pool {
             total: state.connections,
             idle: state.idle_connections,
             in_use: state.connections.saturating_sub(state.idle_connections),
-            opened: s.connections_created,
+            // Ours, not bb8's: a refresh adds the connections it opens itself.
+            opened: self.shared.opened.load(Ordering::Relaxed),
             closed_lifetime: s.connections_closed_max_lifetime + expired,
             closed_idle: s.connections_closed_idle_timeout,
             // bb8 counts every closure on return or failed checkout as "broken" (a failed
@@ -888,23 +913,43 @@ impl Pool {
             .into_iter()
             .map(|c| c.session_id)
             .collect();
+        let errors_seen = *self.shared.errors.borrow();
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let want = (self.shared.settings.min_idle.max(1) as usize)
-            .min(self.shared.settings.max_size as usize);
-        let mut held = self.get_many(want).await.map_err(RefreshError::Connect)?;
-        // Any old idle connection a concurrent checkout skipped is retired here. Checkouts
-        // are held until the sweep ends: the idle queue is last-in-first-out, so a returned
-        // connection would be handed straight back instead of reaching the old ones.
-        while held.len() < self.shared.settings.max_size as usize {
-            let stale_idle = lock(&self.shared.registry)
-                .values()
-                .any(|m| m.generation < generation && !m.in_use.load(Ordering::Relaxed));
-            if !stale_idle {
-                break;
+        let settings = &self.shared.settings;
+        // Idle old connections are retired now: a checkout pops and drops each one. The
+        // checkouts are held while sweeping (the idle queue is last-in-first-out), and each
+        // waits only briefly: when other tasks keep the pool busy they pop, and so retire,
+        // the old idle connections themselves.
+        let mut held = Vec::new();
+        let sweep_until = Instant::now() + settings.connect_timeout;
+        while self.stale_idle(generation)
+            && held.len() < settings.max_size as usize
+            && Instant::now() < sweep_until
+        {
+            match tokio::time::timeout(SWEEP_WAIT, self.get()).await {
+                Ok(Ok(conn)) => held.push(conn),
+                Ok(Err(error)) => return Err(RefreshError::Connect(error)),
+                Err(_) => {}
             }
-            held.push(self.get().await.map_err(RefreshError::Connect)?);
         }
         drop(held);
+        // bb8 replaces every dropped connection up to the minimum idle size; wait (briefly)
+        // until the fresh generation is there, so the next query does not pay for a connect.
+        let want = settings.min_idle.max(1).min(settings.max_size) as usize;
+        let fresh_until = Instant::now() + settings.connect_timeout;
+        while Instant::now() < fresh_until {
+            let fresh = lock(&self.shared.registry)
+                .values()
+                .filter(|m| m.generation == generation)
+                .count();
+            if fresh >= want {
+                break;
+            }
+            if let Some(error) = self.shared.last_error_since(errors_seen) {
+                return Err(RefreshError::Connect(PoolError::Connect(error)));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let opened: BTreeSet<String> = self
             .connections()
             .into_iter()
@@ -926,6 +971,12 @@ impl Pool {
         );
         *last = Some(report.clone());
         Ok(report)
+    }
+
+    fn stale_idle(&self, generation: u64) -> bool {
+        lock(&self.shared.registry)
+            .values()
+            .any(|m| m.generation < generation && !m.in_use.load(Ordering::Relaxed))
     }
 
     /// Starts a task that refreshes every `interval`, retrying failures with backoff.
