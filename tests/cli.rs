@@ -390,3 +390,16 @@ async fn help_never_shows_secret_values() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verbose_adds_connect_and_query_timing_on_stderr() {
+    let ep = TestEndpoint::start().await;
+    let out = run_at(&ep, &["query", "-v", "--format", "csv", "select 1 as one"]).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "one\n1\n", "timing never reaches stdout");
+    let err = stderr(&out);
+    for field in ["token_ms=", "tcp_ms=", "tls_ms=", "auth_ms=", "query_ms="] {
+        assert!(err.contains(field), "{field} missing: {err}");
+    }
+    assert!(!err.contains(ep.secret_access_key()) && !err.contains("X-Amz-Signature"));
+}

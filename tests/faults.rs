@@ -10,12 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_credential_types::Credentials;
-use aws_credential_types::provider::{
-    ProvideCredentials, SharedCredentialsProvider, error::CredentialsError, future,
-};
 use dsql_pgx::Pool;
-use dsql_pgx::auth::CredentialSource;
 use dsql_pgx::local::Limits;
 use dsql_pgx::local::verify::TokenVerifier;
 use dsql_pgx::local::wire::{self, FirstPacket, Startup};
@@ -23,7 +18,7 @@ use dsql_pgx::pool::RefreshError;
 use proptest::prelude::*;
 use tokio::task::JoinHandle;
 
-use common::dsql::{assert_code, run_at, stderr, stdout};
+use common::dsql::{FlakyCredentials, assert_code, run_at, stderr, stdout};
 use common::{TestEndpoint, TestPg};
 
 /// What the workers saw: when each query succeeded, and when and how each one failed.
@@ -237,47 +232,11 @@ async fn connects_refused_for_the_rate_limit_back_off_and_succeed() {
     ep.stop().await;
 }
 
-/// Credentials that expire within the signer's refresh margin, so every signature
-/// resolves them again, and that fail to resolve while switched off.
-#[derive(Debug)]
-struct Flaky {
-    access_key_id: String,
-    secret_access_key: String,
-    on: Arc<AtomicBool>,
-}
-
-impl ProvideCredentials for Flaky {
-    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
-    where
-        Self: 'a,
-    {
-        future::ProvideCredentials::ready(if self.on.load(Ordering::SeqCst) {
-            Ok(Credentials::new(
-                &self.access_key_id,
-                &self.secret_access_key,
-                None,
-                Some(SystemTime::now() + Duration::from_secs(60)),
-                "flaky",
-            ))
-        } else {
-            Err(CredentialsError::not_loaded("credentials went away"))
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn signing_failing_mid_run_leaves_open_connections_serving() {
     let ep = TestEndpoint::start().await;
-    let on = Arc::new(AtomicBool::new(true));
-    let provider = Flaky {
-        access_key_id: ep.access_key_id().to_string(),
-        secret_access_key: ep.secret_access_key().to_string(),
-        on: on.clone(),
-    };
-    let mut settings = ep.settings_with(
-        "admin",
-        CredentialSource::Provider(SharedCredentialsProvider::new(provider)),
-    );
+    let credentials = FlakyCredentials::new(&ep);
+    let mut settings = ep.settings_with("admin", credentials.source());
     settings.pool.min_idle = 4;
     settings.pool.max_size = 4;
     let pool = Pool::new(&settings).await.unwrap();
@@ -286,7 +245,7 @@ async fn signing_failing_mid_run_leaves_open_connections_serving() {
     let load = Load::start(&pool, 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    on.store(false, Ordering::SeqCst);
+    credentials.set(false);
     let error = pool.refresh().await.expect_err("signing must fail");
     assert!(matches!(error, RefreshError::Sign(_)), "{error:?}");
     let during = Instant::now();
@@ -299,7 +258,7 @@ async fn signing_failing_mid_run_leaves_open_connections_serving() {
         "queries kept succeeding while signing failed"
     );
     assert_eq!(ids(&pool), before, "the same connections kept serving");
-    on.store(true, Ordering::SeqCst);
+    credentials.set(true);
     ep.stop().await;
 }
 

@@ -8,16 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_credential_types::Credentials;
-use aws_credential_types::provider::{
-    ProvideCredentials, SharedCredentialsProvider, error::CredentialsError, future,
-};
 use dsql_pgx::Pool;
-use dsql_pgx::auth::CredentialSource;
 use dsql_pgx::pool::RefreshError;
 
 use common::TestEndpoint;
-use common::dsql::{assert_code, dsql_pgx, output, stdout};
+use common::dsql::{FlakyCredentials, assert_code, dsql_pgx, output, stdout};
 
 async fn session_id(pool: &Pool) -> String {
     let conn = pool.get().await.expect("connection");
@@ -257,49 +252,16 @@ async fn eight_workers_across_five_refreshes_never_fail() {
     );
 }
 
-/// Credentials that can be taken away and given back, as when a role's session expires.
-#[derive(Debug, Clone)]
-struct Switchable {
-    credentials: Credentials,
-    on: Arc<AtomicBool>,
-}
-
-impl ProvideCredentials for Switchable {
-    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
-    where
-        Self: 'a,
-    {
-        future::ProvideCredentials::ready(if self.on.load(Ordering::SeqCst) {
-            Ok(self.credentials.clone())
-        } else {
-            Err(CredentialsError::not_loaded("credentials removed"))
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_while_signing_fails_keeps_serving() {
     let ep = TestEndpoint::start().await;
-    let on = Arc::new(AtomicBool::new(true));
-    let provider = Switchable {
-        credentials: Credentials::new(
-            ep.access_key_id(),
-            ep.secret_access_key(),
-            None,
-            None,
-            "test",
-        ),
-        on: on.clone(),
-    };
-    let settings = ep.settings_with(
-        "admin",
-        CredentialSource::Provider(SharedCredentialsProvider::new(provider)),
-    );
+    let credentials = FlakyCredentials::new(&ep);
+    let settings = ep.settings_with("admin", credentials.source());
     let pool = Pool::new(&settings).await.unwrap();
     let before = ids(&pool);
     let generation = pool.generation();
 
-    on.store(false, Ordering::SeqCst);
+    credentials.set(false);
     let error = pool.refresh().await.expect_err("signing must fail");
     assert!(matches!(error, RefreshError::Sign(_)), "{error:?}");
     assert_eq!(pool.generation(), generation, "nothing retired");
@@ -311,7 +273,7 @@ async fn a_refresh_while_signing_fails_keeps_serving() {
         "the old connections keep serving"
     );
 
-    on.store(true, Ordering::SeqCst);
+    credentials.set(true);
     let report = pool.refresh().await.unwrap();
     assert!(before.is_disjoint(&ids(&pool)));
     assert!(report.overlap.is_empty());

@@ -3,7 +3,13 @@
 
 use std::ffi::OsStr;
 use std::process::Output;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 
 use dsql_pgx::auth::{CredentialSource, Secret};
 use dsql_pgx::cli::{SslMode, SslNegotiation};
@@ -179,5 +185,56 @@ impl TestPg {
             },
             pool: pool_settings(),
         }
+    }
+}
+
+/// The endpoint's credentials, switchable off and on, as when a role's session ends and
+/// comes back. They expire within the signer's refresh margin, so every signature resolves
+/// them again: while off, no new connection can be signed.
+#[derive(Debug, Clone)]
+pub struct FlakyCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    /// Whether credentials resolve.
+    pub on: Arc<AtomicBool>,
+}
+
+impl FlakyCredentials {
+    /// Credentials for `endpoint`, on.
+    pub fn new(endpoint: &TestEndpoint) -> FlakyCredentials {
+        FlakyCredentials {
+            access_key_id: endpoint.access_key_id().to_string(),
+            secret_access_key: endpoint.secret_access_key().to_string(),
+            on: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Turns resolution off (`false`) or back on.
+    pub fn set(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+    }
+
+    /// As a credential source for [`TestEndpoint::settings_with`].
+    pub fn source(&self) -> CredentialSource {
+        CredentialSource::Provider(SharedCredentialsProvider::new(self.clone()))
+    }
+}
+
+impl ProvideCredentials for FlakyCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::ready(if self.on.load(Ordering::SeqCst) {
+            Ok(Credentials::new(
+                &self.access_key_id,
+                &self.secret_access_key,
+                None,
+                Some(SystemTime::now() + Duration::from_secs(60)),
+                "flaky",
+            ))
+        } else {
+            Err(CredentialsError::not_loaded("credentials went away"))
+        })
     }
 }
