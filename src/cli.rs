@@ -2,7 +2,7 @@
 //!
 //! These structs hold raw, syntactically valid values only. Cross-flag rules, environment
 //! fallbacks with more than one variable, and range checks live in [`crate::settings`], which
-//! turns them into a validated [`crate::settings::Settings`] once.
+//! turns them into validated settings ([`crate::settings::ConnSettings`] and friends) once.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -530,7 +530,7 @@ impl bb8::ManageConnection for Manager {
     type Connection = PgConn;
     type Error = Arc<ConnectError>;
 
-    /// Opens a connection (see [`Opener::open_retrying`]); a failure wakes every waiting
+    /// Opens a connection (limit refusals retried with backoff); a failure wakes every waiting
     /// checkout with it.
     async fn connect(&self) -> Result<PgConn, Arc<ConnectError>> {
         self.opener
