@@ -129,11 +129,10 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
         outcome = work => outcome,
         _ = tokio::signal::ctrl_c() => {
             let token = current.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(token) = token {
-                if let Err(error) = session.pool.cancel(&token).await {
+            if let Some(token) = token
+                && let Err(error) = session.pool.cancel(&token).await {
                     tracing::warn!("cannot cancel the running query: {error}");
                 }
-            }
             return Err(Interrupted.into());
         }
     };

@@ -117,12 +117,12 @@ pub fn find_bin_dir() -> Result<PathBuf, PostgresNotFound> {
             }
         }
     }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        if out.status.success() {
-            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if has_server_binaries(&dir) {
-                return Ok(dir);
-            }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_server_binaries(&dir) {
+            return Ok(dir);
         }
     }
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
@@ -354,14 +354,14 @@ impl PgServer {
     async fn wait_ready(&mut self, log_path: &Path) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait().context("checking on postgres")? {
-                    self.child = None;
-                    bail!(
-                        "PostgreSQL exited during startup ({status}); server log tail:\n{}",
-                        log_tail(log_path)
-                    );
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait().context("checking on postgres")?
+            {
+                self.child = None;
+                bail!(
+                    "PostgreSQL exited during startup ({status}); server log tail:\n{}",
+                    log_tail(log_path)
+                );
             }
             match self.admin_client().await {
                 Ok(_) => return Ok(()),

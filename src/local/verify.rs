@@ -391,19 +391,19 @@ impl TokenVerifier {
                 got: shown(host),
             });
         }
-        if let Some(sni) = sni {
-            if !sni.eq_ignore_ascii_case(host) {
-                return Err(VerifyError::SniMismatch {
-                    sni: shown(sni),
-                    host: shown(host),
-                });
-            }
+        if let Some(sni) = sni
+            && !sni.eq_ignore_ascii_case(host)
+        {
+            return Err(VerifyError::SniMismatch {
+                sni: shown(sni),
+                host: shown(host),
+            });
         }
 
-        if let Ok(ahead) = signed_at.duration_since(now) {
-            if ahead > MAX_FUTURE_SKEW {
-                return Err(VerifyError::FutureDate(ahead.as_secs()));
-            }
+        if let Ok(ahead) = signed_at.duration_since(now)
+            && ahead > MAX_FUTURE_SKEW
+        {
+            return Err(VerifyError::FutureDate(ahead.as_secs()));
         }
         if expires.is_empty() || expires.len() > 7 || !expires.bytes().all(|c| c.is_ascii_digit()) {
             return Err(VerifyError::BadExpires);
@@ -413,10 +413,10 @@ impl TokenVerifier {
             return Err(VerifyError::BadExpires);
         }
         let expires_at = signed_at + Duration::from_secs(expires_secs);
-        if let Ok(ago) = now.duration_since(expires_at) {
-            if ago > Duration::ZERO {
-                return Err(VerifyError::Expired(ago.as_secs().max(1)));
-            }
+        if let Ok(ago) = now.duration_since(expires_at)
+            && ago > Duration::ZERO
+        {
+            return Err(VerifyError::Expired(ago.as_secs().max(1)));
         }
 
         match (session_token, p.security_token.as_deref()) {
