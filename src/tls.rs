@@ -125,16 +125,55 @@ impl TlsConnector {
         })
     }
 
+    /// A connector over a rustls configuration of the caller's (the trust anchors, ALPN and
+    /// provider are theirs); `server_name` is verified by [`TlsConnector::connect_once`].
+    pub fn with_config(
+        config: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> Result<TlsConnector, ConfigError> {
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| ConfigError(format!("{server_name:?} is not a valid TLS server name")))?;
+        Ok(TlsConnector {
+            config,
+            server_name,
+            roots: "the caller's rustls configuration".into(),
+        })
+    }
+
     /// A one-shot connector for one connection, recording what its handshake negotiated.
     pub fn connect_once(&self) -> (PgTlsConnect, Arc<OnceLock<TlsInfo>>) {
+        self.connect_to(self.server_name.clone())
+    }
+
+    fn connect_to(
+        &self,
+        server_name: ServerName<'static>,
+    ) -> (PgTlsConnect, Arc<OnceLock<TlsInfo>>) {
         let info = Arc::new(OnceLock::new());
         let connect = PgTlsConnect {
             connector: tokio_rustls::TlsConnector::from(self.config.clone()),
-            server_name: self.server_name.clone(),
+            server_name,
             roots: self.roots.clone(),
             info: info.clone(),
         };
         (connect, info)
+    }
+}
+
+/// For `tokio_postgres::Config::connect`: the server name is each connection's host, as
+/// libpq verifies it.
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for TlsConnector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type TlsConnect = PgTlsConnect;
+    type Error = ConfigError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<PgTlsConnect, ConfigError> {
+        let server_name = ServerName::try_from(domain.to_string())
+            .map_err(|_| ConfigError(format!("{domain:?} is not a valid TLS server name")))?;
+        Ok(self.connect_to(server_name).0)
     }
 }
 

@@ -460,7 +460,7 @@ async fn a_data_dir_keeps_credentials_ca_and_data_across_restarts() {
         .ssl_mode(tokio_postgres::config::SslMode::Require);
     let client = connect(
         &config,
-        common::RustlsConnect(common::client_config(&ca, false)),
+        common::tls_connector(common::client_config(&ca, false)),
     )
     .await
     .unwrap();

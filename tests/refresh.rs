@@ -58,16 +58,17 @@ async fn multiple_connections_refresh() {
     let mut settings = ep.settings("admin");
     settings.pool.min_idle = 3;
     let pool = Pool::new(&settings).await.unwrap();
-    let before = ids(&pool);
+    let held = pool.get_many(3).await.unwrap();
+    let before: BTreeSet<String> = held.iter().map(|c| c.session_id().to_string()).collect();
     assert_eq!(before.len(), 3);
+    drop(held);
     let report = pool.refresh().await.unwrap();
-    let after = ids(&pool);
+    let held = pool.get_many(3).await.unwrap();
+    let after: BTreeSet<String> = held.iter().map(|c| c.session_id().to_string()).collect();
     assert_eq!(after.len(), 3);
     assert!(before.is_disjoint(&after), "{before:?} vs {after:?}");
-    assert_eq!(
-        report.opened.iter().cloned().collect::<BTreeSet<_>>(),
-        after
-    );
+    assert!(report.opened.len() >= 3, "{report:?}");
+    assert!(report.overlap.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,13 +7,9 @@
 
 pub mod dsql;
 
-use std::future::Future;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
@@ -22,9 +18,8 @@ use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config as TokenConfig};
 use aws_smithy_async::time::StaticTimeSource;
 use dsql_pgx::local::certs::LocalCa;
 use dsql_pgx::local::{EndpointOptions, Limits, LocalEndpoint, PgOptions, PgServer, TcpTls};
+use dsql_pgx::tls::TlsConnector;
 use rand::RngExt as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 /// A rustls client config (ring provider) trusting only the CA in `ca_pem`.
 pub fn client_config(ca_pem: &str, alpn: bool) -> Arc<rustls::ClientConfig> {
@@ -46,91 +41,16 @@ pub fn client_config(ca_pem: &str, alpn: bool) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// A tokio-postgres TLS connector on rustls.
-#[derive(Clone)]
-pub struct RustlsConnect(pub Arc<rustls::ClientConfig>);
-
-/// One handshake of [`RustlsConnect`].
-pub struct RustlsConnector {
-    config: Arc<rustls::ClientConfig>,
-    name: rustls_pki_types::ServerName<'static>,
-}
-
-/// A TLS stream usable by tokio-postgres.
-pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S> MakeTlsConnect<S> for RustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnector;
-    type Error = rustls_pki_types::InvalidDnsNameError;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnector, Self::Error> {
-        Ok(RustlsConnector {
-            config: self.0.clone(),
-            name: rustls_pki_types::ServerName::try_from(domain.to_owned())?,
-        })
-    }
-}
-
-impl<S> TlsConnect<S> for RustlsConnector
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
-                .await?;
-            Ok(RustlsStream(tls))
-        })
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
-    }
+/// The library's TLS connector over a rustls configuration of the test's choosing (the
+/// endpoint's tests need one without ALPN, for instance).
+pub fn tls_connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
+    TlsConnector::with_config(config, "localhost").expect("valid server name")
 }
 
 /// Connects with `config` and spawns the connection task.
 pub async fn connect(
     config: &tokio_postgres::Config,
-    tls: RustlsConnect,
+    tls: TlsConnector,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = config.connect(tls).await?;
     tokio::spawn(async move {
@@ -297,7 +217,7 @@ impl TestPg {
             .password(self.password())
             .dbname("postgres")
             .ssl_mode(tokio_postgres::config::SslMode::Require);
-        connect(&config, RustlsConnect(client_config(&self.ca_pem, false))).await
+        connect(&config, tls_connector(client_config(&self.ca_pem, false))).await
     }
 
     /// Stops the server (fast shutdown: connected clients get FATAL 57P01), keeping its data
@@ -428,8 +348,8 @@ impl TestEndpoint {
     }
 
     /// A rustls connector trusting the endpoint's CA (ALPN `postgresql` when `alpn`).
-    pub fn tls(&self, alpn: bool) -> RustlsConnect {
-        RustlsConnect(client_config(&self.ca_pem, alpn))
+    pub fn tls(&self, alpn: bool) -> TlsConnector {
+        tls_connector(client_config(&self.ca_pem, alpn))
     }
 
     /// A tokio-postgres config for `user` with `password`, TLS required.
