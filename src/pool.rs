@@ -347,7 +347,6 @@ struct Opener {
 impl Opener {
     async fn open(&self, shared: &Arc<Shared>) -> Result<PgConn, ConnectError> {
         let number = shared.next_number.fetch_add(1, Ordering::Relaxed) + 1;
-        let generation = shared.generation.load(Ordering::Acquire);
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + self.connect_timeout);
         let timed_out = |phase| ConnectError::Timeout {
@@ -421,6 +420,9 @@ impl Opener {
             auth_ms = ms(timing.auth),
             "connection opened"
         );
+        // The generation it joins is the one current when it joins: a connection that was
+        // being opened across a refresh was never among the connections the refresh retired.
+        let generation = shared.generation.load(Ordering::Acquire);
         let meta = Arc::new(ConnMeta {
             number,
             ready: done,
@@ -916,28 +918,25 @@ impl Pool {
         let errors_seen = *self.shared.errors.borrow();
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let settings = &self.shared.settings;
-        // Idle old connections are retired now: a checkout pops and drops each one. The
-        // checkouts are held while sweeping (the idle queue is last-in-first-out), and each
-        // waits only briefly: when other tasks keep the pool busy they pop, and so retire,
-        // the old idle connections themselves.
-        let mut held = Vec::new();
-        let sweep_until = Instant::now() + settings.connect_timeout;
-        while self.stale_idle(generation)
-            && held.len() < settings.max_size as usize
-            && Instant::now() < sweep_until
-        {
-            match tokio::time::timeout(SWEEP_WAIT, self.get()).await {
-                Ok(Ok(conn)) => held.push(conn),
-                Ok(Err(error)) => return Err(RefreshError::Connect(error)),
-                Err(_) => {}
-            }
-        }
-        drop(held);
-        // bb8 replaces every dropped connection up to the minimum idle size; wait (briefly)
-        // until the fresh generation is there, so the next query does not pay for a connect.
+        // Idle old connections are retired now: a checkout pops and drops each one, and bb8
+        // replaces each with a fresh connection, up to the minimum idle size. The refresh
+        // waits (bounded) until the fresh generation is there, so the next query does not pay
+        // for a connect, retiring any old connection that goes idle meanwhile (one still
+        // being returned, say). Sweep checkouts are held until the end, since the idle queue
+        // is last-in-first-out, and each waits only briefly: when other tasks keep the pool
+        // busy, they pop, and so retire, the old idle connections themselves.
         let want = settings.min_idle.max(1).min(settings.max_size) as usize;
-        let fresh_until = Instant::now() + settings.connect_timeout;
-        while Instant::now() < fresh_until {
+        let mut held = Vec::new();
+        let until = Instant::now() + settings.connect_timeout;
+        while Instant::now() < until {
+            if self.stale_idle(generation) && held.len() < settings.max_size as usize {
+                match tokio::time::timeout(SWEEP_WAIT, self.get()).await {
+                    Ok(Ok(conn)) => held.push(conn),
+                    Ok(Err(error)) => return Err(RefreshError::Connect(error)),
+                    Err(_) => {}
+                }
+                continue;
+            }
             let fresh = lock(&self.shared.registry)
                 .values()
                 .filter(|m| m.generation == generation)
@@ -950,6 +949,7 @@ impl Pool {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        drop(held);
         let opened: BTreeSet<String> = self
             .connections()
             .into_iter()
