@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestEndpoint, TestPg, TokenSpec, connect};
@@ -54,6 +55,27 @@ async fn admin_and_custom_role_tokens_are_accepted() {
     let row = app.query_one("SELECT current_user", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "app");
     ep.stop().await;
+}
+
+#[tokio::test]
+async fn tls_without_a_server_name_is_refused() {
+    let ep = TestEndpoint::start().await;
+    let token = ep.token("admin").await;
+    let config = ep.config("admin", &token);
+    // The same client, certificate check and valid token, with SNI switched off.
+    let mut rustls_config = (*common::client_config(ep.ca_pem(), false)).clone();
+    rustls_config.enable_sni = false;
+    let err = connect(&config, common::tls_connector(Arc::new(rustls_config)))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "08P01");
+    let text = err.as_db_error().expect("a server error").message();
+    assert!(text.contains("SNI") && text.contains("hostname"), "{text}");
+    assert!(!format!("{err:?}").contains(&token));
+
+    let client = connect(&config, ep.tls(false)).await.unwrap();
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
 }
 
 #[tokio::test]

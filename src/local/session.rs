@@ -275,6 +275,17 @@ async fn establish(
             return Ok(None);
         }
     };
+    // DSQL routes a connection by its TLS server name: without SNI there is no cluster.
+    if sni.is_none() {
+        tracing::debug!(%peer, "connection refused: no TLS server name (SNI)");
+        send_fatal(
+            &mut tls,
+            "08P01",
+            "TLS server name indication (SNI) is required: connect with the cluster's hostname, not an IP address",
+        )
+        .await;
+        return Ok(None);
+    }
     if let Some(name) = startup.first_disallowed() {
         let msg = format!(
             "setting configuration parameter \"{}\" not supported",

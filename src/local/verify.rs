@@ -304,7 +304,9 @@ impl TokenVerifier {
     }
 
     /// Verifies `token` as the password of `user`, given the client's TLS SNI and the
-    /// current time. `Ok` means DSQL would have accepted it.
+    /// current time. `Ok` means DSQL would have accepted the token. The SNI, when given,
+    /// must name the token's host; a connection without SNI is refused by the endpoint
+    /// before its token is read, so `None` here checks the token alone.
     pub fn verify(
         &self,
         user: &str,
