@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -467,18 +468,19 @@ async fn ctrl_c_cancels_the_running_query_and_exits_130() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn local_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `dsql-pgx local` on a free port with its data in `dir`; returns the process and
+/// the environment it printed, as a user's `eval` would set it.
+async fn spawn_local(dir: &Path) -> (tokio::process::Child, Vec<(String, String)>) {
+    use tokio::io::AsyncBufReadExt as _;
     let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
     cmd.args(["local", "--port", "0", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
     let mut child = cmd.spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
     let mut exports = String::new();
-    use tokio::io::AsyncBufReadExt;
     while !exports.contains("export ") {
         let mut line = String::new();
         let n = tokio::time::timeout(Duration::from_secs(30), lines.read_line(&mut line))
@@ -488,8 +490,7 @@ async fn local_stops_cleanly_on_sigterm() {
         assert!(n > 0, "local exited early");
         exports.push_str(&line);
     }
-    // Use the printed variables as a user's `eval` would.
-    let env: Vec<(String, String)> = exports
+    let env = exports
         .lines()
         .find(|l| l.starts_with("export "))
         .unwrap()
@@ -500,6 +501,34 @@ async fn local_stops_cleanly_on_sigterm() {
             (k.to_string(), v.trim_matches('\'').to_string())
         })
         .collect();
+    (child, env)
+}
+
+/// The postmaster's PID, from `postmaster.pid` in the endpoint's data dir.
+fn postmaster_pid(dir: &Path) -> i32 {
+    std::fs::read_to_string(dir.join("pgdata").join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Whether `pid` still runs (a zombie waiting for its new parent to reap it does not).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, env) = spawn_local(dir.path()).await;
     let mut query = dsql_pgx();
     query.envs(env).args([
         "query",
@@ -513,13 +542,7 @@ async fn local_stops_cleanly_on_sigterm() {
     assert_eq!(stdout(&out), "admin\n");
 
     let pid_file = dir.path().join("pgdata").join("postmaster.pid");
-    let postmaster: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let postmaster = postmaster_pid(dir.path());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -531,9 +554,32 @@ async fn local_stops_cleanly_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!pid_file.exists(), "PostgreSQL shut down cleanly");
-    assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), None).is_err(),
-        "no PostgreSQL process survives"
-    );
+    assert!(!running(postmaster), "no PostgreSQL process survives");
     let _ = run_plain; // shared harness helpers are used by other test files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_killed_with_sigkill_leaves_no_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, env) = spawn_local(dir.path()).await;
+    let mut query = dsql_pgx();
+    query.envs(env.clone()).args(["query", "-q", "select 1"]);
+    assert_code(&output(query).await, 0);
+    let postmaster = postmaster_pid(dir.path());
+    assert!(running(postmaster));
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running(postmaster) {
+        assert!(
+            Instant::now() < deadline,
+            "postmaster {postmaster} outlived its killed endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The data dir is free again: a new endpoint starts on it and serves.
+    let (_child, env) = spawn_local(dir.path()).await;
+    let mut query = dsql_pgx();
+    query.envs(env).args(["query", "-q", "select 1"]);
+    assert_code(&output(query).await, 0);
 }

@@ -161,6 +161,26 @@ fn command_as(program: PathBuf, user: Option<(Uid, Gid)>, cwd: &Path) -> Command
     cmd
 }
 
+/// Makes the server stop (fast shutdown) when the thread that started it dies, even by
+/// SIGKILL, so a killed endpoint or test leaves no postmaster holding its data directory.
+/// Linux clears the parent-death signal when credentials change, so it is set here, after
+/// `Command` has switched to the server's user.
+fn stop_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2) and
+    // getppid(2), both async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGINT)?;
+            // The parent may have died before prctl: then no signal will ever come.
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn chown(path: &Path, user: Option<(Uid, Gid)>) -> anyhow::Result<()> {
     if let Some((uid, gid)) = user {
         nix::unistd::chown(path, Some(uid), Some(gid))
@@ -312,7 +332,9 @@ impl PgServer {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let child = command_as(bin_dir.join("postgres"), user, &data_dir)
+        let mut command = command_as(bin_dir.join("postgres"), user, &data_dir);
+        stop_with_parent(&mut command);
+        let child = command
             .arg("-D")
             .arg(&pgdata)
             .stdin(Stdio::null())
