@@ -13,7 +13,10 @@
 #          (PGSSLMODE=require), 1 and 8 connections, direct to PostgreSQL; pgbench with its
 #          default single thread, and at 8 connections also with one thread per core; and
 #          `bench --pipeline 4` (tokio-postgres pipelining) at 8 connections;
-#      (2) `dsql-pgx bench` through the local endpoint vs direct (endpoint overhead);
+#      (2) `dsql-pgx bench` through the local endpoint vs direct (endpoint overhead): the
+#          endpoint as its own process (`dsql-pgx local`) and in-process (`bench --local`);
+#          and, when nginx with its stream module is installed, through nginx terminating TLS in
+#          front of the same PostgreSQL's Unix socket: what any TLS-terminating hop costs;
 #      (3) one-shot `dsql-pgx query "select 1"` (both --ssl-negotiation styles) vs
 #          `PGPASSWORD=$(dsql-pgx token) psql -c "select 1"` against the endpoint (hyperfine);
 #      (4) `bench --refresh-every 1s` vs no refresh through the endpoint: errors, p99;
@@ -21,6 +24,8 @@
 #   4. prints the results and their ratios to the targets as Markdown, and stops everything.
 #
 # Needs: cargo, PostgreSQL server binaries, pgbench, psql, hyperfine, GNU time, python3.
+# Optional: nginx with the stream module (Debian: nginx-light libnginx-mod-stream) for the
+# TLS-proxy baseline in (2); without it that row is left out.
 # Environment: DURATION (10s) and WARMUP (2s) per bench run, RUNS (3), SHOTS (hyperfine
 # runs, 50), PGBENCH (path; default: pgbench next to the server binaries, else on PATH).
 set -euo pipefail
@@ -53,6 +58,7 @@ work=$(mktemp -d /tmp/dsql-pgx-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
 cleanup() {
+  [ -s "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
@@ -79,9 +85,45 @@ log "starting the local endpoint"
 pids+=($!)
 wait_for_line "$work/endpoint.env" "$!" "the local endpoint"
 
-# Commands against PostgreSQL directly, and through the endpoint (its env in a subshell).
+# The TLS-proxy baseline: nginx terminating TLS (PostgreSQL 17 direct TLS, ALPN postgresql)
+# and relaying to the PostgreSQL's Unix socket, as the endpoint relays to its own.
+NGINX_PORT=
+stream_module=$(ls /usr/lib/nginx/modules/ngx_stream_module.so 2>/dev/null || true)
+if command -v nginx >/dev/null 2>&1 && { [ -n "$stream_module" ] || nginx -V 2>&1 | grep -q -- '--with-stream '; }; then
+  NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  pgdata=$work/pg/data/pgdata
+  {
+    [ -n "$stream_module" ] && echo "load_module $stream_module;"
+    [ "$(id -u)" = 0 ] && echo "user root;" # to reach the socket in the server's 0700 data dir
+    cat <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.log;
+events { worker_connections 1024; }
+stream {
+  server {
+    listen 127.0.0.1:$NGINX_PORT ssl;
+    ssl_certificate $pgdata/server.crt;
+    ssl_certificate_key $pgdata/server.key;
+    ssl_protocols TLSv1.3;
+    ssl_alpn postgresql;
+    proxy_pass unix:$pgdata/.s.PGSQL.$PG_PORT;
+  }
+}
+NGINX
+  } >"$work/nginx.conf"
+  log "starting nginx as a TLS-terminating proxy"
+  nginx -e "$work/nginx.log" -c "$work/nginx.conf" || { log "nginx did not start; its row is left out"; NGINX_PORT=; }
+else
+  log "nginx with the stream module not found; the TLS-proxy baseline is left out"
+fi
+
+# Commands against PostgreSQL directly, through nginx, and through the endpoint (its env in
+# a subshell).
 direct() { PGPASSWORD=$PG_PASSWORD "$@" --endpoint localhost --region us-east-1 --port "$PG_PORT" --no-iam --ca-file "$PG_CA"; }
+via_nginx() { PGPASSWORD=$PG_PASSWORD "$@" --endpoint localhost --region us-east-1 --port "$NGINX_PORT" --no-iam --ca-file "$PG_CA" --ssl-negotiation direct; }
 endpoint() { ( source "$work/endpoint.env"; "$@" ); }
+in_process() { "$@" --local; }
 printf 'select 1;\n' >"$work/select1.sql"
 
 sum() { python3 -c 'import sys; print(sum(float(x) for x in sys.argv[1:]))' "$@"; }
@@ -123,12 +165,22 @@ for i in $(seq 1 "$RUNS"); do
   bench_once direct8 "$i" direct 8
   bench_once pipe8 "$i" direct 8 --pipeline 4
   bench_once endpoint8 "$i" endpoint 8
+  bench_once inproc1 "$i" in_process 1
+  bench_once inproc8 "$i" in_process 8
+  if [ -n "$NGINX_PORT" ]; then
+    bench_once nginx1 "$i" via_nginx 1
+    bench_once nginx8 "$i" via_nginx 8
+  fi
   # refresh under load, through the endpoint (an IAM token signed for every new connection)
   bench_once refresh "$i" endpoint 8 --refresh-every 1s
 done
 pgb1=$(median_of pgbench1 tps); pgb8=$(median_of pgbench8 tps); pgb8j=$(median_of pgbench8j tps)
 dir1=$(median_of direct1 qps); dir8=$(median_of direct8 qps); pipe8=$(median_of pipe8 qps)
 ep1=$(median_of endpoint1 qps); ep8=$(median_of endpoint8 qps)
+inproc1=$(median_of inproc1 qps); inproc8=$(median_of inproc8 qps)
+ngx1=0; ngx8=0
+[ -n "$NGINX_PORT" ] && { ngx1=$(median_of nginx1 qps); ngx8=$(median_of nginx8 qps); }
+ngxver=$(nginx -v 2>&1 | sed 's/.*nginx\///' || true)
 p99_plain=$(median_of endpoint8 p99_ms); p99_refresh=$(median_of refresh p99_ms)
 errors_refresh=$(sum $(for i in $(seq 1 "$RUNS"); do field failed <"$work/refresh.$i.json"; done))
 errors_plain=$(sum $(for i in $(seq 1 "$RUNS"); do field failed <"$work/endpoint8.$i.json"; done))
@@ -157,11 +209,12 @@ pgver=$("$PGBENCH" --version | awk '{print $3}')
 
 python3 - "$pgb1" "$dir1" "$pgb8" "$dir8" "$ep1" "$ep8" "$p99_plain" "$p99_refresh" \
   "$errors_plain" "$errors_refresh" "$refreshes" "$q_mean" "$qd_mean" "$psql_mean" "$rss_kb" \
-  "$pgb8j" "$pipe8" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" "$SHOTS" <<'EOF'
+  "$pgb8j" "$pipe8" "$ngx1" "$ngx8" "$inproc1" "$inproc8" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" \
+  "$SHOTS" "$ngxver" <<'EOF'
 import sys, datetime
 (pgb1, dir1, pgb8, dir8, ep1, ep8, p99_plain, p99_refresh, err_plain, err_refresh, refreshes,
- q, qd, psql, rss_kb, pgb8j, pipe8) = map(float, sys.argv[1:18])
-commit, cpu, cores, pgver, duration, runs, shots = sys.argv[18:25]
+ q, qd, psql, rss_kb, pgb8j, pipe8, ngx1, ngx8, inproc1, inproc8) = map(float, sys.argv[1:22])
+commit, cpu, cores, pgver, duration, runs, shots, ngxver = sys.argv[22:30]
 ok = lambda good: "✅" if good else "❌"
 date = datetime.date.today().isoformat()
 print(f"### Benchmarks ({date}, commit `{commit}`)\n")
@@ -176,8 +229,16 @@ print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared` | {dir8:,.0f} 
 print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared -j {cores}` ({cores} threads) | {dir8:,.0f} q/s | {pgb8j:,.0f} tps | {dir8/pgb8j:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8j)} |")
 print(f"| 1 | the same, 4 queries in flight per connection (`--pipeline 4`) vs `-j {cores}` | {pipe8:,.0f} q/s | {pgb8j:,.0f} tps | {pipe8/pgb8j:.2f}× | (pipelining) |")
 o1, o8 = 1 - ep1 / dir1, 1 - ep8 / dir8
-print(f"| 2 | through the local endpoint vs direct, 1 client | {ep1:,.0f} q/s | {dir1:,.0f} q/s | overhead {o1:.0%} | ≤ 10 % {ok(o1 <= 0.10)} |")
-print(f"| 2 | through the local endpoint vs direct, 8 clients | {ep8:,.0f} q/s | {dir8:,.0f} q/s | overhead {o8:.0%} | ≤ 10 % {ok(o8 <= 0.10)} |")
+print(f"| 2 | through `dsql-pgx local` (own process) vs direct, 1 client | {ep1:,.0f} q/s | {dir1:,.0f} q/s | overhead {o1:.0%} | ≤ 10 % {ok(o1 <= 0.10)} |")
+print(f"| 2 | through `dsql-pgx local` (own process) vs direct, 8 clients | {ep8:,.0f} q/s | {dir8:,.0f} q/s | overhead {o8:.0%} | ≤ 10 % {ok(o8 <= 0.10)} |")
+i1, i8 = 1 - inproc1 / dir1, 1 - inproc8 / dir8
+print(f"| 2 | through the in-process endpoint (`bench --local`) vs direct, 1 client | {inproc1:,.0f} q/s | {dir1:,.0f} q/s | overhead {i1:.0%} | ≤ 10 % {ok(i1 <= 0.10)} |")
+print(f"| 2 | through the in-process endpoint (`bench --local`) vs direct, 8 clients | {inproc8:,.0f} q/s | {dir8:,.0f} q/s | overhead {i8:.0%} | ≤ 10 % {ok(i8 <= 0.10)} |")
+if ngx8 > 0:
+    n1, n8 = 1 - ngx1 / dir1, 1 - ngx8 / dir8
+    print(f"| 2 | baseline: nginx {ngxver} terminating TLS vs direct, 1 client | {ngx1:,.0f} q/s | {dir1:,.0f} q/s | overhead {n1:.0%} | (any TLS proxy) |")
+    print(f"| 2 | baseline: nginx {ngxver} terminating TLS vs direct, 8 clients | {ngx8:,.0f} q/s | {dir8:,.0f} q/s | overhead {n8:.0%} | (any TLS proxy) |")
+    print(f"| 2 | the endpoint (verifying IAM, DSQL's limits) vs nginx, 8 clients | {ep8:,.0f} q/s | {ngx8:,.0f} q/s | {ep8/ngx8:.2f}× | (relay cost) |")
 print(f"| 3 | one-shot `query \"select 1\"` vs `PGPASSWORD=$(dsql-pgx token) psql -c` | {q:.1f} ms | {psql:.1f} ms | {q/psql:.2f}× | ≤ 0.7× {ok(q <= 0.7 * psql)} |")
 print(f"| 3 | the same with `--ssl-negotiation direct` | {qd:.1f} ms | {psql:.1f} ms | {qd/psql:.2f}× | ≤ 0.7× {ok(qd <= 0.7 * psql)} |")
 print(f"| 4 | p99 with `--refresh-every 1s` vs none (8 clients, endpoint) | {p99_refresh:.3f} ms | {p99_plain:.3f} ms | {p99_refresh/p99_plain:.2f}× | ≤ 2× {ok(p99_refresh <= 2 * p99_plain)} |")
