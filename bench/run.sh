@@ -11,7 +11,8 @@
 #   3. measures, each figure the median of RUNS runs, runs interleaved (progress on stderr):
 #      (1) `dsql-pgx bench` vs `pgbench -M prepared -f select1.sql` over TLS
 #          (PGSSLMODE=require), 1 and 8 connections, direct to PostgreSQL; pgbench with its
-#          default single thread, and at 8 connections also with one thread per core; and
+#          default single thread, and at 8 connections also with one thread per core (`-j`)
+#          against `bench --threads` with as many; and
 #          `bench --pipeline 4` (tokio-postgres pipelining) at 8 connections;
 #      (2) `dsql-pgx bench` through the local endpoint vs direct (endpoint overhead): the
 #          endpoint as its own process (`dsql-pgx local`) and in-process (`bench --local`);
@@ -163,6 +164,7 @@ for i in $(seq 1 "$RUNS"); do
   pgbench_once pgbench8 "$i" 8 1
   pgbench_once pgbench8j "$i" 8 "$(nproc)"
   bench_once direct8 "$i" direct 8
+  bench_once direct8j "$i" direct 8 --threads "$(nproc)"
   bench_once pipe8 "$i" direct 8 --pipeline 4
   bench_once endpoint8 "$i" endpoint 8
   bench_once inproc1 "$i" in_process 1
@@ -176,6 +178,7 @@ for i in $(seq 1 "$RUNS"); do
 done
 pgb1=$(median_of pgbench1 tps); pgb8=$(median_of pgbench8 tps); pgb8j=$(median_of pgbench8j tps)
 dir1=$(median_of direct1 qps); dir8=$(median_of direct8 qps); pipe8=$(median_of pipe8 qps)
+dir8j=$(median_of direct8j qps)
 ep1=$(median_of endpoint1 qps); ep8=$(median_of endpoint8 qps)
 inproc1=$(median_of inproc1 qps); inproc8=$(median_of inproc8 qps)
 ngx1=0; ngx8=0
@@ -209,12 +212,12 @@ pgver=$("$PGBENCH" --version | awk '{print $3}')
 
 python3 - "$pgb1" "$dir1" "$pgb8" "$dir8" "$ep1" "$ep8" "$p99_plain" "$p99_refresh" \
   "$errors_plain" "$errors_refresh" "$refreshes" "$q_mean" "$qd_mean" "$psql_mean" "$rss_kb" \
-  "$pgb8j" "$pipe8" "$ngx1" "$ngx8" "$inproc1" "$inproc8" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" \
+  "$pgb8j" "$pipe8" "$ngx1" "$ngx8" "$inproc1" "$inproc8" "$dir8j" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" \
   "$SHOTS" "$ngxver" <<'EOF'
 import sys, datetime
 (pgb1, dir1, pgb8, dir8, ep1, ep8, p99_plain, p99_refresh, err_plain, err_refresh, refreshes,
- q, qd, psql, rss_kb, pgb8j, pipe8, ngx1, ngx8, inproc1, inproc8) = map(float, sys.argv[1:22])
-commit, cpu, cores, pgver, duration, runs, shots, ngxver = sys.argv[22:30]
+ q, qd, psql, rss_kb, pgb8j, pipe8, ngx1, ngx8, inproc1, inproc8, dir8j) = map(float, sys.argv[1:23])
+commit, cpu, cores, pgver, duration, runs, shots, ngxver = sys.argv[23:31]
 ok = lambda good: "✅" if good else "❌"
 date = datetime.date.today().isoformat()
 print(f"### Benchmarks ({date}, commit `{commit}`)\n")
@@ -226,7 +229,7 @@ print("| # | measure | dsql-pgx | baseline | ratio | target |")
 print("|---|---|---|---|---|---|")
 print(f"| 1 | throughput, 1 connection, vs `pgbench -M prepared` | {dir1:,.0f} q/s | {pgb1:,.0f} tps | {dir1/pgb1:.2f}× | ≥ 1.0× {ok(dir1 >= pgb1)} |")
 print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared` | {dir8:,.0f} q/s | {pgb8:,.0f} tps | {dir8/pgb8:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8)} |")
-print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared -j {cores}` ({cores} threads) | {dir8:,.0f} q/s | {pgb8j:,.0f} tps | {dir8/pgb8j:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8j)} |")
+print(f"| 1 | throughput, 8 connections, `--threads {cores}` vs `pgbench -M prepared -j {cores}` | {dir8j:,.0f} q/s | {pgb8j:,.0f} tps | {dir8j/pgb8j:.2f}× | ≥ 1.0× {ok(dir8j >= pgb8j)} |")
 print(f"| 1 | the same, 4 queries in flight per connection (`--pipeline 4`) vs `-j {cores}` | {pipe8:,.0f} q/s | {pgb8j:,.0f} tps | {pipe8/pgb8j:.2f}× | (pipelining) |")
 o1, o8 = 1 - ep1 / dir1, 1 - ep8 / dir8
 print(f"| 2 | through `dsql-pgx local` (own process) vs direct, 1 client | {ep1:,.0f} q/s | {dir1:,.0f} q/s | overhead {o1:.0%} | ≤ 10 % {ok(o1 <= 0.10)} |")

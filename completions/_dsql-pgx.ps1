@@ -209,7 +209,7 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('--warmup', '--warmup', [CompletionResultType]::ParameterName, 'How long to run before measuring (statements prepared, caches warm); `0s` for none')
             [CompletionResult]::new('--refresh-every', '--refresh-every', [CompletionResultType]::ParameterName, 'Refresh tokens and replace every connection this often while measuring')
             [CompletionResult]::new('--pipeline', '--pipeline', [CompletionResultType]::ParameterName, 'Queries each client keeps in flight on its connection (tokio-postgres pipelining)')
-            [CompletionResult]::new('--threads', '--threads', [CompletionResultType]::ParameterName, 'Runtime worker threads: 1 runs everything on one thread (no cross-thread wake-ups, the fastest on small machines); more spreads clients over threads')
+            [CompletionResult]::new('--threads', '--threads', [CompletionResultType]::ParameterName, 'Threads, as pgbench''s -j: each runs its share of the clients on a pool of its own, with no wake-ups crossing threads. 1 (the default) runs everything on one thread')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Cluster endpoint to sign for, or a bare 26-character cluster id')
             [CompletionResult]::new('--hostname', '--hostname', [CompletionResultType]::ParameterName, 'Cluster endpoint to sign for, or a bare 26-character cluster id')
             [CompletionResult]::new('--region', '--region', [CompletionResultType]::ParameterName, 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]')

@@ -200,7 +200,7 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand --warmup 'How long to run before measuring (statements prepared, caches warm); `0s` for none'
             cand --refresh-every 'Refresh tokens and replace every connection this often while measuring'
             cand --pipeline 'Queries each client keeps in flight on its connection (tokio-postgres pipelining)'
-            cand --threads 'Runtime worker threads: 1 runs everything on one thread (no cross-thread wake-ups, the fastest on small machines); more spreads clients over threads'
+            cand --threads 'Threads, as pgbench''s -j: each runs its share of the clients on a pool of its own, with no wake-ups crossing threads. 1 (the default) runs everything on one thread'
             cand --endpoint 'Cluster endpoint to sign for, or a bare 26-character cluster id'
             cand --hostname 'Cluster endpoint to sign for, or a bare 26-character cluster id'
             cand --region 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]'

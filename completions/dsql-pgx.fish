@@ -188,7 +188,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l duration -d 
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l warmup -d 'How long to run before measuring (statements prepared, caches warm); `0s` for none' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l refresh-every -d 'Refresh tokens and replace every connection this often while measuring' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l pipeline -d 'Queries each client keeps in flight on its connection (tokio-postgres pipelining)' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l threads -d 'Runtime worker threads: 1 runs everything on one thread (no cross-thread wake-ups, the fastest on small machines); more spreads clients over threads' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l threads -d 'Threads, as pgbench\'s -j: each runs its share of the clients on a pool of its own, with no wake-ups crossing threads. 1 (the default) runs everything on one thread' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r

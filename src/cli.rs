@@ -369,8 +369,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub pipeline: u32,
 
-    /// Runtime worker threads: 1 runs everything on one thread (no cross-thread wake-ups,
-    /// the fastest on small machines); more spreads clients over threads.
+    /// Threads, as pgbench's -j: each runs its share of the clients on a pool of its own,
+    /// with no wake-ups crossing threads. 1 (the default) runs everything on one thread.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: u32,
 

@@ -48,8 +48,9 @@ use crate::output::Output;
 /// it runs on one thread: no worker threads to start for a one-shot query, and no wake-ups
 /// crossing threads between a query and its connection task (measured with `bench` at 8
 /// clients on 2 cores: about 20 % more throughput than the multi-threaded runtime).
-/// `bench --threads N` opts into N workers; `local` serves many clients, doing TLS for
-/// each, so it uses every core.
+/// `bench --threads N` starts N-1 more threads, each with a one-thread runtime and a pool
+/// of its own (as pgbench's `-j`); `local` serves many clients, doing TLS for each, so it
+/// uses a worker per core.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(&cli);
     let out = Output::new(&cli.global);
@@ -57,7 +58,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions(args) => return cmd::completions::run(args),
         Command::Local(args) if args.threads > 0 => args.threads as usize,
         Command::Local(_) => std::thread::available_parallelism().map_or(2, usize::from),
-        Command::Bench(args) => args.threads.max(1) as usize,
         _ => 1,
     };
     let runtime = if threads == 1 {

@@ -657,6 +657,29 @@ pub struct PoolStats {
     pub wait_ms: f64,
 }
 
+impl PoolStats {
+    /// The statistics of several pools as one: counts add up, the generation is the
+    /// highest (each pool refreshes on its own).
+    pub fn combined(all: impl IntoIterator<Item = PoolStats>) -> PoolStats {
+        all.into_iter()
+            .fold(PoolStats::default(), |a, b| PoolStats {
+                generation: a.generation.max(b.generation),
+                total: a.total + b.total,
+                idle: a.idle + b.idle,
+                in_use: a.in_use + b.in_use,
+                opened: a.opened + b.opened,
+                closed_lifetime: a.closed_lifetime + b.closed_lifetime,
+                closed_idle: a.closed_idle + b.closed_idle,
+                closed_broken: a.closed_broken + b.closed_broken,
+                closed_retired: a.closed_retired + b.closed_retired,
+                gets: a.gets + b.gets,
+                waits: a.waits + b.waits,
+                timeouts: a.timeouts + b.timeouts,
+                wait_ms: a.wait_ms + b.wait_ms,
+            })
+    }
+}
+
 /// What one refresh did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefreshReport {
@@ -1043,6 +1066,43 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_of_several_pools_add_up() {
+        let a = PoolStats {
+            generation: 3,
+            total: 4,
+            idle: 1,
+            in_use: 3,
+            opened: 9,
+            closed_retired: 5,
+            gets: 100,
+            waits: 2,
+            wait_ms: 1.5,
+            ..PoolStats::default()
+        };
+        let b = PoolStats {
+            generation: 2,
+            total: 2,
+            idle: 2,
+            opened: 4,
+            closed_broken: 1,
+            gets: 50,
+            timeouts: 1,
+            wait_ms: 0.5,
+            ..PoolStats::default()
+        };
+        let all = PoolStats::combined([a, b]);
+        assert_eq!(all.generation, 3);
+        assert_eq!((all.total, all.idle, all.in_use), (6, 3, 3));
+        assert_eq!(
+            (all.opened, all.closed_retired, all.closed_broken),
+            (13, 5, 1)
+        );
+        assert_eq!((all.gets, all.waits, all.timeouts), (150, 2, 1));
+        assert!((all.wait_ms - 2.0).abs() < 1e-9);
+        assert_eq!(PoolStats::combined([a]).gets, 100);
+    }
 
     #[test]
     fn limit_backoff_doubles_with_jitter_up_to_a_ceiling() {

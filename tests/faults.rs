@@ -305,6 +305,68 @@ async fn bench_reports_json_with_refreshes_and_no_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bench_threads_each_run_their_own_pool() {
+    let ep = TestEndpoint::start().await;
+    let out = run_at(
+        &ep,
+        &[
+            "bench",
+            "--threads",
+            "2",
+            "--clients",
+            "3",
+            "--duration",
+            "2s",
+            "--warmup",
+            "200ms",
+            "--refresh-every",
+            "500ms",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_code(&out, 0);
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["threads"], 2, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(report["queries"].as_u64().unwrap() > 0, "{report}");
+    // Each thread's pool refreshes on its own timer (about 4 each in 2.2 s), and the
+    // statistics add up both pools (2 clients on one, 1 on the other).
+    assert!(report["refreshes"].as_u64().unwrap() >= 4, "{report}");
+    assert!(report["pool"]["total"].as_u64().unwrap() >= 3, "{report}");
+    let gets = report["pool"]["gets"].as_u64().unwrap();
+    assert!(gets >= report["queries"].as_u64().unwrap(), "{report}");
+
+    // More threads than clients: one thread per client, never an idle thread.
+    let out = run_at(
+        &ep,
+        &[
+            "bench",
+            "--threads",
+            "4",
+            "--clients",
+            "2",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_code(&out, 0);
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["threads"], 2, "{report}");
+
+    let out = run_at(&ep, &["bench", "--threads", "0", "--duration", "1s"]).await;
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("--threads"), "{}", stderr(&out));
+    ep.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bench_tables_and_a_bad_statement() {
     let ep = TestEndpoint::start().await;
     let out = run_at(

@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Statement;
 
 use crate::cli::{BenchArgs, Format};
 use crate::latency::Latencies;
 use crate::output::{self, Output};
 use crate::pool::{ConnectError, Pool, PoolError, PoolStats};
-use crate::settings::{self, ConfigError};
+use crate::settings::{self, ConfigError, ConnSettings};
 
 use super::Session;
 
@@ -280,6 +281,112 @@ async fn progress(window: Window, warmup: Duration, done: Arc<AtomicU64>) {
     }
 }
 
+/// What every thread's clients share.
+#[derive(Clone)]
+struct Plan {
+    sql: Arc<str>,
+    depth: u32,
+    refresh_every: Option<Duration>,
+    done: Arc<AtomicU64>,
+}
+
+/// What one thread did: its clients, its pool and its pool's refreshes.
+struct ShardReport {
+    clients: ClientReport,
+    stats: PoolStats,
+    refreshes: u64,
+    failed_refreshes: u64,
+}
+
+/// Runs `clients` client tasks on `pool` (on the current runtime) through `window`.
+async fn run_shard(pool: Pool, clients: u32, plan: &Plan, window: Window) -> ShardReport {
+    let refresher = plan.refresh_every.map(|every| pool.spawn_refresher(every));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(client(
+                pool.clone(),
+                plan.sql.clone(),
+                plan.depth,
+                window,
+                plan.done.clone(),
+            ))
+        })
+        .collect();
+    let mut report = ClientReport::default();
+    for task in tasks {
+        match task.await {
+            Ok(done) => report.merge(done),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+    let (mut refreshes, mut failed_refreshes) = (0, 0);
+    if let Some(mut refresher) = refresher {
+        while let Ok(outcome) = refresher.reports.try_recv() {
+            match outcome {
+                Ok(_) => refreshes += 1,
+                Err(_) => failed_refreshes += 1,
+            }
+        }
+    }
+    ShardReport {
+        clients: report,
+        stats: pool.stats(),
+        refreshes,
+        failed_refreshes,
+    }
+}
+
+/// A thread of its own (for `--threads` above 1): a one-thread runtime, a pool and
+/// `clients` clients, as pgbench's `-j` gives each thread its own connections. It reports
+/// on `ready` once its pool is open, starts when `go` brings the measuring window, and
+/// sends its report on `done`; a dropped `go` stops it.
+fn shard_thread(
+    settings: ConnSettings,
+    clients: u32,
+    plan: Plan,
+    ready: mpsc::UnboundedSender<anyhow::Result<()>>,
+    go: oneshot::Receiver<Window>,
+    done: oneshot::Sender<ShardReport>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send(Err(
+                anyhow::Error::new(error).context("cannot start a runtime")
+            ));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let pool = match Pool::new(&settings).await {
+            Ok(pool) => pool,
+            Err(error) => {
+                let error = anyhow::Error::new(error).context(format!(
+                    "cannot open the pool for {}",
+                    settings.target.endpoint
+                ));
+                let _ = ready.send(Err(error));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        drop(ready);
+        let Ok(window) = go.await else { return };
+        let _ = done.send(run_shard(pool, clients, &plan, window).await);
+    });
+}
+
+/// `clients` spread over `threads` as evenly as they go, the first threads taking one more.
+fn split(clients: u32, threads: u32) -> Vec<u32> {
+    let threads = threads.clamp(1, clients.max(1));
+    (0..threads)
+        .map(|i| clients / threads + u32::from(i < clients % threads))
+        .collect()
+}
+
 /// Runs the benchmark and prints its report.
 pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     let duration = settings::duration(&args.duration, "--duration", None)?;
@@ -289,6 +396,12 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     }
     if args.clients == 0 {
         return Err(ConfigError("--clients must be at least 1".into()).into());
+    }
+    if args.threads == 0 {
+        return Err(ConfigError("--threads must be at least 1".into()).into());
+    }
+    if args.pipeline == 0 || args.pipeline > 1024 {
+        return Err(ConfigError("--pipeline must be between 1 and 1024".into()).into());
     }
     let refresh_every = match &args.refresh_every {
         Some(text) => {
@@ -300,13 +413,14 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let session = Session::open(&args.conn, Some(args.clients)).await?;
+    let shares = split(args.clients, args.threads);
+    let session = Session::open(&args.conn, Some(shares[0])).await?;
     let pool = session.pool.clone();
     let max_size = session.settings.pool.max_size;
-    if args.clients > max_size && !out.quiet {
+    if shares[0] > max_size && !out.quiet {
         eprintln!(
-            "bench: {} clients share at most {max_size} connections; raise --max-conns to give each its own",
-            args.clients
+            "bench: {} clients per thread share at most {max_size} connections; raise --max-conns to give each its own",
+            shares[0]
         );
     }
     // Fail fast on SQL the server rejects, before any client starts.
@@ -325,61 +439,79 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
         }
     }
 
-    let sql: Arc<str> = Arc::from(args.sql.as_str());
-    if args.pipeline == 0 || args.pipeline > 1024 {
-        return Err(ConfigError("--pipeline must be between 1 and 1024".into()).into());
+    let plan = Plan {
+        sql: Arc::from(args.sql.as_str()),
+        depth: args.pipeline,
+        refresh_every,
+        done: Arc::new(AtomicU64::new(0)),
+    };
+    // The other threads open their pools while this one keeps serving (an in-process
+    // `--local` endpoint runs here); the clock starts when every pool is open.
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let mut shards = Vec::with_capacity(shares.len() - 1);
+    for (i, &clients) in shares.iter().enumerate().skip(1) {
+        let mut settings = session.settings.clone();
+        settings.pool.min_idle = clients.min(max_size);
+        let (go_tx, go_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let (plan, ready) = (plan.clone(), ready_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("bench-{i}"))
+            .spawn(move || shard_thread(settings, clients, plan, ready, go_rx, done_tx))
+            .context("cannot start a benchmark thread")?;
+        shards.push((go_tx, done_rx, thread));
     }
-    let depth = args.pipeline;
-    let done = Arc::new(AtomicU64::new(0));
+    drop(ready_tx);
+    while let Some(opened) = ready_rx.recv().await {
+        opened?;
+    }
+
     let started = Instant::now();
     let window = Window {
         measure_from: started + warmup,
         until: started + warmup + duration,
     };
-    let refresher = refresh_every.map(|every| pool.spawn_refresher(every));
     let ticker = (out.stderr_is_terminal() && !out.quiet)
-        .then(|| tokio::spawn(progress(window, warmup, done.clone())));
-    let tasks: Vec<_> = (0..args.clients)
-        .map(|_| {
-            tokio::spawn(client(
-                pool.clone(),
-                sql.clone(),
-                depth,
-                window,
-                done.clone(),
-            ))
-        })
-        .collect();
-    let mut total = ClientReport::default();
-    for task in tasks {
-        match task.await {
-            Ok(report) => total.merge(report),
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        .then(|| tokio::spawn(progress(window, warmup, plan.done.clone())));
+    let mut waiting = Vec::with_capacity(shards.len());
+    for (go, done, thread) in shards {
+        let _ = go.send(window);
+        waiting.push((done, thread));
+    }
+    let mut reports = vec![run_shard(pool.clone(), shares[0], &plan, window).await];
+    for (done, thread) in waiting {
+        let report = done.await;
+        let joined = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .context("joining a benchmark thread")?;
+        if let Err(panic) = joined {
+            std::panic::resume_unwind(panic);
         }
+        reports.push(report.context("a benchmark thread stopped early")?);
     }
     let measured = Instant::now().saturating_duration_since(window.measure_from);
     if let Some(ticker) = ticker {
         ticker.abort();
         eprint!("\r\x1b[K");
     }
-    let (mut refreshes, mut failed_refreshes) = (0, 0);
-    if let Some(mut refresher) = refresher {
-        while let Ok(outcome) = refresher.reports.try_recv() {
-            match outcome {
-                Ok(_) => refreshes += 1,
-                Err(_) => failed_refreshes += 1,
-            }
-        }
-    }
 
+    let mut total = ClientReport::default();
+    let (mut refreshes, mut failed_refreshes) = (0, 0);
+    let mut stats = Vec::with_capacity(reports.len());
+    for shard in reports {
+        total.merge(shard.clients);
+        refreshes += shard.refreshes;
+        failed_refreshes += shard.failed_refreshes;
+        stats.push(shard.stats);
+    }
+    let stats = PoolStats::combined(stats);
     total.latencies.sort();
-    let stats = pool.stats();
     let failed: u64 = total.errors.values().map(|e| e.count).sum();
     let report = BenchJson {
         sql: args.sql.clone(),
         clients: args.clients,
-        pipeline: depth,
-        threads: args.threads.max(1),
+        pipeline: plan.depth,
+        threads: shares.len() as u32,
         duration_s: measured.as_secs_f64(),
         warmup_s: warmup.as_secs_f64(),
         queries: total.ok,
@@ -512,6 +644,21 @@ mod tests {
         assert_eq!(a.errors["57P01"].count, 7);
         assert_eq!(a.errors["57P01"].example, "first");
         assert_eq!(a.errors["connection closed"].count, 1);
+    }
+
+    #[test]
+    fn clients_are_split_evenly_over_threads() {
+        assert_eq!(split(8, 1), vec![8]);
+        assert_eq!(split(8, 2), vec![4, 4]);
+        assert_eq!(split(7, 3), vec![3, 2, 2]);
+        // Never a thread without clients.
+        assert_eq!(split(2, 4), vec![1, 1]);
+        for (clients, threads) in [(1, 1), (9, 4), (100, 7), (5, 5)] {
+            let shares = split(clients, threads);
+            assert_eq!(shares.iter().sum::<u32>(), clients);
+            assert!(shares.iter().all(|&n| n >= 1));
+            assert!(shares.first().unwrap() - shares.last().unwrap() <= 1);
+        }
     }
 
     #[test]
