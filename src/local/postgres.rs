@@ -238,6 +238,10 @@ GRANT EXECUTE ON FUNCTION sys.current_session_id() TO PUBLIC;
 
 impl PgServer {
     /// Initialises (first use) and starts the server, waiting until it accepts connections.
+    ///
+    /// The server also stops (fast shutdown) when the thread that started it exits, however
+    /// it exits: start it from a thread that outlives it, such as the one running
+    /// `block_on` or a Tokio worker, not from a short-lived `spawn_blocking` thread.
     pub async fn start(opts: PgOptions) -> anyhow::Result<PgServer> {
         let bin_dir = find_bin_dir()?;
         let user = server_user()?;
