@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -235,33 +236,49 @@ pub struct StatementResult {
     pub returned_rows: bool,
 }
 
-/// Runs one statement with the simple protocol. With `typed`, the statement is first
-/// described (one extra round trip) so JSON can type its columns.
+/// Runs one statement with the simple protocol. With `typed`, the statement is also
+/// described, pipelined ahead of the run in the same round trip, so JSON can type its
+/// columns.
 pub async fn execute(
     client: &Client,
     statement: &str,
     typed: bool,
 ) -> Result<StatementResult, tokio_postgres::Error> {
-    let mut kinds = Vec::new();
-    if typed {
-        match client.prepare(statement).await {
-            Ok(prepared) => {
-                kinds = prepared
-                    .columns()
-                    .iter()
-                    .map(|c| JsonKind::of(c.type_()))
-                    .collect()
-            }
-            // Describing can fail where running would too; let the run report the error.
-            Err(e) if e.as_db_error().is_some() => {}
-            Err(e) => return Err(e),
-        }
-    }
     let started = std::time::Instant::now();
+    // For JSON the statement is also described, for its column types. The Describe goes
+    // out pipelined just ahead of the run, so both take one round trip.
+    let (described, ran) = if typed {
+        let (described, ran) =
+            futures_util::future::join(client.prepare(statement), client.simple_query(statement))
+                .await;
+        (Some(described), ran)
+    } else {
+        (None, client.simple_query(statement).await)
+    };
+    let (messages, described) = match (ran, described) {
+        (Ok(messages), described) => (messages, described.and_then(Result::ok)),
+        // Inside a transaction block a statement that cannot even be described aborts the
+        // block, and the run then only reports that (25P02): the real error is the
+        // Describe's.
+        (Err(run), Some(Err(describe)))
+            if run.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
+                && describe.as_db_error().is_some() =>
+        {
+            return Err(describe);
+        }
+        (Err(run), _) => return Err(run),
+    };
+    let mut kinds: Vec<JsonKind> = described.map_or_else(Vec::new, |prepared| {
+        prepared
+            .columns()
+            .iter()
+            .map(|c| JsonKind::of(c.type_()))
+            .collect()
+    });
     let mut result = StatementResult::default();
     let mut count = 0;
     let mut columns: Option<Arc<[tokio_postgres::SimpleColumn]>> = None;
-    for message in client.simple_query(statement).await? {
+    for message in messages {
         match message {
             SimpleQueryMessage::RowDescription(desc) => columns = Some(desc),
             SimpleQueryMessage::Row(row) => {

@@ -59,6 +59,54 @@ async fn query_prints_every_format() {
     let out = run_plain(&pg, &["query", "-q", "--format", "csv", "select 1 as a"]).await;
     assert_code(&out, 0);
     assert_eq!(stderr(&out), "", "-q prints results only");
+
+    // JSON describes each statement for its types, pipelined with the run: writes run once,
+    // and in a transaction a statement that fails reports its own error, not 25P02.
+    let out = run_plain(
+        &pg,
+        &[
+            "query",
+            "--format",
+            "json",
+            "--transaction",
+            "create table jt (a int); insert into jt values (1) returning a; select count(*)::int as n from jt",
+        ],
+    )
+    .await;
+    assert_code(&out, 0);
+    let rows: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [serde_json::json!({"a": 1}), serde_json::json!({"n": 1})]
+    );
+    let out = run_plain(
+        &pg,
+        &[
+            "query",
+            "--format",
+            "json",
+            "--transaction",
+            "insert into jt values (2); select * from no_such_table",
+        ],
+    )
+    .await;
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("42P01"), "{}", stderr(&out));
+    let out = run_plain(
+        &pg,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "--no-header",
+            "select count(*) from jt",
+        ],
+    )
+    .await;
+    assert_eq!(stdout(&out), "1\n", "the failed transaction left nothing");
 }
 
 #[tokio::test(flavor = "multi_thread")]
