@@ -471,11 +471,17 @@ async fn ctrl_c_cancels_the_running_query_and_exits_130() {
 /// Starts `dsql-pgx local` on a free port with its data in `dir`; returns the process and
 /// the environment it printed, as a user's `eval` would set it.
 async fn spawn_local(dir: &Path) -> (tokio::process::Child, Vec<(String, String)>) {
-    use tokio::io::AsyncBufReadExt as _;
     let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
-    cmd.args(["local", "--port", "0", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
+    cmd.args(["local", "--port", "0", "--data-dir"]).arg(dir);
+    spawn_local_with(cmd).await
+}
+
+/// Spawns a prepared `dsql-pgx local` command and waits for the environment it prints.
+async fn spawn_local_with(
+    mut cmd: tokio::process::Command,
+) -> (tokio::process::Child, Vec<(String, String)>) {
+    use tokio::io::AsyncBufReadExt as _;
+    cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
     let mut child = cmd.spawn().unwrap();
@@ -582,4 +588,59 @@ async fn local_killed_with_sigkill_leaves_no_postgres() {
     let mut query = dsql_pgx();
     query.envs(env).args(["query", "-q", "select 1"]);
     assert_code(&output(query).await, 0);
+}
+
+/// The path most laptops take: no root, so PostgreSQL runs as the user running dsql-pgx
+/// (the rest of the suite, as root in CI, runs it as the `postgres` user).
+#[tokio::test(flavor = "multi_thread")]
+async fn local_runs_postgres_as_a_normal_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    cmd.args(["local", "--port", "0", "--data-dir"])
+        .arg(dir.path());
+    let euid = nix::unistd::geteuid();
+    let runs_as = if euid.is_root() {
+        let user = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("the postgres OS user (Debian's postgresql package creates it)");
+        nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        user.uid
+    } else {
+        euid
+    };
+    let (mut child, env) = spawn_local_with(cmd).await;
+    let mut query = dsql_pgx();
+    query.envs(env).args([
+        "query",
+        "-q",
+        "--format",
+        "csv",
+        "--no-header",
+        "select current_user",
+    ]);
+    let out = output(query).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "admin\n");
+    let postmaster = postmaster_pid(dir.path());
+    let owner = std::fs::metadata(format!("/proc/{postmaster}"))
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    assert_eq!(
+        owner,
+        runs_as.as_raw(),
+        "PostgreSQL runs as the endpoint's own user"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!running(postmaster), "no PostgreSQL process survives");
 }
