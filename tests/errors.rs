@@ -622,12 +622,15 @@ async fn local_runs_postgres_as_a_normal_user() {
     let out = output(query).await;
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "admin\n");
+    let owner = |pid: u32| {
+        std::fs::metadata(format!("/proc/{pid}"))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap()
+    };
     let postmaster = postmaster_pid(dir.path());
-    let owner = std::fs::metadata(format!("/proc/{postmaster}"))
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap();
+    assert_eq!(owner(child.id().unwrap()), runs_as.as_raw());
     assert_eq!(
-        owner,
+        owner(postmaster as u32),
         runs_as.as_raw(),
         "PostgreSQL runs as the endpoint's own user"
     );
