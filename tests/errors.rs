@@ -594,8 +594,14 @@ async fn local_killed_with_sigkill_leaves_no_postgres() {
 /// (the rest of the suite, as root in CI, runs it as the `postgres` user).
 #[tokio::test(flavor = "multi_thread")]
 async fn local_runs_postgres_as_a_normal_user() {
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    // The binary runs from a copy the other user can reach (the checkout may be private).
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("dsql-pgx");
+    std::fs::copy(assert_cmd::cargo::cargo_bin("dsql-pgx"), &bin).unwrap();
+    let mut cmd = tokio::process::Command::new(&bin);
     cmd.args(["local", "--port", "0", "--data-dir"])
         .arg(dir.path());
     let euid = nix::unistd::geteuid();
@@ -604,7 +610,9 @@ async fn local_runs_postgres_as_a_normal_user() {
             .unwrap()
             .expect("the postgres OS user (Debian's postgresql package creates it)");
         nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
-        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        cmd.uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
+            .current_dir(dir.path());
         user.uid
     } else {
         euid
