@@ -62,15 +62,11 @@ async fn query_prints_every_format() {
 
     // JSON describes each statement for its types, pipelined with the run: writes run once,
     // and in a transaction a statement that fails reports its own error, not 25P02.
-    let out = run_plain(
-        &pg,
-        &[
-            "query",
-            "--format",
-            "json",
-            "--transaction",
-            "create table jt (a int); insert into jt values (1) returning a; select count(*)::int as n from jt",
-        ],
+    let json_transaction = async |sql: &str| {
+        run_plain(&pg, &["query", "--format", "json", "--transaction", sql]).await
+    };
+    let out = json_transaction(
+        "create table jt (a int); insert into jt values (1) returning a; select count(*)::int as n from jt",
     )
     .await;
     assert_code(&out, 0);
@@ -82,17 +78,7 @@ async fn query_prints_every_format() {
         rows,
         [serde_json::json!({"a": 1}), serde_json::json!({"n": 1})]
     );
-    let out = run_plain(
-        &pg,
-        &[
-            "query",
-            "--format",
-            "json",
-            "--transaction",
-            "insert into jt values (2); select * from no_such_table",
-        ],
-    )
-    .await;
+    let out = json_transaction("insert into jt values (2); select * from no_such_table").await;
     assert_code(&out, 1);
     assert!(stderr(&out).contains("42P01"), "{}", stderr(&out));
     let out = run_plain(

@@ -531,13 +531,12 @@ fn running(pid: i32) -> bool {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn local_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, env) = spawn_local(dir.path()).await;
+/// Runs `select current_user` with the environment `local` printed: the endpoint serves.
+async fn assert_serves_admin(env: Vec<(String, String)>) {
     let mut query = dsql_pgx();
     query.envs(env).args([
         "query",
+        "-q",
         "--format",
         "csv",
         "--no-header",
@@ -546,9 +545,10 @@ async fn local_stops_cleanly_on_sigterm() {
     let out = output(query).await;
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "admin\n");
+}
 
-    let pid_file = dir.path().join("pgdata").join("postmaster.pid");
-    let postmaster = postmaster_pid(dir.path());
+/// Sends SIGTERM and expects a clean exit (0) within 30 s.
+async fn stop_with_sigterm(child: &mut tokio::process::Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -559,6 +559,17 @@ async fn local_stops_cleanly_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, env) = spawn_local(dir.path()).await;
+    assert_serves_admin(env).await;
+
+    let pid_file = dir.path().join("pgdata").join("postmaster.pid");
+    let postmaster = postmaster_pid(dir.path());
+    stop_with_sigterm(&mut child).await;
     assert!(!pid_file.exists(), "PostgreSQL shut down cleanly");
     assert!(!running(postmaster), "no PostgreSQL process survives");
     let _ = run_plain; // shared harness helpers are used by other test files
@@ -568,9 +579,7 @@ async fn local_stops_cleanly_on_sigterm() {
 async fn local_killed_with_sigkill_leaves_no_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, env) = spawn_local(dir.path()).await;
-    let mut query = dsql_pgx();
-    query.envs(env.clone()).args(["query", "-q", "select 1"]);
-    assert_code(&output(query).await, 0);
+    assert_serves_admin(env).await;
     let postmaster = postmaster_pid(dir.path());
     assert!(running(postmaster));
     child.start_kill().unwrap();
@@ -585,9 +594,7 @@ async fn local_killed_with_sigkill_leaves_no_postgres() {
     }
     // The data dir is free again: a new endpoint starts on it and serves.
     let (_child, env) = spawn_local(dir.path()).await;
-    let mut query = dsql_pgx();
-    query.envs(env).args(["query", "-q", "select 1"]);
-    assert_code(&output(query).await, 0);
+    assert_serves_admin(env).await;
 }
 
 /// The path most laptops take: no root, so PostgreSQL runs as the user running dsql-pgx
@@ -618,18 +625,7 @@ async fn local_runs_postgres_as_a_normal_user() {
         euid
     };
     let (mut child, env) = spawn_local_with(cmd).await;
-    let mut query = dsql_pgx();
-    query.envs(env).args([
-        "query",
-        "-q",
-        "--format",
-        "csv",
-        "--no-header",
-        "select current_user",
-    ]);
-    let out = output(query).await;
-    assert_code(&out, 0);
-    assert_eq!(stdout(&out), "admin\n");
+    assert_serves_admin(env).await;
     let owner = |pid: u32| {
         std::fs::metadata(format!("/proc/{pid}"))
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
@@ -643,15 +639,6 @@ async fn local_runs_postgres_as_a_normal_user() {
         "PostgreSQL runs as the endpoint's own user"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    stop_with_sigterm(&mut child).await;
     assert!(!running(postmaster), "no PostgreSQL process survives");
 }

@@ -262,33 +262,41 @@ async fn signing_failing_mid_run_leaves_open_connections_serving() {
     ep.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bench_reports_json_with_refreshes_and_no_errors() {
-    let ep = TestEndpoint::start().await;
-    let out = run_at(
-        &ep,
-        &[
-            "bench",
-            "--clients",
-            "4",
-            "--duration",
-            "3s",
-            "--warmup",
-            "500ms",
-            "--refresh-every",
-            "1s",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
+/// Runs `bench --format json` with `clients`, `duration`, `warmup` and `extra` flags through
+/// the endpoint; expects success and no progress output (stderr is not a terminal).
+async fn bench_json(
+    ep: &TestEndpoint,
+    clients: &str,
+    duration: &str,
+    warmup: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        "--clients",
+        clients,
+        "--duration",
+        duration,
+        "--warmup",
+        warmup,
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_at(ep, &args).await;
     assert_code(&out, 0);
     assert_eq!(
         stderr(&out),
         "",
         "no progress when stderr is not a terminal"
     );
-    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    serde_json::from_str(stdout(&out).trim()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reports_json_with_refreshes_and_no_errors() {
+    let ep = TestEndpoint::start().await;
+    let report = bench_json(&ep, "4", "3s", "500ms", &["--refresh-every", "1s"]).await;
     for key in [
         "qps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "pool",
     ] {
@@ -307,27 +315,8 @@ async fn bench_reports_json_with_refreshes_and_no_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_threads_each_run_their_own_pool() {
     let ep = TestEndpoint::start().await;
-    let out = run_at(
-        &ep,
-        &[
-            "bench",
-            "--threads",
-            "2",
-            "--clients",
-            "3",
-            "--duration",
-            "2s",
-            "--warmup",
-            "200ms",
-            "--refresh-every",
-            "500ms",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert_code(&out, 0);
-    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let extra = ["--threads", "2", "--refresh-every", "500ms"];
+    let report = bench_json(&ep, "3", "2s", "200ms", &extra).await;
     assert_eq!(report["threads"], 2, "{report}");
     assert_eq!(report["failed"], 0, "{report}");
     assert!(report["queries"].as_u64().unwrap() > 0, "{report}");
@@ -339,25 +328,7 @@ async fn bench_threads_each_run_their_own_pool() {
     assert!(gets >= report["queries"].as_u64().unwrap(), "{report}");
 
     // More threads than clients: one thread per client, never an idle thread.
-    let out = run_at(
-        &ep,
-        &[
-            "bench",
-            "--threads",
-            "4",
-            "--clients",
-            "2",
-            "--duration",
-            "300ms",
-            "--warmup",
-            "0s",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert_code(&out, 0);
-    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let report = bench_json(&ep, "2", "300ms", "0s", &["--threads", "4"]).await;
     assert_eq!(report["threads"], 2, "{report}");
 
     let out = run_at(&ep, &["bench", "--threads", "0", "--duration", "1s"]).await;
