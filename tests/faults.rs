@@ -321,9 +321,12 @@ async fn bench_threads_each_run_their_own_pool() {
     assert_eq!(report["failed"], 0, "{report}");
     assert!(report["queries"].as_u64().unwrap() > 0, "{report}");
     // Each thread's pool refreshes on its own timer (about 4 each in 2.2 s), and the
-    // statistics add up both pools (2 clients on one, 1 on the other).
+    // statistics add up both pools: together they opened at least their minimum idle
+    // sizes (2 clients on one, 1 on the other). How many are open at the very end depends
+    // on where the last refresh was.
     assert!(report["refreshes"].as_u64().unwrap() >= 4, "{report}");
-    assert!(report["pool"]["total"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(report["connections_opened"], report["pool"]["opened"]);
+    assert!(report["pool"]["opened"].as_u64().unwrap() >= 3, "{report}");
     let gets = report["pool"]["gets"].as_u64().unwrap();
     assert!(gets >= report["queries"].as_u64().unwrap(), "{report}");
 
