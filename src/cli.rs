@@ -344,7 +344,8 @@ pub struct BenchArgs {
     /// Tasks querying concurrently, each checking a connection out of the pool per query.
     ///
     /// The pool opens this many connections up front (at most --max-conns; clients beyond
-    /// that wait for a free connection).
+    /// that wait for a free connection). With --threads, each thread's pool does so for its
+    /// share of the clients.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub clients: u32,
 
