@@ -220,13 +220,12 @@ fn parse_amz_date(s: &str) -> Option<SystemTime> {
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
+    // Bytes, not `&s[r]`: the token is client input, and a multi-byte character may sit
+    // across any of these boundaries (found by fuzzing).
     let digits = |r: std::ops::Range<usize>| -> Option<u32> {
-        let part = &s[r];
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
+        b[r].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
     };
     let (year, month, day) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
     let (hour, min, sec) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
@@ -486,6 +485,27 @@ fn compute_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amz_dates_with_multibyte_characters_are_refused_not_a_panic() {
+        assert!(parse_amz_date("20240827T000000Z").is_some());
+        let valid = "20240827T000000Z";
+        for ch in ['О', '€', '😀'] {
+            let width = ch.len_utf8();
+            for at in 0..=valid.len() - width {
+                let mut bytes = valid.as_bytes().to_vec();
+                let mut buf = [0u8; 4];
+                bytes.splice(at..at + width, ch.encode_utf8(&mut buf).bytes());
+                let text = String::from_utf8(bytes).unwrap();
+                assert_eq!(text.len(), 16);
+                assert_eq!(parse_amz_date(&text), None, "{text:?}");
+            }
+        }
+        // The input the fuzzer found, as a whole token.
+        let v = kat_verifier();
+        let token = KAT.replace("20240827T000000Z", "20nОw27T0\0C000Z");
+        assert!(v.verify("r", &token, None, t0()).is_err());
+    }
     use aws_credential_types::provider::SharedCredentialsProvider;
     use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config};
     use aws_smithy_async::time::StaticTimeSource;
