@@ -341,6 +341,21 @@ mod tests {
         assert_eq!(split("select $1"), vec!["select $1"]);
     }
 
+    proptest::proptest! {
+        /// Any text, weighted towards the characters the splitter cares about: no panic,
+        /// and every statement is a non-empty, trimmed piece of the input.
+        #[test]
+        fn splitting_any_text_gives_pieces_of_it(
+            text in "[;'\"$a-zE_ \\/*\n\t\u{e9}\u{20ac}\u{1f600}-]{0,120}|\\PC{0,120}"
+        ) {
+            for statement in split(&text) {
+                proptest::prop_assert!(!statement.is_empty());
+                proptest::prop_assert_eq!(statement.trim(), statement.as_str());
+                proptest::prop_assert!(text.contains(statement.as_str()));
+            }
+        }
+    }
+
     #[test]
     fn never_panics_on_odd_input() {
         for text in [
