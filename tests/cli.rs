@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::dsql::{assert_code, dsql_pgx, output, run_at, run_plain, stderr, stdout};
+use common::dsql::{assert_code, dsql_pgx, output, plain_flags, run_at, run_plain, stderr, stdout};
 use common::{TestEndpoint, TestPg};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,18 +129,8 @@ async fn query_runs_statements_from_argument_file_and_stdin() {
     let mut cmd = dsql_pgx();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
-        .args([
-            "query",
-            "--format",
-            "csv",
-            "-",
-            "--endpoint",
-            "localhost",
-            "--region",
-            "us-east-1",
-            "--no-iam",
-        ])
-        .args(["--port", &pg.port().to_string()])
+        .args(["query", "--format", "csv", "-"])
+        .args(plain_flags(&pg))
         .write_stdin("select 'from stdin' as src");
     let out = output(cmd).await;
     assert_code(&out, 0);
@@ -198,17 +188,9 @@ async fn tls_verification_follows_sslmode() {
 
     // The Mozilla roots do not know the harness's CA either.
     let mut cmd = dsql_pgx();
-    cmd.env("PGPASSWORD", pg.password()).args([
-        "query",
-        "select 1",
-        "--endpoint",
-        "localhost",
-        "--region",
-        "us-east-1",
-        "--no-iam",
-        "--port",
-        &pg.port().to_string(),
-    ]);
+    cmd.env("PGPASSWORD", pg.password())
+        .args(["query", "select 1"])
+        .args(plain_flags(&pg));
     let out = output(cmd).await;
     assert_code(&out, 3);
     assert!(

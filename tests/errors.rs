@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::dsql::{assert_code, dsql_pgx, output, run_at, run_plain, stderr, stdout};
+use common::dsql::{assert_code, dsql_pgx, output, plain_flags, run_at, run_plain, stderr, stdout};
 use common::{TestEndpoint, TestPg};
 
 /// Where a row's command runs.
@@ -196,18 +196,7 @@ async fn errors_name_the_fix_with_documented_codes() {
             }
             At::Plain => {
                 cmd.env("PGSSLROOTCERT", pg.ca_path());
-                extra = [
-                    "--endpoint",
-                    "localhost",
-                    "--region",
-                    "us-east-1",
-                    "--no-iam",
-                    "--port",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                extra.push(pg.port().to_string());
+                extra = plain_flags(&pg);
             }
         }
         cmd.args(case.args)
@@ -390,15 +379,7 @@ async fn a_closed_pipe_ends_quietly() {
             "csv",
             "select generate_series(1, 500000) as n",
         ])
-        .args([
-            "--endpoint",
-            "localhost",
-            "--region",
-            "us-east-1",
-            "--no-iam",
-            "--port",
-            &pg.port().to_string(),
-        ])
+        .args(plain_flags(&pg))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let status = tokio::task::spawn_blocking(move || {

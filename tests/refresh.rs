@@ -29,6 +29,11 @@ async fn session_id(pool: &Pool) -> String {
     id
 }
 
+/// The session IDs of connections a test holds.
+fn ids_of(held: &[dsql_pgx::pool::PooledConn]) -> BTreeSet<String> {
+    held.iter().map(|c| c.session_id().to_string()).collect()
+}
+
 fn ids(pool: &Pool) -> BTreeSet<String> {
     pool.connections()
         .into_iter()
@@ -59,12 +64,12 @@ async fn multiple_connections_refresh() {
     settings.pool.min_idle = 3;
     let pool = Pool::new(&settings).await.unwrap();
     let held = pool.get_many(3).await.unwrap();
-    let before: BTreeSet<String> = held.iter().map(|c| c.session_id().to_string()).collect();
+    let before = ids_of(&held);
     assert_eq!(before.len(), 3);
     drop(held);
     let report = pool.refresh().await.unwrap();
     let held = pool.get_many(3).await.unwrap();
-    let after: BTreeSet<String> = held.iter().map(|c| c.session_id().to_string()).collect();
+    let after = ids_of(&held);
     assert_eq!(after.len(), 3);
     assert!(before.is_disjoint(&after), "{before:?} vs {after:?}");
     assert!(report.opened.len() >= 3, "{report:?}");
@@ -78,14 +83,14 @@ async fn comprehensive_connection_refresh() {
     settings.pool.max_size = 5;
     let pool = Pool::new(&settings).await.unwrap();
     let held = pool.get_many(5).await.unwrap();
-    let before: BTreeSet<String> = held.iter().map(|c| c.session_id().to_string()).collect();
+    let before = ids_of(&held);
     assert_eq!(before.len(), 5);
     let stats_before = pool.stats();
     assert_eq!((stats_before.total, stats_before.in_use), (5, 5));
     drop(held);
     let report = pool.refresh().await.unwrap();
     let held = pool.get_many(5).await.unwrap();
-    let after: BTreeSet<String> = held.iter().map(|c| c.session_id().to_string()).collect();
+    let after = ids_of(&held);
     assert_eq!(after.len(), 5);
     assert!(before.is_disjoint(&after));
     assert!(report.overlap.is_empty());

@@ -1,7 +1,6 @@
 //! Client-side helpers: the dsql-pgx binary as a test runs it, and library settings that
 //! reach a [`TestEndpoint`] or a [`TestPg`].
 
-use std::ffi::OsStr;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,23 +73,30 @@ pub async fn run_at(endpoint: &TestEndpoint, args: &[&str]) -> Output {
     output(cmd).await
 }
 
-/// Runs `dsql-pgx ARGS` against the plain PostgreSQL with `--no-iam` and its CA.
-pub async fn run_plain(pg: &TestPg, args: &[&str]) -> Output {
-    let mut cmd = dsql_pgx();
-    let port = pg.port().to_string();
-    let connection = [
+/// The flags that reach the plain PostgreSQL without IAM (its password and CA come from
+/// `PGPASSWORD` and `PGSSLROOTCERT`, or whatever the test sets instead).
+pub fn plain_flags(pg: &TestPg) -> Vec<String> {
+    [
         "--endpoint",
         "localhost",
         "--region",
         "us-east-1",
-        "--port",
-        &port,
         "--no-iam",
-    ];
-    let full: Vec<&OsStr> = args.iter().chain(&connection).map(OsStr::new).collect();
+        "--port",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([pg.port().to_string()])
+    .collect()
+}
+
+/// Runs `dsql-pgx ARGS` against the plain PostgreSQL with `--no-iam` and its CA.
+pub async fn run_plain(pg: &TestPg, args: &[&str]) -> Output {
+    let mut cmd = dsql_pgx();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
-        .args(full);
+        .args(args)
+        .args(plain_flags(pg));
     output(cmd).await
 }
 
