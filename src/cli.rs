@@ -344,8 +344,9 @@ pub struct BenchArgs {
     /// Tasks querying concurrently, each checking a connection out of the pool per query.
     ///
     /// The pool opens this many connections up front (at most --max-conns; clients beyond
-    /// that wait for a free connection). With --threads, each thread's pool does so for its
-    /// share of the clients.
+    /// that wait for a free connection), and keeps as many spare while they are busy, up to
+    /// --max-conns in all: spares take a refresh's new connections without a wait. With
+    /// --threads, each thread's pool does so for its share of the clients.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub clients: u32,
 

@@ -376,6 +376,65 @@ async fn bench_tables_and_a_bad_statement() {
     ep.stop().await;
 }
 
+/// The promise's positive half: with stderr a terminal (a pseudo-terminal here), `bench`
+/// shows a progress line each second, through warm-up and measuring, then erases it; the
+/// JSON on stdout is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_shows_progress_when_stderr_is_a_terminal() {
+    use std::io::Read;
+    let ep = TestEndpoint::start().await;
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let mut terminal = std::fs::File::from(pty.master);
+    // Everything the terminal shows, until the last writer (the child) is gone.
+    let reader = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Linux reports EIO on the master once no process holds the other side.
+        while let Ok(n @ 1..) = terminal.read(&mut buf) {
+            shown.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&shown).into_owned()
+    });
+    let mut cmd = common::dsql::dsql_pgx_std();
+    cmd.envs(ep.env())
+        .args([
+            "bench",
+            "--clients",
+            "2",
+            "--duration",
+            "1500ms",
+            "--warmup",
+            "1500ms",
+        ])
+        .args(["--format", "json"])
+        .stderr(std::process::Stdio::from(pty.slave));
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running dsql-pgx"))
+        .await
+        .unwrap();
+    let shown = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    assert_code(&out, 0);
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert!(report["queries"].as_u64().unwrap() > 0, "{report}");
+    for (what, needle) in [
+        ("a warm-up line", "s warm-up, "),
+        ("a measuring line", "s measuring, "),
+        ("a rate", " q/s"),
+    ] {
+        assert!(shown.contains(needle), "{what} in {shown:?}");
+    }
+    assert!(
+        shown.starts_with("\r\x1b[Kbench: 1/3 s warm-up, "),
+        "the first line after a second, of 1.5 s warm-up and 1.5 s measuring: {shown:?}"
+    );
+    assert!(
+        shown.ends_with("\r\x1b[K"),
+        "the line erased at the end: {shown:?}"
+    );
+    ep.stop().await;
+}
+
 // ---- untrusted input: random and truncated startup packets and tokens ----
 
 fn startup_body(params: &[(String, String)]) -> Vec<u8> {

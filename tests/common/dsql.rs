@@ -47,7 +47,12 @@ const AMBIENT: &[&str] = &[
 
 /// The built binary with a clean environment: no ambient AWS or PG settings, no colour.
 pub fn dsql_pgx() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("dsql-pgx").expect("binary built");
+    assert_cmd::Command::from_std(dsql_pgx_std())
+}
+
+/// [`dsql_pgx`] as a plain `std` command, for tests that wire its stdio themselves.
+pub fn dsql_pgx_std() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dsql-pgx"));
     for var in AMBIENT {
         cmd.env_remove(var);
     }
