@@ -83,7 +83,7 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             break
         }
         'dsql-pgx;connect' {
-            [CompletionResult]::new('--count', '--count', [CompletionResultType]::ParameterName, 'Connections to open at once (default: the pool''s minimum idle size)')
+            [CompletionResult]::new('--count', '--count', [CompletionResultType]::ParameterName, 'Connections to open at once (default: --min-idle, at least 1)')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Cluster endpoint to sign for, or a bare 26-character cluster id')
             [CompletionResult]::new('--hostname', '--hostname', [CompletionResultType]::ParameterName, 'Cluster endpoint to sign for, or a bare 26-character cluster id')
             [CompletionResult]::new('--region', '--region', [CompletionResultType]::ParameterName, 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]')
@@ -143,6 +143,7 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('--duration', '--duration', [CompletionResultType]::ParameterName, 'Stop after this long [default: until Ctrl-C]')
             [CompletionResult]::new('--refreshes', '--refreshes', [CompletionResultType]::ParameterName, 'Stop after this many refreshes [default: until Ctrl-C]')
             [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Tasks querying continuously through the pool')
+            [CompletionResult]::new('--refresh', '--refresh', [CompletionResultType]::ParameterName, 'Refresh tokens and replace connections periodically (`--refresh false` to turn off)')
             [CompletionResult]::new('--refresh-interval', '--refresh-interval', [CompletionResultType]::ParameterName, 'Refresh period: seconds (as the Go example''s variable) or humantime')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Cluster endpoint to sign for, or a bare 26-character cluster id')
             [CompletionResult]::new('--hostname', '--hostname', [CompletionResultType]::ParameterName, 'Cluster endpoint to sign for, or a bare 26-character cluster id')
@@ -163,7 +164,6 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'Close connections idle longer than this')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up on a new connection (token, TCP, TLS, auth) after this long')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format for data on stdout')
-            [CompletionResult]::new('--refresh', '--refresh', [CompletionResultType]::ParameterName, 'Refresh tokens and replace connections periodically')
             [CompletionResult]::new('--local', '--local', [CompletionResultType]::ParameterName, 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)')
             [CompletionResult]::new('--iam', '--iam', [CompletionResultType]::ParameterName, 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]')
             [CompletionResult]::new('--no-iam', '--no-iam', [CompletionResultType]::ParameterName, 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)')

@@ -639,6 +639,10 @@ _dsql__pgx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --refresh)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
                 --refresh-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -78,7 +78,7 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand --version 'Print version'
         }
         &'dsql-pgx;connect'= {
-            cand --count 'Connections to open at once (default: the pool''s minimum idle size)'
+            cand --count 'Connections to open at once (default: --min-idle, at least 1)'
             cand --endpoint 'Cluster endpoint to sign for, or a bare 26-character cluster id'
             cand --hostname 'Cluster endpoint to sign for, or a bare 26-character cluster id'
             cand --region 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]'
@@ -136,6 +136,7 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand --duration 'Stop after this long [default: until Ctrl-C]'
             cand --refreshes 'Stop after this many refreshes [default: until Ctrl-C]'
             cand --workers 'Tasks querying continuously through the pool'
+            cand --refresh 'Refresh tokens and replace connections periodically (`--refresh false` to turn off)'
             cand --refresh-interval 'Refresh period: seconds (as the Go example''s variable) or humantime'
             cand --endpoint 'Cluster endpoint to sign for, or a bare 26-character cluster id'
             cand --hostname 'Cluster endpoint to sign for, or a bare 26-character cluster id'
@@ -156,7 +157,6 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand --idle-timeout 'Close connections idle longer than this'
             cand --connect-timeout 'Give up on a new connection (token, TCP, TLS, auth) after this long'
             cand --format 'Output format for data on stdout'
-            cand --refresh 'Refresh tokens and replace connections periodically'
             cand --local 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
             cand --iam 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'
             cand --no-iam 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)'

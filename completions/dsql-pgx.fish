@@ -78,7 +78,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s v -l verbose
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s V -l version -d 'Print version'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l count -d 'Connections to open at once (default: the pool\'s minimum idle size)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l count -d 'Connections to open at once (default: --min-idle, at least 1)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
@@ -129,6 +129,8 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l inter
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l duration -d 'Stop after this long [default: until Ctrl-C]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refreshes -d 'Stop after this many refreshes [default: until Ctrl-C]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l workers -d 'Tasks querying continuously through the pool' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refresh -d 'Refresh tokens and replace connections periodically (`--refresh false` to turn off)' -r -f -a "true\t''
+false\t''"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refresh-interval -d 'Refresh period: seconds (as the Go example\'s variable) or humantime' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
@@ -153,7 +155,6 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l forma
 csv\t'Comma-separated values (RFC 4180), header row first'
 tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
 json\t'JSON: one object per row for `query`, one document for other commands'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refresh -d 'Refresh tokens and replace connections periodically'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l local -d 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l iam -d 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l no-iam -d 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)'

@@ -31,6 +31,30 @@ pub struct Cli {
     pub global: GlobalArgs,
 }
 
+impl Cli {
+    /// Parses the process's arguments with [`command`]'s rules.
+    pub fn parse_env() -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches;
+        Cli::from_arg_matches(&command().try_get_matches()?)
+    }
+}
+
+/// The command line's definition. A variable set to the empty string counts as unset, as
+/// for an unset one: `PGSSLROOTCERT= dsql-pgx ...` uses the default roots.
+pub fn command() -> clap::Command {
+    fn unset_empty(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|value| value.is_empty());
+            if empty { arg.env(None) } else { arg }
+        })
+        .mut_subcommands(unset_empty)
+    }
+    unset_empty(<Cli as clap::CommandFactory>::command())
+}
+
 /// Options every command understands.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
@@ -100,6 +124,21 @@ pub enum Command {
 
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Query(_) => "query",
+            Command::Connect(_) => "connect",
+            Command::Token(_) => "token",
+            Command::RefreshDemo(_) => "refresh-demo",
+            Command::Local(_) => "local",
+            Command::Bench(_) => "bench",
+            Command::Completions(_) => "completions",
+        }
+    }
 }
 
 /// Who to sign a token for: shared by `token` and every connecting command.
@@ -271,8 +310,8 @@ pub struct RetryArgs {
 /// Arguments of `connect`.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
-    /// Connections to open at once (default: the pool's minimum idle size).
-    #[arg(long, value_name = "N")]
+    /// Connections to open at once (default: --min-idle, at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
 
     #[command(flatten)]
@@ -319,8 +358,9 @@ pub struct RefreshDemoArgs {
 /// Periodic token refresh, for long-running commands.
 #[derive(Debug, Clone, Args)]
 pub struct RefreshArgs {
-    /// Refresh tokens and replace connections periodically.
+    /// Refresh tokens and replace connections periodically (`--refresh false` to turn off).
     #[arg(long, env = "DB_REFRESH_TOKEN", value_name = "BOOL", default_value = "true",
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub refresh: bool,
 
@@ -478,5 +518,20 @@ mod tests {
                 .contains("invalid duration")
         );
         assert!(parse_duration("-3").is_err());
+    }
+
+    #[test]
+    fn command_names_are_what_the_user_types() {
+        for sub in command().get_subcommands() {
+            let name = sub.get_name();
+            let extra: &[&str] = if name == "completions" {
+                &["bash"]
+            } else {
+                &[]
+            };
+            let argv = ["dsql-pgx", name].into_iter().chain(extra.iter().copied());
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert_eq!(cli.command.name(), name);
+        }
     }
 }

@@ -74,7 +74,7 @@ pub fn classify(error: &anyhow::Error) -> Exit {
         {
             return Exit::Usage;
         }
-        if let Some(e) = cause.downcast_ref::<AuthError>() {
+        if let Some(e) = auth_error(cause) {
             return match e {
                 AuthError::NoCredentials(_) => Exit::Usage,
                 AuthError::Sign(_) => Exit::Connect,
@@ -98,6 +98,19 @@ pub fn classify(error: &anyhow::Error) -> Exit {
         }
     }
     Exit::Usage
+}
+
+/// The credential or signing error behind `cause`, also when a pool or connect error wraps it
+/// transparently (its `source` then skips the [`AuthError`] itself).
+fn auth_error<'a>(cause: &'a (dyn StdError + 'static)) -> Option<&'a AuthError> {
+    let connect = match cause.downcast_ref::<PoolError>() {
+        Some(PoolError::Connect(connect)) => Some(&**connect),
+        _ => cause.downcast_ref::<ConnectError>(),
+    };
+    match connect {
+        Some(ConnectError::Auth(e)) => Some(e),
+        _ => cause.downcast_ref::<AuthError>(),
+    }
 }
 
 fn is_connection_class(code: &str) -> bool {
@@ -156,7 +169,62 @@ pub fn chain(error: &(dyn StdError + 'static)) -> String {
 fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default().trim_end();
     let line = line.strip_suffix("Attempted:").unwrap_or(line);
-    line.trim_end_matches([' ', ':', '.']).to_string()
+    let line = line.trim_end_matches([' ', ':']);
+    // A sentence's full stop goes (the chain joins pieces with ": "); an ellipsis stays.
+    match line.strip_suffix('.') {
+        Some(rest) if !rest.ends_with('.') => rest.to_string(),
+        _ => line.to_string(),
+    }
+}
+
+/// A clap usage error on one line: the message, the possible values and any "a similar
+/// name exists" tip, the variable that can also set a bad value, and where to read more
+/// (the help of the subcommand named in `args`, the command line).
+pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = error.render().to_string();
+    let mut lines = text.lines().map(str::trim);
+    let mut line = lines
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
+        let long = arg.split([' ', '=']).next().unwrap_or_default();
+        if let Some(var) = env_of(cmd, long.trim_start_matches("--")) {
+            let quoted = format!("'{arg}'");
+            line = line.replacen(&quoted, &format!("{quoted} (or {var})"), 1);
+        }
+    }
+    for rest in lines {
+        if rest.starts_with("[possible values:") {
+            line = format!("{line} {rest}");
+        } else if let Some(tip) = rest.strip_prefix("tip: ")
+            && tip.contains("similar")
+        {
+            line = format!("{line} ({tip})");
+        }
+    }
+    let sub = args
+        .iter()
+        .skip(1)
+        .find(|a| cmd.get_subcommands().any(|s| s.get_name() == a.as_str()));
+    match sub {
+        Some(sub) => format!("{line}; see 'dsql-pgx {sub} --help'"),
+        None => format!("{line}; see 'dsql-pgx --help'"),
+    }
+}
+
+/// The variable behind the flag `--long`, in any subcommand.
+fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+    let own = cmd
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env());
+    match own {
+        Some(var) => Some(var.to_string_lossy().into_owned()),
+        None => cmd.get_subcommands().find_map(|sub| env_of(sub, long)),
+    }
 }
 
 fn render_db_error(db: &tokio_postgres::error::DbError, extra: &mut String) -> String {
@@ -190,6 +258,8 @@ pub fn report(error: &anyhow::Error) -> Exit {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -197,6 +267,62 @@ mod tests {
         let e = anyhow::Error::new(ConfigError("bad".into())).context("reading flags");
         assert_eq!(classify(&e), Exit::Usage);
         assert_eq!(chain(e.as_ref()), "reading flags: bad");
+    }
+
+    #[test]
+    fn missing_credentials_are_usage_errors_however_wrapped() {
+        let missing = || AuthError::NoCredentials("no provider".into());
+        let wrapped = [
+            anyhow::Error::new(missing()),
+            anyhow::Error::new(ConnectError::Auth(missing())),
+            anyhow::Error::new(PoolError::Connect(Arc::new(ConnectError::Auth(missing()))))
+                .context("opening the pool"),
+        ];
+        for e in wrapped {
+            assert_eq!(classify(&e), Exit::Usage, "{e:#}");
+        }
+        let signing = ConnectError::Auth(AuthError::Sign("clock".into()));
+        let e = anyhow::Error::new(PoolError::Connect(Arc::new(signing)));
+        assert_eq!(classify(&e), Exit::Connect);
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_naming_the_variable_and_the_help() {
+        let cmd = crate::cli::command();
+        let line = |argv: &[&str]| {
+            let args: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+            let error = cmd.clone().try_get_matches_from(&args).unwrap_err();
+            usage_line(&error, &cmd, &args)
+        };
+        assert_eq!(
+            line(&["dsql-pgx", "query", "--max-conns", "x", "select 1"]),
+            "invalid value 'x' for '--max-conns <N>' (or DB_MAX_CONNS): invalid digit found \
+             in string; see 'dsql-pgx query --help'"
+        );
+        assert_eq!(
+            line(&["dsql-pgx", "query", "--format", "xml", "select 1"]),
+            "invalid value 'xml' for '--format <FORMAT>' [possible values: table, csv, tsv, \
+             json]; see 'dsql-pgx query --help'"
+        );
+        assert_eq!(
+            line(&["dsql-pgx", "qury"]),
+            "unrecognized subcommand 'qury' (a similar subcommand exists: 'query'); see \
+             'dsql-pgx --help'"
+        );
+        assert_eq!(
+            line(&["dsql-pgx", "bench", "--bogus"]),
+            "unexpected argument '--bogus' found; see 'dsql-pgx bench --help'"
+        );
+    }
+
+    #[test]
+    fn first_lines_lose_a_full_stop_but_keep_an_ellipsis() {
+        assert_eq!(
+            first_line("cannot connect.\nretried 3 times"),
+            "cannot connect"
+        );
+        assert_eq!(first_line("no provider: Attempted:"), "no provider");
+        assert_eq!(first_line("without $1, $2, ..."), "without $1, $2, ...");
     }
 
     #[test]

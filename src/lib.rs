@@ -83,10 +83,17 @@ fn init_tracing(cli: &Cli) {
             _ => "info,dsql_pgx=debug",
         }
     };
-    let filter = std::env::var("RUST_LOG")
+    let mut filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
+    // The SDK's signer traces its canonical request, which holds a session token (and is
+    // most of an auth token): never below info, whatever RUST_LOG asks.
+    for quiet in ["aws_sigv4=info", "aws_sdk_dsql::auth_token=info"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()

@@ -2,19 +2,26 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = match dsql_pgx::cli::Cli::try_parse() {
+    let cli = match dsql_pgx::cli::Cli::parse_env() {
         Ok(cli) => cli,
         Err(error) => {
-            // Help and version go to stdout with 0; usage errors to stderr with 2, in the
-            // same `dsql-pgx: error: ...` form as every other error.
+            use clap::error::ErrorKind;
+            // Help and version go to stdout with 0. A bare `dsql-pgx` shows the help on
+            // stderr with 2; every other usage error is one `dsql-pgx: error: ...` line.
             if !error.use_stderr() {
                 let _ = error.print();
                 return ExitCode::SUCCESS;
             }
-            eprint!("dsql-pgx: {}", error.render());
+            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = error.print();
+            } else {
+                let args: Vec<String> = std::env::args_os()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                let line = dsql_pgx::exit::usage_line(&error, &dsql_pgx::cli::command(), &args);
+                eprintln!("dsql-pgx: error: {line}");
+            }
             return dsql_pgx::exit::Exit::Usage.into();
         }
     };

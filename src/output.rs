@@ -180,6 +180,11 @@ fn json_value(kind: JsonKind, text: Option<&str>) -> Value {
                 .and_then(serde_json::Number::from_f64)
                 .map_or_else(|| Value::String(text.to_string()), Value::Number)
         }
+        JsonKind::Float => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| Value::String(text.to_string()), Value::Number),
         JsonKind::Json => {
             serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
         }
@@ -300,6 +305,20 @@ mod tests {
             json_value(JsonKind::Number, Some("NaN")),
             Value::String("NaN".into())
         );
+        // Floats are numbers whatever their exponent (the same column never mixes strings
+        // in), except what JSON has no number for.
+        for (text, number) in [("1e+20", 1e20), ("1e+300", 1e300), ("-1.5e-07", -1.5e-7)] {
+            assert_eq!(
+                json_value(JsonKind::Float, Some(text)),
+                serde_json::json!(number)
+            );
+        }
+        for text in ["NaN", "Infinity", "-Infinity"] {
+            assert_eq!(
+                json_value(JsonKind::Float, Some(text)),
+                Value::String(text.into())
+            );
+        }
         assert_eq!(json_value(JsonKind::Bool, Some("t")), Value::Bool(true));
         assert_eq!(
             json_value(JsonKind::Text, Some("t")),

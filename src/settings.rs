@@ -236,13 +236,13 @@ fn is_cluster_id(text: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
+const NO_ENDPOINT: &str = "no cluster endpoint: set --endpoint or CLUSTER_ENDPOINT";
+
 /// Validates the token target: endpoint, region, user, credentials, expiry.
 pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, ConfigError> {
     let raw = args.endpoint.as_deref().map(str::trim).unwrap_or_default();
     if raw.is_empty() {
-        return Err(bad(
-            "no cluster endpoint: set --endpoint or CLUSTER_ENDPOINT (or use --local)",
-        ));
+        return Err(bad(NO_ENDPOINT));
     }
     if raw.contains("://") || raw.contains('/') || raw.contains(char::is_whitespace) {
         return Err(bad(format!(
@@ -372,6 +372,14 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
             token_expires_in: token_lifetime(&args.target.token_expires_in)?,
             negotiation: args.ssl_negotiation,
         });
+    }
+    if args
+        .target
+        .endpoint
+        .as_deref()
+        .is_none_or(|e| e.trim().is_empty())
+    {
+        return Err(bad(format!("{NO_ENDPOINT} (or use --local)")));
     }
     let iam = iam_enabled(args, env)?;
     let target = target(&args.target, env)?;

@@ -195,8 +195,11 @@ pub fn command_tag(statement: &str, rows: u64, returned_rows: bool) -> String {
 pub enum JsonKind {
     /// A JSON string.
     Text,
-    /// A JSON number (kept as a string if it does not fit one).
+    /// A JSON number: an integer, or a numeric (kept as a string if f64 cannot hold it).
     Number,
+    /// A JSON number from float4/float8, whose text round-trips; NaN and ±Infinity, which
+    /// JSON has no number for, stay strings.
+    Float,
     /// `true` / `false`.
     Bool,
     /// Embedded JSON (json, jsonb).
@@ -208,13 +211,8 @@ impl JsonKind {
     pub fn of(ty: &Type) -> JsonKind {
         match *ty {
             Type::BOOL => JsonKind::Bool,
-            Type::INT2
-            | Type::INT4
-            | Type::INT8
-            | Type::OID
-            | Type::FLOAT4
-            | Type::FLOAT8
-            | Type::NUMERIC => JsonKind::Number,
+            Type::INT2 | Type::INT4 | Type::INT8 | Type::OID | Type::NUMERIC => JsonKind::Number,
+            Type::FLOAT4 | Type::FLOAT8 => JsonKind::Float,
             Type::JSON | Type::JSONB => JsonKind::Json,
             _ => JsonKind::Text,
         }

@@ -240,7 +240,17 @@ async fn connect_shows_distinct_connections_and_statistics() {
         );
         assert!(conn["timing"]["total"].as_f64().unwrap() > 0.0);
     }
-    assert!(doc["pool"]["opened"].as_u64().unwrap() >= 3);
+    // Exactly the connections asked for, numbered as opened.
+    assert_eq!(doc["pool"]["opened"], 3, "{doc}");
+    let numbers: Vec<u64> = conns
+        .iter()
+        .map(|c| c["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3]);
+
+    let out = run_plain(&pg, &["connect", "--count", "0"]).await;
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("--count"), "{}", stderr(&out));
 
     let out = run_plain(&pg, &["connect"]).await;
     assert_code(&out, 0);
@@ -418,4 +428,33 @@ async fn verbose_adds_connect_and_query_timing_on_stderr() {
         assert!(err.contains(field), "{field} missing: {err}");
     }
     assert!(!err.contains(ep.secret_access_key()) && !err.contains("X-Amz-Signature"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_most_verbose_log_never_shows_credentials() {
+    // The SDK's signer traces its canonical request, session token included: RUST_LOG=trace
+    // (or naming the signer's target) must not bring it out.
+    for filter in ["trace", "trace,aws_sigv4=trace"] {
+        let mut cmd = dsql_pgx();
+        cmd.env("RUST_LOG", filter)
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "topsecret-value")
+            .env("AWS_SESSION_TOKEN", "session-token-value")
+            .args([
+                "token",
+                "--endpoint",
+                "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws",
+            ]);
+        let out = output(cmd).await;
+        assert_code(&out, 0);
+        assert!(stdout(&out).contains("X-Amz-Security-Token=session-token-value"));
+        let log = stderr(&out);
+        assert!(log.lines().count() > 10, "{filter}: a trace log: {log}");
+        for secret in ["topsecret-value", "session-token-value", "X-Amz-"] {
+            assert!(
+                !log.contains(secret),
+                "{filter}: {secret} in the log: {log}"
+            );
+        }
+    }
 }

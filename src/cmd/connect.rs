@@ -34,8 +34,9 @@ struct ConnectJson {
 
 /// Opens `--count` connections at once and prints them.
 pub async fn run(args: ConnectArgs, out: &Output) -> anyhow::Result<()> {
-    let session = Session::open(&args.conn, None).await?;
-    let count = args.count.unwrap_or(session.settings.pool.min_idle).max(1);
+    let count = args.count.unwrap_or(args.conn.min_idle.max(1));
+    // No idle minimum to keep: the pool opens exactly the connections checked out below.
+    let session = Session::open(&args.conn, Some(0)).await?;
     if count > session.settings.pool.max_size {
         return Err(ConfigError(format!(
             "--count {count} exceeds --max-conns {}; raise --max-conns",

@@ -11,13 +11,31 @@ pub mod token;
 
 use anyhow::Context as _;
 
-use crate::cli::{Command, ConnArgs};
+use crate::cli::{Command, ConnArgs, Format};
 use crate::output::Output;
 use crate::pool::Pool;
-use crate::settings::{self, ConnSettings, ProcessEnv};
+use crate::settings::{self, ConfigError, ConnSettings, ProcessEnv};
 
 /// Runs a subcommand on the current runtime.
 pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
+    let rows_only = match out.format {
+        Format::Csv => Some("csv"),
+        Format::Tsv => Some("tsv"),
+        Format::Table | Format::Json => None,
+    };
+    if let Some(format) = rows_only
+        && !matches!(command, Command::Query(_))
+    {
+        let prints = match command {
+            Command::Token(_) => "the token, or json",
+            _ => "a table, or json",
+        };
+        return Err(ConfigError(format!(
+            "--format {format} is for query results; {} prints {prints}",
+            command.name()
+        ))
+        .into());
+    }
     match command {
         Command::Query(args) => query::run(args, out).await,
         Command::Connect(args) => connect::run(args, out).await,
