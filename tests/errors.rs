@@ -623,3 +623,47 @@ async fn local_runs_postgres_as_a_normal_user() {
     stop_with_sigterm(&mut child).await;
     assert!(!running(postmaster), "no PostgreSQL process survives");
 }
+
+/// As root, PostgreSQL runs as `postgres`: a data dir below a directory that user cannot
+/// enter (a home such as /root; here a fresh 0700 one) is refused with one line before
+/// anything is created or chowned. Without root, PostgreSQL runs as ourselves and the same
+/// data dir serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_refuses_a_data_dir_postgres_cannot_reach() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = private.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        let (mut child, env) = spawn_local(&data).await;
+        assert_serves_admin(env).await;
+        stop_with_sigterm(&mut child).await;
+        return;
+    }
+    let before = std::fs::metadata(&data).unwrap();
+    let mut cmd = dsql_pgx();
+    cmd.args(["local", "--port", "0", "--data-dir"]).arg(&data);
+    let out = output(cmd).await;
+    assert_code(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "dsql-pgx: error: --data-dir {}: PostgreSQL runs as user postgres, which cannot enter {} (mode 700); choose a directory it can reach, such as /var/tmp/dsql-local\n",
+            data.display(),
+            std::fs::canonicalize(private.path()).unwrap().display()
+        )
+    );
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "nothing created"
+    );
+    let after = std::fs::metadata(&data).unwrap();
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode()),
+        "nothing chowned or chmodded"
+    );
+}

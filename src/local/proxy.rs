@@ -21,7 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
-use super::postgres::{PgOptions, PgServer};
+use super::postgres::{PgOptions, PgServer, check_data_dir};
 pub use super::session::Limits;
 use super::session::{Shared, serve, shutdown_signaled};
 use super::verify::TokenVerifier;
@@ -211,6 +211,7 @@ impl LocalEndpoint {
     pub async fn start(opts: EndpointOptions) -> anyhow::Result<LocalEndpoint> {
         let (temp_dir, data_dir) = match &opts.data_dir {
             Some(dir) => {
+                check_data_dir(dir)?;
                 fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 (None, dir.clone())
             }
