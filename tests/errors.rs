@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::dsql::{assert_code, dsql_pgx, output, plain_flags, run_at, run_plain, stderr, stdout};
+use common::dsql::{
+    assert_code, dsql_pgx, dsql_pgx_std, output, plain_flags, run_at, run_plain, stderr, stdout,
+};
 use common::{TestEndpoint, TestPg};
 
 /// Where a row's command runs.
@@ -666,4 +668,56 @@ async fn local_refuses_a_data_dir_postgres_cannot_reach() {
         (before.uid(), before.gid(), before.mode()),
         "nothing chowned or chmodded"
     );
+}
+
+/// A second `local` on a data dir in use fails with one line naming the holder, before it
+/// touches a file there; the first one keeps serving, its files as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_local_on_the_same_data_dir_is_refused() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, env) = spawn_local(dir.path()).await;
+    let snapshot = || {
+        [
+            "credentials",
+            "ca.key",
+            "ca.pem",
+            "pgdata/pg_hba.conf",
+            "pgdata/dsql-pgx.conf",
+        ]
+        .map(|file| {
+            let path = dir.path().join(file);
+            let meta = std::fs::metadata(&path).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            (file, meta.ino(), meta.mtime(), meta.mtime_nsec(), bytes)
+        })
+    };
+    let before = snapshot();
+
+    let mut second = tokio::process::Command::from(dsql_pgx_std());
+    second
+        .args(["local", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), second.output())
+        .await
+        .expect("the second local exits instead of serving")
+        .unwrap();
+    assert_code(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "dsql-pgx: error: --data-dir {} is in use by another dsql-pgx local (pid {})\n",
+            dir.path().display(),
+            first.id().unwrap()
+        )
+    );
+    assert_eq!(stdout(&out), "");
+    assert!(
+        before == snapshot(),
+        "the first endpoint's files were rewritten"
+    );
+
+    assert_serves_admin(env).await;
+    stop_with_sigterm(&mut first).await;
 }

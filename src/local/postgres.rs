@@ -446,22 +446,39 @@ impl PgServer {
             {
                 self.child = None;
                 bail!(
-                    "PostgreSQL exited during startup ({status}); server log tail:\n{}",
+                    "PostgreSQL exited during startup ({status}); see {}, which ends:\n{}",
+                    log_path.display(),
                     log_tail(log_path)
                 );
             }
-            match self.admin_client().await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    bail!(
-                        "PostgreSQL did not accept connections within {:?} ({e:#}); server log tail:\n{}",
-                        START_TIMEOUT,
-                        log_tail(log_path)
-                    );
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            // Another postmaster on this data directory answers on the same socket: only ours
+            // counts, and ours exits (caught above) once it finds that one's postmaster.pid.
+            let answered = self.admin_client().await;
+            if answered.is_ok() && self.owns_pid_file() {
+                return Ok(());
             }
+            if Instant::now() >= deadline {
+                let why = match answered {
+                    Err(e) => format!("{e:#}"),
+                    Ok(_) => "another server holds its data directory".to_string(),
+                };
+                bail!(
+                    "PostgreSQL did not accept connections within {START_TIMEOUT:?} ({why}); see {}, which ends:\n{}",
+                    log_path.display(),
+                    log_tail(log_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether `postmaster.pid` names our child (its first line is the postmaster's pid).
+    fn owns_pid_file(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        fs::read_to_string(self.pgdata.join("postmaster.pid"))
+            .is_ok_and(|text| text.lines().next().and_then(|l| l.trim().parse().ok()) == Some(pid))
     }
 
     /// Directory of the Unix socket (the cluster's data directory).
@@ -596,6 +613,31 @@ mod tests {
     fn quoting() {
         assert_eq!(sql_literal("a'b"), "'a''b'");
         assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[tokio::test]
+    async fn a_second_server_on_the_same_data_dir_fails_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = PgServer::start(PgOptions::new(dir.path())).await.unwrap();
+        // The second postmaster exits on the first one's postmaster.pid, while the first
+        // answers on the shared socket: that must not count as the second one being ready.
+        let err = PgServer::start(PgOptions::new(dir.path()))
+            .await
+            .expect_err("a second server on a data dir in use");
+        assert!(
+            format!("{err:#}").contains("PostgreSQL exited during startup"),
+            "{err:#}"
+        );
+        let one: i32 = first
+            .admin_client()
+            .await
+            .unwrap()
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(one, 1);
+        first.stop().await.unwrap();
     }
 
     #[tokio::test]
