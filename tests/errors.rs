@@ -62,6 +62,36 @@ const CASES: &[Case] = &[
         code: 2,
         fragment: "is not a region name",
     },
+    // `--data-dir /dev/null` cannot be created: were the flag accepted, `local` would fail
+    // there at once instead of serving.
+    Case {
+        name: "local with a bad region",
+        at: At::Nowhere,
+        args: &[
+            "local",
+            "--region",
+            "Bad Region!",
+            "--data-dir",
+            "/dev/null",
+        ],
+        env: &[],
+        code: 2,
+        fragment: "--region \"Bad Region!\" is not a region name such as us-east-1",
+    },
+    Case {
+        name: "local with a zero connection age",
+        at: At::Nowhere,
+        args: &[
+            "local",
+            "--max-connection-age",
+            "0s",
+            "--data-dir",
+            "/dev/null",
+        ],
+        env: &[],
+        code: 2,
+        fragment: "--max-connection-age must be above 0, got \"0s\"",
+    },
     Case {
         name: "bad duration",
         at: At::Nowhere,
