@@ -221,7 +221,8 @@ pub fn region_from_endpoint(endpoint: &str) -> Option<String> {
         .then(|| region.to_string())
 }
 
-fn valid_region(region: &str) -> bool {
+/// Whether `region` is shaped like an AWS region name (`us-east-1`).
+pub(crate) fn valid_region(region: &str) -> bool {
     !region.is_empty()
         && region.len() <= 32
         && region

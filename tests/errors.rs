@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::dsql::{assert_code, dsql_pgx, output, plain_flags, run_at, run_plain, stderr, stdout};
+use common::dsql::{
+    assert_code, dsql_pgx, dsql_pgx_std, output, plain_flags, run_at, run_plain, stderr, stdout,
+};
 use common::{TestEndpoint, TestPg};
 
 /// Where a row's command runs.
@@ -67,6 +69,36 @@ const CASES: &[Case] = &[
         env: &[],
         code: 2,
         fragment: "is not a region name",
+    },
+    // `--data-dir /dev/null` cannot be created: were the flag accepted, `local` would fail
+    // there at once instead of serving.
+    Case {
+        name: "local with a bad region",
+        at: At::Nowhere,
+        args: &[
+            "local",
+            "--region",
+            "Bad Region!",
+            "--data-dir",
+            "/dev/null",
+        ],
+        env: &[],
+        code: 2,
+        fragment: "--region \"Bad Region!\" is not a region name such as us-east-1",
+    },
+    Case {
+        name: "local with a zero connection age",
+        at: At::Nowhere,
+        args: &[
+            "local",
+            "--max-connection-age",
+            "0s",
+            "--data-dir",
+            "/dev/null",
+        ],
+        env: &[],
+        code: 2,
+        fragment: "--max-connection-age must be above 0, got \"0s\"",
     },
     Case {
         name: "bad duration",
@@ -683,4 +715,100 @@ async fn local_runs_postgres_as_a_normal_user() {
 
     stop_with_sigterm(&mut child).await;
     assert!(!running(postmaster), "no PostgreSQL process survives");
+}
+
+/// As root, PostgreSQL runs as `postgres`: a data dir below a directory that user cannot
+/// enter (a home such as /root; here a fresh 0700 one) is refused with one line before
+/// anything is created or chowned. Without root, PostgreSQL runs as ourselves and the same
+/// data dir serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_refuses_a_data_dir_postgres_cannot_reach() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = private.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        let (mut child, env) = spawn_local(&data).await;
+        assert_serves_admin(env).await;
+        stop_with_sigterm(&mut child).await;
+        return;
+    }
+    let before = std::fs::metadata(&data).unwrap();
+    let mut cmd = dsql_pgx();
+    cmd.args(["local", "--port", "0", "--data-dir"]).arg(&data);
+    let out = output(cmd).await;
+    assert_code(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "dsql-pgx: error: --data-dir {}: PostgreSQL runs as user postgres, which cannot enter {} (mode 700); choose a directory it can reach, such as /var/tmp/dsql-local\n",
+            data.display(),
+            std::fs::canonicalize(private.path()).unwrap().display()
+        )
+    );
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "nothing created"
+    );
+    let after = std::fs::metadata(&data).unwrap();
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode()),
+        "nothing chowned or chmodded"
+    );
+}
+
+/// A second `local` on a data dir in use fails with one line naming the holder, before it
+/// touches a file there; the first one keeps serving, its files as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_local_on_the_same_data_dir_is_refused() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, env) = spawn_local(dir.path()).await;
+    let snapshot = || {
+        [
+            "credentials",
+            "ca.key",
+            "ca.pem",
+            "pgdata/pg_hba.conf",
+            "pgdata/dsql-pgx.conf",
+        ]
+        .map(|file| {
+            let path = dir.path().join(file);
+            let meta = std::fs::metadata(&path).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            (file, meta.ino(), meta.mtime(), meta.mtime_nsec(), bytes)
+        })
+    };
+    let before = snapshot();
+
+    let mut second = tokio::process::Command::from(dsql_pgx_std());
+    second
+        .args(["local", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), second.output())
+        .await
+        .expect("the second local exits instead of serving")
+        .unwrap();
+    assert_code(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "dsql-pgx: error: --data-dir {} is in use by another dsql-pgx local (pid {})\n",
+            dir.path().display(),
+            first.id().unwrap()
+        )
+    );
+    assert_eq!(stdout(&out), "");
+    assert!(
+        before == snapshot(),
+        "the first endpoint's files were rewritten"
+    );
+
+    assert_serves_admin(env).await;
+    stop_with_sigterm(&mut first).await;
 }

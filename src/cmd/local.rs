@@ -65,8 +65,22 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
     if let Some(port) = args.port {
         listen.set_port(port);
     }
+    if !settings::valid_region(&args.region) {
+        return Err(ConfigError(format!(
+            "--region {:?} is not a region name such as us-east-1",
+            args.region
+        ))
+        .into());
+    }
     let max_connection_age =
         settings::duration(&args.max_connection_age, "--max-connection-age", None)?;
+    if max_connection_age.is_zero() {
+        return Err(ConfigError(format!(
+            "--max-connection-age must be above 0, got {:?}",
+            args.max_connection_age
+        ))
+        .into());
+    }
     let endpoint = LocalEndpoint::start(EndpointOptions {
         listen,
         data_dir: args.data_dir.clone(),

@@ -6,9 +6,10 @@
 //! 127.0.0.1 with TLS and SCRAM passwords. With `dsql_mimic` it behaves a little more
 //! like Aurora DSQL (repeatable read by default, `sys.current_session_id()`).
 
+use std::ffi::CString;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, User};
+
+use crate::settings::ConfigError;
 
 /// How long to wait for the server to accept connections, or to stop.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,7 +61,8 @@ impl std::fmt::Debug for TcpTls {
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// Parent directory; the cluster lives in `data_dir/pgdata` (created on first use).
-    /// As root, this directory is chowned to the `postgres` OS user and made 0755.
+    /// As root, this directory is chowned to the `postgres` OS user and made 0755, and every
+    /// directory above it must let that user in (see [`check_data_dir`]).
     pub data_dir: PathBuf,
     /// Superuser name given to initdb.
     pub superuser: String,
@@ -139,8 +143,8 @@ pub fn find_bin_dir() -> Result<PathBuf, PostgresNotFound> {
     versions.pop().map(|(_, dir)| dir).ok_or(PostgresNotFound)
 }
 
-/// The OS user PostgreSQL must run as: `postgres` when we are root, else ourselves.
-fn server_user() -> anyhow::Result<Option<(Uid, Gid)>> {
+/// The OS user PostgreSQL must run as: `postgres` when we are root, else ourselves (`None`).
+fn server_user() -> anyhow::Result<Option<User>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
@@ -149,7 +153,60 @@ fn server_user() -> anyhow::Result<Option<(Uid, Gid)>> {
         .context(
             "running as root, PostgreSQL must run as the `postgres` OS user, which does not exist; create it (e.g. useradd --system postgres) or run as a normal user",
         )?;
-    Ok(Some((user.uid, user.gid)))
+    Ok(Some(user))
+}
+
+/// Checks that PostgreSQL, when it runs as another OS user (as root: `postgres`), can enter
+/// every existing directory above `data_dir`. Call it before creating or chowning anything
+/// there: a home directory such as /root (0700) would otherwise fail initdb halfway.
+pub fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    match server_user()? {
+        Some(user) => check_reachable(data_dir, &user),
+        None => Ok(()),
+    }
+}
+
+fn check_reachable(data_dir: &Path, user: &User) -> anyhow::Result<()> {
+    let absolute = std::path::absolute(data_dir)
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    // The deepest existing directory above the data dir (which itself is chowned later);
+    // canonical, so the directories checked are the ones the server really passes through.
+    let Some(existing) = absolute.ancestors().skip(1).find(|dir| dir.is_dir()) else {
+        return Ok(());
+    };
+    let existing =
+        fs::canonicalize(existing).with_context(|| format!("resolving {}", existing.display()))?;
+    let groups = CString::new(user.name.as_str())
+        .ok()
+        .and_then(|name| nix::unistd::getgrouplist(&name, user.gid).ok())
+        .unwrap_or_else(|| vec![user.gid]);
+    for dir in existing.ancestors() {
+        let meta = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if !may_search(meta.uid(), meta.gid(), meta.mode(), user.uid, &groups) {
+            return Err(ConfigError(format!(
+                "--data-dir {}: PostgreSQL runs as user {}, which cannot enter {} (mode {:o}); choose a directory it can reach, such as /var/tmp/dsql-local",
+                data_dir.display(),
+                user.name,
+                dir.display(),
+                meta.mode() & 0o7777
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether a user (`uid`, member of `groups`) may search a directory with this owner, group
+/// and mode: the owner, group or other execute bit, whichever class the user falls in.
+fn may_search(owner: u32, group: u32, mode: u32, uid: Uid, groups: &[Gid]) -> bool {
+    let bit = if owner == uid.as_raw() {
+        0o100
+    } else if groups.iter().any(|g| g.as_raw() == group) {
+        0o010
+    } else {
+        0o001
+    };
+    mode & bit != 0
 }
 
 fn command_as(program: PathBuf, user: Option<(Uid, Gid)>, cwd: &Path) -> Command {
@@ -244,7 +301,11 @@ impl PgServer {
     /// `block_on` or a Tokio worker, not from a short-lived `spawn_blocking` thread.
     pub async fn start(opts: PgOptions) -> anyhow::Result<PgServer> {
         let bin_dir = find_bin_dir()?;
-        let user = server_user()?;
+        let account = server_user()?;
+        if let Some(account) = &account {
+            check_reachable(&opts.data_dir, account)?;
+        }
+        let user = account.map(|u| (u.uid, u.gid));
         let data_dir = opts.data_dir.clone();
         fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -385,22 +446,39 @@ impl PgServer {
             {
                 self.child = None;
                 bail!(
-                    "PostgreSQL exited during startup ({status}); server log tail:\n{}",
+                    "PostgreSQL exited during startup ({status}); see {}, which ends:\n{}",
+                    log_path.display(),
                     log_tail(log_path)
                 );
             }
-            match self.admin_client().await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    bail!(
-                        "PostgreSQL did not accept connections within {:?} ({e:#}); server log tail:\n{}",
-                        START_TIMEOUT,
-                        log_tail(log_path)
-                    );
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            // Another postmaster on this data directory answers on the same socket: only ours
+            // counts, and ours exits (caught above) once it finds that one's postmaster.pid.
+            let answered = self.admin_client().await;
+            if answered.is_ok() && self.owns_pid_file() {
+                return Ok(());
             }
+            if Instant::now() >= deadline {
+                let why = match answered {
+                    Err(e) => format!("{e:#}"),
+                    Ok(_) => "another server holds its data directory".to_string(),
+                };
+                bail!(
+                    "PostgreSQL did not accept connections within {START_TIMEOUT:?} ({why}); see {}, which ends:\n{}",
+                    log_path.display(),
+                    log_tail(log_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether `postmaster.pid` names our child (its first line is the postmaster's pid).
+    fn owns_pid_file(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        fs::read_to_string(self.pgdata.join("postmaster.pid"))
+            .is_ok_and(|text| text.lines().next().and_then(|l| l.trim().parse().ok()) == Some(pid))
     }
 
     /// Directory of the Unix socket (the cluster's data directory).
@@ -516,9 +594,50 @@ mod tests {
     }
 
     #[test]
+    fn search_permission_follows_the_owner_group_other_class() {
+        let (me, mine, other) = (Uid::from_raw(101), Gid::from_raw(104), Gid::from_raw(7));
+        let groups = [mine, Gid::from_raw(103)];
+        // /root: owner-only.
+        assert!(!may_search(0, 0, 0o40700, me, &groups));
+        assert!(may_search(101, 0, 0o40700, me, &groups));
+        // Group bit for a supplementary group; the other bit does not help a group member.
+        assert!(may_search(0, 103, 0o40710, me, &groups));
+        assert!(!may_search(0, 103, 0o40701, me, &groups));
+        assert!(may_search(0, other.as_raw(), 0o40701, me, &groups));
+        // Nor does it help the owner.
+        assert!(!may_search(101, 0, 0o40011, me, &groups));
+        assert!(may_search(0, 0, 0o41777, me, &groups));
+    }
+
+    #[test]
     fn quoting() {
         assert_eq!(sql_literal("a'b"), "'a''b'");
         assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[tokio::test]
+    async fn a_second_server_on_the_same_data_dir_fails_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = PgServer::start(PgOptions::new(dir.path())).await.unwrap();
+        // The second postmaster exits on the first one's postmaster.pid, while the first
+        // answers on the shared socket: that must not count as the second one being ready.
+        let err = PgServer::start(PgOptions::new(dir.path()))
+            .await
+            .expect_err("a second server on a data dir in use");
+        assert!(
+            format!("{err:#}").contains("PostgreSQL exited during startup"),
+            "{err:#}"
+        );
+        let one: i32 = first
+            .admin_client()
+            .await
+            .unwrap()
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(one, 1);
+        first.stop().await.unwrap();
     }
 
     #[tokio::test]

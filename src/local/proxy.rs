@@ -2,11 +2,12 @@
 //! and DSQL's limits for every connection, in front of a private PostgreSQL.
 //!
 //! State lives in a data directory: `credentials` (0600, generated on first use),
-//! `ca.pem`/`ca.key` (the local CA, reused across restarts) and `pgdata/`.
+//! `ca.pem`/`ca.key` (the local CA, reused across restarts) and `pgdata/`. One endpoint
+//! uses a data directory at a time: it holds a lock on `dsql-pgx-local.lock` there.
 
 use std::fmt;
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use rand::RngExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,13 +24,16 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
-use super::postgres::{PgOptions, PgServer};
+use super::postgres::{PgOptions, PgServer, check_data_dir};
 pub use super::session::Limits;
 use super::session::{Shared, serve, shutdown_signaled};
 use super::verify::TokenVerifier;
+use crate::settings::ConfigError;
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Lock file in the data directory, held by the endpoint using it (its pid inside).
+const LOCK_FILE: &str = "dsql-pgx-local.lock";
 
 /// How to start a [`LocalEndpoint`].
 #[derive(Clone)]
@@ -91,8 +97,9 @@ pub struct LocalEndpoint {
     data_dir: PathBuf,
     stop: watch::Sender<bool>,
     accept_task: Option<JoinHandle<()>>,
-    // Dropped in this order: PostgreSQL first, then its (temporary) directory.
+    // Dropped in this order: PostgreSQL first, then the lock, then the (temporary) directory.
     pg: Option<PgServer>,
+    _lock: Flock<fs::File>,
     temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -188,6 +195,44 @@ fn load_credentials(
     Ok((akid, secret))
 }
 
+/// Takes the data directory for this endpoint: an exclusive lock on `<data_dir>/LOCK_FILE`,
+/// held until the returned file is dropped, with our pid inside for the next one to name.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
+    let path = data_dir.join(LOCK_FILE);
+    // Not truncated on open: until we hold the lock, the pid inside is the holder's.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = text
+                .trim()
+                .parse::<u32>()
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            return Err(ConfigError(format!(
+                "--data-dir {} is in use by another dsql-pgx local{holder}",
+                data_dir.display()
+            ))
+            .into());
+        }
+        Err((_, errno)) => {
+            return Err(errno).with_context(|| format!("locking {}", path.display()));
+        }
+    };
+    lock.set_len(0)
+        .and_then(|()| writeln!(lock, "{}", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(lock)
+}
+
 /// The CA in `<data_dir>/ca.pem` + `ca.key`, or a new one saved there.
 fn load_ca(data_dir: &Path) -> anyhow::Result<LocalCa> {
     let cert_path = data_dir.join("ca.pem");
@@ -211,6 +256,7 @@ impl LocalEndpoint {
     pub async fn start(opts: EndpointOptions) -> anyhow::Result<LocalEndpoint> {
         let (temp_dir, data_dir) = match &opts.data_dir {
             Some(dir) => {
+                check_data_dir(dir)?;
                 fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 (None, dir.clone())
             }
@@ -223,6 +269,7 @@ impl LocalEndpoint {
                 (Some(t), p)
             }
         };
+        let lock = lock_data_dir(&data_dir)?;
         let (access_key_id, secret_access_key) = load_credentials(
             &data_dir,
             opts.access_key_id.clone(),
@@ -279,6 +326,7 @@ impl LocalEndpoint {
             stop,
             accept_task: Some(accept_task),
             pg: Some(pg),
+            _lock: lock,
             temp_dir,
         })
     }
