@@ -89,7 +89,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__bench)
-            opts="-v -q -h -V --clients --duration --warmup --refresh-every --pipeline --threads --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --iam --no-iam --sslmode --ca-file --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --clients --duration --warmup --refresh-every --pipeline --threads --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -159,12 +159,12 @@ _dsql__pgx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --sslmode)
-                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
-                    return 0
-                    ;;
                 --ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sslmode)
+                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
                     return 0
                     ;;
                 --ssl-negotiation)
@@ -221,7 +221,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__connect)
-            opts="-v -q -h -V --count --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --iam --no-iam --sslmode --ca-file --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --count --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -271,12 +271,12 @@ _dsql__pgx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --sslmode)
-                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
-                    return 0
-                    ;;
                 --ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sslmode)
+                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
                     return 0
                     ;;
                 --ssl-negotiation)
@@ -507,7 +507,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__query)
-            opts="-f -v -q -h -V --file --transaction --retries --retry-base --retry-max --no-retry --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --iam --no-iam --sslmode --ca-file --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-f -v -q -h -V --file --transaction --retries --retry-base --retry-max --no-retry --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -573,12 +573,12 @@ _dsql__pgx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --sslmode)
-                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
-                    return 0
-                    ;;
                 --ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sslmode)
+                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
                     return 0
                     ;;
                 --ssl-negotiation)
@@ -617,7 +617,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__refresh__subcmd__demo)
-            opts="-v -q -h -V --interval --duration --refreshes --workers --refresh --refresh-interval --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --iam --no-iam --sslmode --ca-file --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --interval --duration --refreshes --workers --refresh --refresh-interval --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -687,12 +687,12 @@ _dsql__pgx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --sslmode)
-                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
-                    return 0
-                    ;;
                 --ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sslmode)
+                    COMPREPLY=($(compgen -W "verify-full require disable" -- "${cur}"))
                     return 0
                     ;;
                 --ssl-negotiation)
@@ -731,7 +731,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__token)
-            opts="-v -q -h -V --admin --hostname --endpoint --region --user --profile --expires-in --token-expires-in --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --admin --url --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -762,6 +762,22 @@ _dsql__pgx() {
                     return 0
                     ;;
                 --expires-in)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

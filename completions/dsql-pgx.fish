@@ -53,10 +53,10 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l token-expire
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l host -d 'Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l port -d 'Port to connect to' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l database -d 'Database name (DSQL has only `postgres`)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
 require\t'Encrypt without verifying the certificate (testing only)'
 disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
 direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l max-conns -d 'Maximum connections in the pool' -r
@@ -87,10 +87,10 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l token-expi
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l host -d 'Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l port -d 'Port to connect to' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l database -d 'Database name (DSQL has only `postgres`)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
 require\t'Encrypt without verifying the certificate (testing only)'
 disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
 direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l max-conns -d 'Maximum connections in the pool' -r
@@ -115,11 +115,16 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l region -d 'A
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l host -d 'Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l port -d 'Port to connect to' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l database -d 'Database name (DSQL has only `postgres`)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
 csv\t'Comma-separated values (RFC 4180), header row first'
 tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
 json\t'JSON: one object per row for `query`, one document for other commands'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l admin -d 'Sign a DbConnectAdmin token whatever the user'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l url -d 'Print a libpq connection URL instead, the token as its password (percent-encoded): `psql "$(dsql-pgx token --url)"`'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
@@ -140,10 +145,10 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l token
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l host -d 'Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l port -d 'Port to connect to' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l database -d 'Database name (DSQL has only `postgres`)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
 require\t'Encrypt without verifying the certificate (testing only)'
 disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
 direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l max-conns -d 'Maximum connections in the pool' -r
@@ -198,10 +203,10 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l token-expire
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l host -d 'Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l port -d 'Port to connect to' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l database -d 'Database name (DSQL has only `postgres`)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
 require\t'Encrypt without verifying the certificate (testing only)'
 disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
 direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l max-conns -d 'Maximum connections in the pool' -r

@@ -192,17 +192,8 @@ pub struct ConnArgs {
     #[arg(long)]
     pub local: bool,
 
-    /// Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink).
-    #[arg(long, env = "DB_HOST", value_name = "HOST")]
-    pub host: Option<String>,
-
-    /// Port to connect to.
-    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
-    pub port: u16,
-
-    /// Database name (DSQL has only `postgres`).
-    #[arg(long, env = "DB_NAME", default_value = "postgres", value_name = "NAME")]
-    pub database: String,
+    #[command(flatten)]
+    pub address: AddressArgs,
 
     /// Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM].
     #[arg(long, overrides_with = "no_iam")]
@@ -215,10 +206,6 @@ pub struct ConnArgs {
     /// TLS mode.
     #[arg(long, env = "PGSSLMODE", value_enum, default_value_t = SslMode::VerifyFull)]
     pub sslmode: SslMode,
-
-    /// PEM file of CA certificates to trust instead of the Mozilla/webpki roots.
-    #[arg(long, env = "PGSSLROOTCERT", value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
 
     /// How TLS is negotiated.
     #[arg(long, env = "PGSSLNEGOTIATION", value_enum, default_value_t = SslNegotiation::Postgres)]
@@ -243,6 +230,27 @@ pub struct ConnArgs {
     /// Give up on a new connection (token, TCP, TLS, auth) after this long.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub connect_timeout: String,
+}
+
+/// Where a client connects, beside the endpoint it signs for: shared by every connecting
+/// command and `token --url`.
+#[derive(Debug, Clone, Args)]
+pub struct AddressArgs {
+    /// Host to connect to, when it differs from the endpoint signed for (tunnels, PrivateLink).
+    #[arg(long, env = "DB_HOST", value_name = "HOST")]
+    pub host: Option<String>,
+
+    /// Port to connect to.
+    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
+    pub port: u16,
+
+    /// Database name (DSQL has only `postgres`).
+    #[arg(long, env = "DB_NAME", default_value = "postgres", value_name = "NAME")]
+    pub database: String,
+
+    /// PEM file of CA certificates to trust instead of the Mozilla/webpki roots.
+    #[arg(long, env = "PGSSLROOTCERT", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// TLS modes, as in libpq's `sslmode`.
@@ -325,8 +333,20 @@ pub struct TokenArgs {
     #[arg(long)]
     pub admin: bool,
 
+    /// Print a libpq connection URL instead, the token as its password (percent-encoded):
+    /// `psql "$(dsql-pgx token --url)"`.
+    ///
+    /// It names the endpoint, --port, --database, sslmode=verify-full and --ca-file (else
+    /// `sslrootcert=system`, which needs libpq 16 or later); an IP address in --host becomes
+    /// `hostaddr`.
+    #[arg(long)]
+    pub url: bool,
+
     #[command(flatten)]
     pub target: TargetArgs,
+
+    #[command(flatten)]
+    pub address: AddressArgs,
 }
 
 /// Arguments of `refresh-demo`.

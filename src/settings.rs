@@ -394,7 +394,7 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
             "--ssl-negotiation direct needs TLS; drop --sslmode disable",
         ));
     }
-    if let Some(ca) = &args.ca_file
+    if let Some(ca) = &args.address.ca_file
         && !ca.is_file()
     {
         return Err(bad(format!(
@@ -408,13 +408,17 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
         Auth::Password(env.var("PGPASSWORD").map(Secret::new))
     };
     Ok(Destination::Remote(ConnSettings {
-        host: args.host.clone().unwrap_or_else(|| target.endpoint.clone()),
-        port: args.port,
-        database: args.database.clone(),
+        host: args
+            .address
+            .host
+            .clone()
+            .unwrap_or_else(|| target.endpoint.clone()),
+        port: args.address.port,
+        database: args.address.database.clone(),
         auth,
         tls: Tls {
             mode: args.sslmode,
-            ca_file: args.ca_file.clone(),
+            ca_file: args.address.ca_file.clone(),
             negotiation: args.ssl_negotiation,
         },
         pool,

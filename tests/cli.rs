@@ -393,6 +393,25 @@ async fn token_works_for_psql_and_as_json() {
         String::from_utf8_lossy(&psql.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&psql.stdout).trim().len(), 26);
+
+    // `token --url` is all psql needs: no environment, the token percent-encoded inside.
+    let out = run_at(&ep, &["token", "--url"]).await;
+    assert_code(&out, 0);
+    let url = stdout(&out).trim_end().to_string();
+    assert!(
+        url.starts_with("postgresql://admin:localhost%2F%3FAction%3DDbConnectAdmin%26"),
+        "{url}"
+    );
+    let mut psql = tokio::process::Command::new("psql");
+    psql.env_clear()
+        .args(["-X", "-A", "-t", "-c", "select current_user", &url]);
+    let psql = psql.output().await.expect("psql");
+    assert!(
+        psql.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "admin");
 }
 
 #[tokio::test(flavor = "multi_thread")]
