@@ -213,38 +213,52 @@ pgver=$("$PGBENCH" --version | awk '{print $3}')
 python3 - "$pgb1" "$dir1" "$pgb8" "$dir8" "$ep1" "$ep8" "$p99_plain" "$p99_refresh" \
   "$errors_plain" "$errors_refresh" "$refreshes" "$q_mean" "$qd_mean" "$psql_mean" "$rss_kb" \
   "$pgb8j" "$pipe8" "$ngx1" "$ngx8" "$inproc1" "$inproc8" "$dir8j" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" \
-  "$SHOTS" "$ngxver" <<'EOF'
-import sys, datetime
+  "$SHOTS" "$ngxver" "$work" <<'EOF'
+import sys, datetime, json, os, statistics
 (pgb1, dir1, pgb8, dir8, ep1, ep8, p99_plain, p99_refresh, err_plain, err_refresh, refreshes,
  q, qd, psql, rss_kb, pgb8j, pipe8, ngx1, ngx8, inproc1, inproc8, dir8j) = map(float, sys.argv[1:23])
-commit, cpu, cores, pgver, duration, runs, shots, ngxver = sys.argv[23:31]
+commit, cpu, cores, pgver, duration, runs, shots, ngxver, work = sys.argv[23:32]
+
+def run_value(name, i, key):
+    """One run's figure: pgbench's tps, or a key of dsql-pgx's JSON."""
+    path = os.path.join(work, f"{name}.{i}")
+    if os.path.exists(path + ".tps"):
+        return float(open(path + ".tps").read())
+    return float(json.load(open(path + ".json"))[key])
+
+def paired(a, b, key="qps"):
+    """The median of run-by-run ratios a/b: the runs are interleaved, so a drift of the
+    machine during the run moves both sides of each pair and cancels out."""
+    return statistics.median(run_value(a, i, key) / run_value(b, i, key)
+                             for i in range(1, int(runs) + 1))
 ok = lambda good: "✅" if good else "❌"
 date = datetime.date.today().isoformat()
 print(f"### Benchmarks ({date}, commit `{commit}`)\n")
 print(f"{cpu}, {cores} cores; PostgreSQL {pgver}, server and clients on the same machine; "
       f"TLS everywhere; `select 1`; each throughput the median of {runs} runs of {duration} "
-      f"(after a warm-up for `dsql-pgx bench`; pgbench excludes its connection time), runs interleaved; one-shot times the mean of {shots} runs. "
+      f"(after a warm-up for `dsql-pgx bench`; pgbench excludes its connection time), runs interleaved, "
+      f"each ratio the median of the run-by-run ratios; one-shot times the mean of {shots} runs. "
       "Run `bench/run.sh` to reproduce.\n")
 print("| # | measure | dsql-pgx | baseline | ratio | target |")
 print("|---|---|---|---|---|---|")
-print(f"| 1 | throughput, 1 connection, vs `pgbench -M prepared` | {dir1:,.0f} q/s | {pgb1:,.0f} tps | {dir1/pgb1:.2f}× | ≥ 1.0× {ok(dir1 >= pgb1)} |")
-print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared` | {dir8:,.0f} q/s | {pgb8:,.0f} tps | {dir8/pgb8:.2f}× | ≥ 1.0× {ok(dir8 >= pgb8)} |")
-print(f"| 1 | throughput, 8 connections, `--threads {cores}` vs `pgbench -M prepared -j {cores}` | {dir8j:,.0f} q/s | {pgb8j:,.0f} tps | {dir8j/pgb8j:.2f}× | ≥ 1.0× {ok(dir8j >= pgb8j)} |")
-print(f"| 1 | the same, 4 queries in flight per connection (`--pipeline 4`) vs `-j {cores}` | {pipe8:,.0f} q/s | {pgb8j:,.0f} tps | {pipe8/pgb8j:.2f}× | (pipelining) |")
-o1, o8 = 1 - ep1 / dir1, 1 - ep8 / dir8
+print(f"| 1 | throughput, 1 connection, vs `pgbench -M prepared` | {dir1:,.0f} q/s | {pgb1:,.0f} tps | {paired('direct1', 'pgbench1'):.2f}× | ≥ 1.0× {ok(paired('direct1', 'pgbench1') >= 1)} |")
+print(f"| 1 | throughput, 8 connections, vs `pgbench -M prepared` | {dir8:,.0f} q/s | {pgb8:,.0f} tps | {paired('direct8', 'pgbench8'):.2f}× | ≥ 1.0× {ok(paired('direct8', 'pgbench8') >= 1)} |")
+print(f"| 1 | throughput, 8 connections, `--threads {cores}` vs `pgbench -M prepared -j {cores}` | {dir8j:,.0f} q/s | {pgb8j:,.0f} tps | {paired('direct8j', 'pgbench8j'):.2f}× | ≥ 1.0× {ok(paired('direct8j', 'pgbench8j') >= 1)} |")
+print(f"| 1 | the same, 4 queries in flight per connection (`--pipeline 4`) vs `-j {cores}` | {pipe8:,.0f} q/s | {pgb8j:,.0f} tps | {paired('pipe8', 'pgbench8j'):.2f}× | (pipelining) |")
+o1, o8 = 1 - paired('endpoint1', 'direct1'), 1 - paired('endpoint8', 'direct8')
 print(f"| 2 | through `dsql-pgx local` (own process) vs direct, 1 client | {ep1:,.0f} q/s | {dir1:,.0f} q/s | overhead {o1:.0%} | ≤ 10 % {ok(o1 <= 0.10)} |")
 print(f"| 2 | through `dsql-pgx local` (own process) vs direct, 8 clients | {ep8:,.0f} q/s | {dir8:,.0f} q/s | overhead {o8:.0%} | ≤ 10 % {ok(o8 <= 0.10)} |")
-i1, i8 = 1 - inproc1 / dir1, 1 - inproc8 / dir8
+i1, i8 = 1 - paired('inproc1', 'direct1'), 1 - paired('inproc8', 'direct8')
 print(f"| 2 | through the in-process endpoint (`bench --local`) vs direct, 1 client | {inproc1:,.0f} q/s | {dir1:,.0f} q/s | overhead {i1:.0%} | ≤ 10 % {ok(i1 <= 0.10)} |")
 print(f"| 2 | through the in-process endpoint (`bench --local`) vs direct, 8 clients | {inproc8:,.0f} q/s | {dir8:,.0f} q/s | overhead {i8:.0%} | ≤ 10 % {ok(i8 <= 0.10)} |")
 if ngx8 > 0:
-    n1, n8 = 1 - ngx1 / dir1, 1 - ngx8 / dir8
+    n1, n8 = 1 - paired('nginx1', 'direct1'), 1 - paired('nginx8', 'direct8')
     print(f"| 2 | baseline: nginx {ngxver} terminating TLS vs direct, 1 client | {ngx1:,.0f} q/s | {dir1:,.0f} q/s | overhead {n1:.0%} | (any TLS proxy) |")
     print(f"| 2 | baseline: nginx {ngxver} terminating TLS vs direct, 8 clients | {ngx8:,.0f} q/s | {dir8:,.0f} q/s | overhead {n8:.0%} | (any TLS proxy) |")
-    print(f"| 2 | the endpoint (verifying IAM, DSQL's limits) vs nginx, 8 clients | {ep8:,.0f} q/s | {ngx8:,.0f} q/s | {ep8/ngx8:.2f}× | (relay cost) |")
+    print(f"| 2 | the endpoint (verifying IAM, DSQL's limits) vs nginx, 8 clients | {ep8:,.0f} q/s | {ngx8:,.0f} q/s | {paired('endpoint8', 'nginx8'):.2f}× | (relay cost) |")
 print(f"| 3 | one-shot `query \"select 1\"` vs `PGPASSWORD=$(dsql-pgx token) psql -c` | {q:.1f} ms | {psql:.1f} ms | {q/psql:.2f}× | ≤ 0.7× {ok(q <= 0.7 * psql)} |")
 print(f"| 3 | the same with `--ssl-negotiation direct` | {qd:.1f} ms | {psql:.1f} ms | {qd/psql:.2f}× | ≤ 0.7× {ok(qd <= 0.7 * psql)} |")
-print(f"| 4 | p99 with `--refresh-every 1s` vs none (8 clients, endpoint) | {p99_refresh:.3f} ms | {p99_plain:.3f} ms | {p99_refresh/p99_plain:.2f}× | ≤ 2× {ok(p99_refresh <= 2 * p99_plain)} |")
+print(f"| 4 | p99 with `--refresh-every 1s` vs none (8 clients, endpoint) | {p99_refresh:.3f} ms | {p99_plain:.3f} ms | {paired('refresh', 'endpoint8', 'p99_ms'):.2f}× | ≤ 2× {ok(paired('refresh', 'endpoint8', 'p99_ms') <= 2)} |")
 print(f"| 4 | failed queries with / without refreshes ({refreshes:.0f} refreshes) | {err_refresh:.0f} | {err_plain:.0f} | | 0 {ok(err_refresh == 0)} |")
 print(f"| 5 | peak RSS of `bench --clients 8` | {rss_kb/1024:.1f} MB | | | ≤ 30 MB {ok(rss_kb <= 30 * 1024)} |")
 EOF
