@@ -223,6 +223,8 @@ struct ConnMeta {
     tls: Option<TlsInfo>,
     timing: ConnectTiming,
     in_use: AtomicBool,
+    /// Inside a transaction one of our helpers opened (see [`PooledConn::mark_transaction`]).
+    in_transaction: AtomicBool,
 }
 
 impl ConnMeta {
@@ -433,6 +435,7 @@ impl Opener {
             tls,
             timing,
             in_use: AtomicBool::new(false),
+            in_transaction: AtomicBool::new(false),
         });
         lock(&shared.registry).insert(number, meta.clone());
         shared.opened.fetch_add(1, Ordering::Relaxed);
@@ -567,6 +570,11 @@ impl bb8::ManageConnection for Manager {
         if conn.client.is_closed() {
             return true;
         }
+        // A transaction left open (its owner was cancelled between BEGIN and COMMIT): closing
+        // the connection rolls it back; handing it out would run the next user inside it.
+        if conn.meta.in_transaction.load(Ordering::Relaxed) {
+            return true;
+        }
         if self.shared.is_retired(&conn.meta) {
             self.shared.retired.fetch_add(1, Ordering::Relaxed);
             return true;
@@ -606,6 +614,17 @@ impl PooledConn {
     /// The underlying client.
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    /// Marks the connection as inside a transaction (set before `BEGIN`, cleared once
+    /// `COMMIT` or `ROLLBACK` has answered). A connection returned while still marked, because
+    /// the future running the transaction was dropped, is closed instead of reused, so the
+    /// server rolls the transaction back. The retry helpers do this for their transactions.
+    pub fn mark_transaction(&self, open: bool) {
+        self.inner
+            .meta
+            .in_transaction
+            .store(open, Ordering::Relaxed);
     }
 }
 
@@ -864,9 +883,18 @@ impl Pool {
                 Ok(PooledConn { inner })
             }
             Err(bb8::RunError::User(error)) => Err(PoolError::Connect(error)),
-            Err(bb8::RunError::TimedOut) => Err(PoolError::Timeout(
-                self.shared.settings.connect_timeout + Duration::from_secs(1),
-            )),
+            Err(bb8::RunError::TimedOut) => {
+                // With room in the pool, the wait was not for a free connection but for one
+                // that could not be opened: report why (an error raised before this checkout
+                // subscribed, say), not "raise --max-conns".
+                let full = self.bb8.state().connections >= self.shared.settings.max_size;
+                match self.shared.last_error() {
+                    Some(error) if !full => Err(PoolError::Connect(error)),
+                    _ => Err(PoolError::Timeout(
+                        self.shared.settings.connect_timeout + Duration::from_secs(1),
+                    )),
+                }
+            }
         }
     }
 
@@ -970,9 +998,29 @@ impl Pool {
             if let Some(error) = self.shared.last_error_since(errors_seen) {
                 return Err(RefreshError::Connect(PoolError::Connect(error)));
             }
+            // Nothing old left idle and too few fresh: a checkout makes bb8 open connections
+            // up to the minimum idle size (and reports at once if it cannot).
+            match tokio::time::timeout(SWEEP_WAIT, self.get()).await {
+                Ok(Ok(conn)) => drop(conn),
+                Ok(Err(error)) => return Err(RefreshError::Connect(error)),
+                Err(_) => {}
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         drop(held);
+        let fresh = lock(&self.shared.registry)
+            .values()
+            .filter(|m| m.generation == generation)
+            .count();
+        // Too few fresh connections with room for them means they could not be opened in
+        // time. (A pool full of busy old connections is fine: each retires when returned.)
+        if fresh < want && self.bb8.state().connections < settings.max_size {
+            let error = self.shared.last_error_since(errors_seen).map_or(
+                PoolError::Timeout(settings.connect_timeout),
+                PoolError::Connect,
+            );
+            return Err(RefreshError::Connect(error));
+        }
         let opened: BTreeSet<String> = self
             .connections()
             .into_iter()

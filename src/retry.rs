@@ -151,15 +151,21 @@ async fn in_transaction<T>(
     client: &PooledConn,
     unit: &mut impl AsyncFnMut(&PooledConn) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    // Marked until COMMIT or ROLLBACK answers: if this future is dropped in between, the
+    // pool closes the connection rather than hand the open transaction to the next user.
+    client.mark_transaction(true);
     client.batch_execute("BEGIN").await?;
     match unit(client).await {
         Ok(value) => {
-            client.batch_execute("COMMIT").await?;
+            // Whether it succeeds or fails (a conflict), COMMIT ends the transaction.
+            let committed = client.batch_execute("COMMIT").await;
+            client.mark_transaction(false);
+            committed?;
             Ok(value)
         }
         Err(error) => {
-            if !client.is_closed() {
-                let _ = client.batch_execute("ROLLBACK").await;
+            if !client.is_closed() && client.batch_execute("ROLLBACK").await.is_ok() {
+                client.mark_transaction(false);
             }
             Err(error)
         }

@@ -549,3 +549,77 @@ proptest! {
         let _ = verifier.verify("admin", &mutated, Some("localhost"), *now);
     }
 }
+
+// ---- the library's own guarantees when its caller gives up or the server is gone ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_transaction_never_reaches_the_next_user() {
+    let pg = TestPg::start().await;
+    let mut settings = pg.settings();
+    settings.pool.max_size = 1;
+    settings.pool.min_idle = 1;
+    let pool = Pool::new(&settings).await.unwrap();
+    let first = ids(&pool);
+    // The caller's timeout drops the unit between BEGIN and COMMIT.
+    let unit = dsql_pgx::retry::transaction(&pool, async |tx| {
+        tx.batch_execute("select pg_sleep(0.5)").await?;
+        Ok(())
+    });
+    let cancelled = tokio::time::timeout(Duration::from_millis(150), unit).await;
+    assert!(cancelled.is_err(), "the caller gave up first");
+    // The one connection in the pool is not inside that transaction: outside a transaction
+    // block, SAVEPOINT is an error.
+    let conn = pool.get().await.unwrap();
+    let probe = conn.batch_execute("savepoint probe").await;
+    assert!(
+        probe.is_err(),
+        "the next user ran inside the abandoned transaction"
+    );
+    assert!(
+        ids(&pool).is_disjoint(&first),
+        "the connection was closed, not reused"
+    );
+    drop(conn);
+    // A transaction that ends normally keeps its connection.
+    let kept = ids(&pool);
+    dsql_pgx::retry::transaction(&pool, async |tx| Ok(tx.batch_execute("select 1").await?))
+        .await
+        .unwrap();
+    assert_eq!(ids(&pool), kept);
+    pg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_server_gone_refresh_fails_and_checkouts_say_why() {
+    let mut pg = TestPg::start().await;
+    let mut settings = pg.settings();
+    settings.pool.max_size = 1;
+    settings.pool.min_idle = 1;
+    settings.pool.connect_timeout = Duration::from_secs(1);
+    let pool = Pool::new(&settings).await.unwrap();
+    pg.stop_server().await;
+    // Every checkout names the real failure, not the pool's size. (Most fail at once; one
+    // that queues behind a background connect which then fails waits out the checkout
+    // timeout, since bb8 wakes no waiter on that failure, but still says why.)
+    for attempt in 0..4 {
+        let error = pool.get().await.expect_err("no server, no connection");
+        assert!(
+            matches!(error, dsql_pgx::pool::PoolError::Connect(_)),
+            "checkout {attempt}: {error}"
+        );
+        assert!(
+            error.to_string().starts_with("cannot reach"),
+            "checkout {attempt}: {error}"
+        );
+    }
+    // A refresh that cannot open a single fresh connection is an error, not a report of none.
+    let refreshed = pool.refresh().await;
+    assert!(
+        matches!(refreshed, Err(RefreshError::Connect(_))),
+        "{refreshed:?}"
+    );
+    pg.start_server().await;
+    let report = pool.refresh().await.expect("the server is back");
+    assert_eq!(report.opened.len(), 1, "{report:?}");
+    pg.stop().await;
+}
