@@ -17,6 +17,7 @@ use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config as GeneratorConfig};
 use aws_smithy_async::time::{SharedTimeSource, SystemTimeSource};
 use aws_types::SdkConfig;
 use tokio::sync::Mutex;
+use tracing::instrument::WithSubscriber as _;
 
 use crate::settings::Target;
 
@@ -247,15 +248,22 @@ impl TokenSigner {
             .map_err(AuthError::Sign)?;
         let generator = AuthTokenGenerator::new(config);
         let signed_at = self.now();
-        let token = match action {
-            Action::DbConnect => generator.db_connect_auth_token(&self.sdk_config).await,
-            Action::DbConnectAdmin => {
-                generator
-                    .db_connect_admin_auth_token(&self.sdk_config)
-                    .await
+        let signing = async {
+            match action {
+                Action::DbConnect => generator.db_connect_auth_token(&self.sdk_config).await,
+                Action::DbConnectAdmin => {
+                    generator
+                        .db_connect_admin_auth_token(&self.sdk_config)
+                        .await
+                }
             }
-        }
-        .map_err(AuthError::Sign)?;
+        };
+        // The SDK's signer traces its canonical request, which holds the session token and
+        // most of the auth token: signing logs nothing, whatever subscriber the program has.
+        let token = signing
+            .with_subscriber(tracing::subscriber::NoSubscriber::default())
+            .await
+            .map_err(AuthError::Sign)?;
         Ok(Token {
             value: Secret::new(token.as_str()),
             action,
@@ -383,6 +391,57 @@ mod tests {
                 .expose()
                 .ends_with("f5f2ad764ca5df44045d4ab6ccecba0eef941b0007e5765885a0b6ed3702a3f8")
         );
+    }
+
+    /// A `tracing` writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn signing_logs_nothing_even_to_a_trace_subscriber() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        tracing::trace!("the subscriber records");
+        let target = Target {
+            endpoint: "peccy.dsql.us-east-1.on.aws".to_string(),
+            region: "us-east-1".to_string(),
+            user: "admin".to_string(),
+            credentials: CredentialSource::DefaultChain { profile: None },
+            token_expires_in: Duration::from_secs(450),
+        };
+        let session = Credentials::new("akid", "secret", Some("SESSION-MARKER".into()), None, "t");
+        let signer = TokenSigner::with_clock(
+            &target,
+            SharedCredentialsProvider::new(session),
+            SharedTimeSource::new(SystemTimeSource::new()),
+        );
+        let token = signer.sign(Action::DbConnectAdmin).await.unwrap();
+        assert!(
+            token
+                .value
+                .expose()
+                .contains("X-Amz-Security-Token=SESSION-MARKER")
+        );
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("the subscriber records"), "{log}");
+        for secret in ["SESSION-MARKER", "X-Amz-", "secret"] {
+            assert!(!log.contains(secret), "{secret} in the log: {log}");
+        }
     }
 
     #[test]

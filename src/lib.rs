@@ -35,7 +35,12 @@ pub mod settings;
 pub mod sql;
 pub mod tls;
 
+/// The AWS credential types a program needs for [`auth::CredentialSource::Provider`].
+pub use aws_credential_types;
 pub use pool::Pool;
+/// The driver underneath, re-exported so a program can name its types (`Row`, `Error`,
+/// `types::ToSql`) without depending on a matching version itself.
+pub use tokio_postgres;
 
 use tracing_subscriber::EnvFilter;
 

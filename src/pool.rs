@@ -9,7 +9,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! let settings = dsql_pgx::settings::ConnSettings::for_endpoint("abcdefghijklmnopqrstuvwxyz")?;
+//! let settings = dsql_pgx::settings::ConnSettings::for_endpoint(
+//!     "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws",
+//! )?;
 //! let pool = dsql_pgx::Pool::new(&settings).await?;
 //! let conn = pool.get().await?;
 //! let rows = conn.query("select 1::int4", &[]).await?;

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::{CredentialSource, Secret};
-use crate::cli::{self, ConnArgs, SslMode, SslNegotiation, TargetArgs};
+use crate::cli::{self, ConnArgs, TargetArgs};
+pub use crate::cli::{SslMode, SslNegotiation};
 
 /// DSQL closes every connection after an hour; the pool must retire them before that.
 pub const DSQL_MAX_CONNECTION_AGE: Duration = Duration::from_secs(60 * 60);
@@ -92,7 +93,7 @@ pub struct Tls {
 }
 
 /// Pool sizing and lifetimes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     /// Maximum connections.
     pub max_size: u32,
@@ -104,6 +105,20 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// A new connection must be ready within this.
     pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    /// The command line's defaults: 10 connections, 2 idle, 55 min lifetime (below DSQL's
+    /// hour), 10 min idle timeout, 10 s to connect.
+    fn default() -> Self {
+        PoolSettings {
+            max_size: 10,
+            min_idle: 2,
+            max_lifetime: Duration::from_secs(55 * 60),
+            idle_timeout: Duration::from_secs(10 * 60),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Everything needed to open connections.
@@ -133,7 +148,9 @@ impl ConnSettings {
     }
 
     /// Settings for one endpoint (a host name or a bare cluster id), the rest as
-    /// [`ConnSettings::from_env`].
+    /// [`ConnSettings::from_env`]: the process environment (`REGION`, `DB_USER`,
+    /// `DB_MAX_CONNS`, `PGSSLROOTCERT`, ...) applies, as it does for the command line. Build
+    /// a [`ConnSettings`] field by field to be independent of it.
     ///
     /// ```no_run
     /// # async fn demo() -> anyhow::Result<()> {
@@ -157,7 +174,11 @@ impl ConnSettings {
         let command = ConnArgs::augment_args(clap::Command::new("dsql-pgx"));
         let matches = command
             .try_get_matches_from(std::iter::once("dsql-pgx").chain(flags.iter().copied()))
-            .map_err(|e| bad(e.render().to_string().trim_end().to_string()))?;
+            .map_err(|e| {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                bad(first.trim_start_matches("error: ").to_string())
+            })?;
         let args = ConnArgs::from_arg_matches(&matches).map_err(|e| bad(e.to_string()))?;
         match destination(&args, &ProcessEnv)? {
             Destination::Remote(settings) => Ok(settings),
@@ -550,6 +571,11 @@ mod tests {
         assert_eq!(s.pool.max_size, 10);
         assert_eq!(s.pool.min_idle, 2);
         assert_eq!(s.pool.max_lifetime, Duration::from_secs(55 * 60));
+        assert_eq!(
+            s.pool,
+            PoolSettings::default(),
+            "the library's default is the CLI's"
+        );
         assert_eq!(s.target.token_expires_in, Duration::from_secs(900));
     }
 

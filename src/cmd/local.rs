@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::auth::{CredentialSource, Secret};
-use crate::cli::{Format, LocalArgs, SslMode};
+use crate::cli::{Format, LocalArgs};
 use crate::local::{EndpointOptions, Limits, LocalEndpoint};
 use crate::output::Output;
-use crate::settings::{self, Auth, ConfigError, ConnSettings, Destination, Target, Tls};
+use crate::settings::{self, ConfigError, ConnSettings, Destination};
 
 #[derive(Serialize)]
 struct ClientEnv<'a> {
@@ -153,28 +152,10 @@ pub async fn ephemeral(
         } => (pool, user, token_expires_in, negotiation),
     };
     let endpoint = LocalEndpoint::start(EndpointOptions::default()).await?;
-    let settings = ConnSettings {
-        target: Target {
-            endpoint: endpoint.hostname().to_string(),
-            region: endpoint.region().to_string(),
-            user,
-            credentials: CredentialSource::Static {
-                access_key_id: endpoint.access_key_id().to_string(),
-                secret_access_key: Secret::new(endpoint.secret_access_key()),
-            },
-            token_expires_in,
-        },
-        host: endpoint.local_addr().ip().to_string(),
-        port: endpoint.port(),
-        database: "postgres".to_string(),
-        auth: Auth::Iam,
-        tls: Tls {
-            mode: SslMode::VerifyFull,
-            ca_file: Some(endpoint.ca_path().to_path_buf()),
-            negotiation,
-        },
-        pool,
-    };
+    let mut settings = endpoint.conn_settings(&user);
+    settings.pool = pool;
+    settings.target.token_expires_in = token_expires_in;
+    settings.tls.negotiation = negotiation;
     Ok((settings, Some(endpoint)))
 }
 

@@ -28,7 +28,10 @@ use super::postgres::{PgOptions, PgServer, check_data_dir};
 pub use super::session::Limits;
 use super::session::{Shared, serve, shutdown_signaled};
 use super::verify::TokenVerifier;
-use crate::settings::ConfigError;
+use crate::auth::{CredentialSource, Secret};
+use crate::settings::{
+    Auth, ConfigError, ConnSettings, PoolSettings, SslMode, SslNegotiation, Target, Tls,
+};
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -252,6 +255,46 @@ fn load_ca(data_dir: &Path) -> anyhow::Result<LocalCa> {
 }
 
 impl LocalEndpoint {
+    /// Library settings that reach this endpoint as `user` (`admin` or a role created in its
+    /// database) with IAM tokens signed by its credentials, TLS verified against its CA, and
+    /// the default pool.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> anyhow::Result<()> {
+    /// use dsql_pgx::local::{EndpointOptions, LocalEndpoint};
+    /// let endpoint = LocalEndpoint::start(EndpointOptions::default()).await?;
+    /// let pool = dsql_pgx::Pool::new(&endpoint.conn_settings("admin")).await?;
+    /// let row = pool.get().await?.query_one("select 1::int4", &[]).await?;
+    /// assert_eq!(row.get::<_, i32>(0), 1);
+    /// drop(pool);
+    /// endpoint.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn conn_settings(&self, user: &str) -> ConnSettings {
+        ConnSettings {
+            target: Target {
+                endpoint: self.hostname().to_string(),
+                region: self.region().to_string(),
+                user: user.to_string(),
+                credentials: CredentialSource::Static {
+                    access_key_id: self.access_key_id().to_string(),
+                    secret_access_key: Secret::new(self.secret_access_key()),
+                },
+                token_expires_in: Duration::from_secs(15 * 60),
+            },
+            host: self.local_addr().ip().to_string(),
+            port: self.port(),
+            database: "postgres".to_string(),
+            auth: Auth::Iam,
+            tls: Tls {
+                mode: SslMode::VerifyFull,
+                ca_file: Some(self.ca_path().to_path_buf()),
+                negotiation: SslNegotiation::Postgres,
+            },
+            pool: PoolSettings::default(),
+        }
+    }
+
     /// Prepares the data directory, starts PostgreSQL and starts accepting connections.
     pub async fn start(opts: EndpointOptions) -> anyhow::Result<LocalEndpoint> {
         let (temp_dir, data_dir) = match &opts.data_dir {

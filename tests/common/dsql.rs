@@ -11,8 +11,7 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 
 use dsql_pgx::auth::{CredentialSource, Secret};
-use dsql_pgx::cli::{SslMode, SslNegotiation};
-use dsql_pgx::settings::{Auth, ConnSettings, PoolSettings, Target, Tls};
+use dsql_pgx::settings::{Auth, ConnSettings, PoolSettings, SslMode, SslNegotiation, Target, Tls};
 
 use super::{TestEndpoint, TestPg};
 
@@ -126,17 +125,6 @@ pub fn assert_code(out: &Output, code: i32) {
     );
 }
 
-/// Pool settings small and quick for tests.
-pub fn pool_settings() -> PoolSettings {
-    PoolSettings {
-        max_size: 10,
-        min_idle: 2,
-        max_lifetime: Duration::from_secs(55 * 60),
-        idle_timeout: Duration::from_secs(600),
-        connect_timeout: Duration::from_secs(10),
-    }
-}
-
 impl TestEndpoint {
     /// Library settings that reach this endpoint as `user` with IAM tokens.
     pub fn settings(&self, user: &str) -> ConnSettings {
@@ -151,25 +139,9 @@ impl TestEndpoint {
 
     /// Library settings with a credential source of the test's choosing.
     pub fn settings_with(&self, user: &str, credentials: CredentialSource) -> ConnSettings {
-        ConnSettings {
-            target: Target {
-                endpoint: self.host().to_string(),
-                region: self.region().to_string(),
-                user: user.to_string(),
-                credentials,
-                token_expires_in: Duration::from_secs(900),
-            },
-            host: "127.0.0.1".to_string(),
-            port: self.port(),
-            database: "postgres".to_string(),
-            auth: Auth::Iam,
-            tls: Tls {
-                mode: SslMode::VerifyFull,
-                ca_file: Some(self.ca_path().to_path_buf()),
-                negotiation: SslNegotiation::Postgres,
-            },
-            pool: pool_settings(),
-        }
+        let mut settings = self.endpoint().conn_settings(user);
+        settings.target.credentials = credentials;
+        settings
     }
 }
 
@@ -194,7 +166,7 @@ impl TestPg {
                 ca_file: Some(self.ca_path().to_path_buf()),
                 negotiation: SslNegotiation::Postgres,
             },
-            pool: pool_settings(),
+            pool: PoolSettings::default(),
         }
     }
 }
