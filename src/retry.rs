@@ -5,6 +5,12 @@
 //! conflict even without the SQLSTATE. The unit — one autocommit statement, or a whole
 //! transaction — is re-run on a connection checked out afresh, after an exponential backoff
 //! with full jitter. Anything else is never retried.
+//!
+//! The unit is an async closure taking the connection. Where the retry must be `Send` (inside
+//! `tokio::spawn`, a web handler), write it `async move |tx| ...` so it owns what it uses: a
+//! closure that borrows from its surroundings yields futures that are not `Send` for every
+//! lifetime, a current limit of async closures ("implementation of `Send` is not general
+//! enough").
 
 use std::time::Duration;
 

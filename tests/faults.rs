@@ -623,3 +623,66 @@ async fn with_the_server_gone_refresh_fails_and_checkouts_say_why() {
     assert_eq!(report.opened.len(), 1, "{report:?}");
     pg.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spawned_transactions_that_conflict_are_retried_to_both_updates() {
+    let ep = TestEndpoint::start().await;
+    let pool = Pool::new(&ep.settings("admin")).await.unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "create table counter (id int primary key, v int); insert into counter values (7, 0)",
+        )
+        .await
+        .unwrap();
+    // Both take their snapshot before either updates, so the second updater gets 40001 (the
+    // endpoint's PostgreSQL runs repeatable read, as DSQL does) and must run again.
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let spawn = |id: i32| {
+        let (pool, barrier) = (pool.clone(), barrier.clone());
+        // `async move`: the unit owns what it uses, so the retry future is Send and can be
+        // spawned (a borrowing `async |tx|` is not, a limit of async closures today).
+        tokio::spawn(async move {
+            let mut conflicts = Vec::new();
+            let mut attempts = 0;
+            let policy = dsql_pgx::retry::RetryPolicy::default();
+            let mut seen = |event: &dsql_pgx::retry::RetryEvent| {
+                conflicts.push(event.conflict.sqlstate.clone())
+            };
+            let done = dsql_pgx::retry::run(&pool, &policy, true, &mut seen, async move |tx| {
+                attempts += 1;
+                tx.query_one("select v from counter where id = $1", &[&id])
+                    .await?;
+                if attempts == 1 {
+                    barrier.wait().await;
+                }
+                tx.execute("update counter set v = v + 1 where id = $1", &[&id])
+                    .await?;
+                Ok(attempts)
+            })
+            .await;
+            (done.unwrap(), conflicts)
+        })
+    };
+    let (first, second) = (spawn(7), spawn(7));
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    let mut attempts = [a.0, b.0];
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        [1, 2],
+        "one ran once, the other again after its conflict"
+    );
+    let conflicts: Vec<String> = a.1.into_iter().chain(b.1).collect();
+    assert_eq!(conflicts, ["40001"]);
+    let row = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("select v from counter where id = 7", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "both updates are in");
+    ep.stop().await;
+}
