@@ -22,6 +22,8 @@
 //! | [`cmd`] | one module per subcommand |
 //! | [`local`] | the local DSQL-compatible endpoint and its private PostgreSQL |
 
+#![warn(missing_debug_implementations)]
+
 pub mod auth;
 pub mod cli;
 pub mod cmd;

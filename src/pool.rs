@@ -256,6 +256,16 @@ pub struct PgConn {
     shared: Weak<Shared>,
 }
 
+impl fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConn")
+            .field("number", &self.meta.number)
+            .field("session_id", &self.meta.session_id)
+            .field("generation", &self.meta.generation)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for PgConn {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.upgrade() {
@@ -531,6 +541,18 @@ async fn first_value(client: &Client, sql: &str) -> Result<String, tokio_postgre
 pub struct Manager {
     opener: Arc<Opener>,
     shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("addr", &self.opener.addr)
+            .field(
+                "generation",
+                &self.shared.generation.load(Ordering::Relaxed),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl bb8::ManageConnection for Manager {

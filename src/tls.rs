@@ -203,6 +203,15 @@ pub struct PgTlsConnect {
     info: Arc<OnceLock<TlsInfo>>,
 }
 
+impl fmt::Debug for PgTlsConnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgTlsConnect")
+            .field("server_name", &self.server_name)
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> TlsConnect<S> for PgTlsConnect
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -274,6 +283,7 @@ fn describe_failure(error: &io::Error, host: &str, roots: &str) -> String {
 }
 
 /// A TLS stream to the server.
+#[derive(Debug)]
 pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for PgTlsStream<S> {

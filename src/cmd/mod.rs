@@ -48,6 +48,7 @@ pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
 }
 
 /// A pool and, with `--local`, the endpoint it talks to (torn down with it).
+#[derive(Debug)]
 pub struct Session {
     /// The pool.
     pub pool: Pool,
