@@ -136,7 +136,7 @@ pub enum PoolError {
     #[error(transparent)]
     Connect(Arc<ConnectError>),
     /// No connection became free in time.
-    #[error("no pooled connection became free within {}; raise --max-conns", humantime::format_duration(*.0))]
+    #[error("no pooled connection became free within {}; raise the pool's size (--max-conns, PoolSettings::max_size)", humantime::format_duration(*.0))]
     Timeout(Duration),
     /// The settings could not be turned into a pool.
     #[error(transparent)]

@@ -99,7 +99,7 @@ pub struct RetryEvent {
 /// Conflicts persisted through every retry.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "optimistic-concurrency conflict persisted after {attempts} attempt(s); raise --retries (or drop --no-retry) or reduce contention"
+    "optimistic-concurrency conflict persisted after {attempts} attempt(s); allow more retries (--retries, RetryPolicy::retries) or reduce contention"
 )]
 pub struct RetriesExhausted {
     /// Attempts made.

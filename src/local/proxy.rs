@@ -438,6 +438,9 @@ impl LocalEndpoint {
     }
 }
 
+/// Dropping an endpoint without [`LocalEndpoint::shutdown`] still stops PostgreSQL, but
+/// synchronously: it waits (up to 30 s) on the thread that drops it. In async code, call
+/// `shutdown().await` instead.
 impl Drop for LocalEndpoint {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
