@@ -543,6 +543,35 @@ pub struct Manager {
     shared: Arc<Shared>,
 }
 
+/// Hands the pool's connection failures to [`Shared::record_error`], which wakes waiting
+/// checkouts. bb8 calls it after releasing the failed attempt's slot, so a checkout that
+/// starts on the news gets an attempt of its own (recorded any earlier, it could find the slot
+/// still taken, wait on an attempt already over, and time out).
+#[derive(Clone)]
+struct RecordErrors(Arc<Shared>);
+
+impl fmt::Debug for RecordErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RecordErrors")
+    }
+}
+
+impl bb8::ErrorSink<Arc<ConnectError>> for RecordErrors {
+    fn sink(&self, error: Arc<ConnectError>) {
+        // A checkout's validation reports these too: connections put aside, not failures.
+        if !matches!(
+            *error,
+            ConnectError::Closed | ConnectError::Retired | ConnectError::Expired
+        ) {
+            self.0.record_error(error);
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<Arc<ConnectError>>> {
+        Box::new(self.clone())
+    }
+}
+
 impl fmt::Debug for Manager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Manager")
@@ -568,7 +597,7 @@ impl bb8::ManageConnection for Manager {
             .map_err(|error| {
                 let error = Arc::new(error);
                 tracing::debug!("cannot open a connection: {}", crate::exit::chain(&*error));
-                self.shared.record_error(error.clone());
+                // Recorded by `RecordErrors` once bb8 has released the attempt's slot.
                 error
             })
     }
@@ -850,6 +879,7 @@ impl Pool {
             // instead of rotating through all of them, and the rest can idle out. Measured
             // with `dsql-pgx bench --clients 1`: about 3x the throughput of first-in-first-out.
             .queue_strategy(bb8::QueueStrategy::Lifo)
+            .error_sink(Box::new(RecordErrors(shared.clone())))
             // Waits for the minimum idle connections; with retries off, the first
             // connection error comes back at once.
             .build(manager)

@@ -598,10 +598,10 @@ async fn with_the_server_gone_refresh_fails_and_checkouts_say_why() {
     settings.pool.connect_timeout = Duration::from_secs(1);
     let pool = Pool::new(&settings).await.unwrap();
     pg.stop_server().await;
-    // Every checkout names the real failure, not the pool's size. (Most fail at once; one
-    // that queues behind a background connect which then fails waits out the checkout
-    // timeout, since bb8 wakes no waiter on that failure, but still says why.)
-    for attempt in 0..4 {
+    // Every checkout names the real failure at once: none waits out the checkout timeout
+    // (2 s here) to blame the pool's size.
+    for attempt in 0..6 {
+        let started = Instant::now();
         let error = pool.get().await.expect_err("no server, no connection");
         assert!(
             matches!(error, dsql_pgx::pool::PoolError::Connect(_)),
@@ -610,6 +610,11 @@ async fn with_the_server_gone_refresh_fails_and_checkouts_say_why() {
         assert!(
             error.to_string().starts_with("cannot reach"),
             "checkout {attempt}: {error}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(500),
+            "checkout {attempt} waited {waited:?}"
         );
     }
     // A refresh that cannot open a single fresh connection is an error, not a report of none.
