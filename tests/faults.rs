@@ -408,7 +408,7 @@ async fn bench_shows_progress_when_stderr_is_a_terminal() {
             "--duration",
             "1500ms",
             "--warmup",
-            "1500ms",
+            "2500ms",
         ])
         .args(["--format", "json"])
         .stderr(std::process::Stdio::from(pty.slave));
@@ -429,8 +429,8 @@ async fn bench_shows_progress_when_stderr_is_a_terminal() {
         assert!(shown.contains(needle), "{what} in {shown:?}");
     }
     assert!(
-        shown.starts_with("\r\x1b[Kbench: 1/3 s warm-up, "),
-        "the first line after a second, of 1.5 s warm-up and 1.5 s measuring: {shown:?}"
+        shown.starts_with("\r\x1b[Kbench: 1/4 s warm-up, "),
+        "the first line after a second, of 2.5 s warm-up and 1.5 s measuring: {shown:?}"
     );
     assert!(
         shown.ends_with("\r\x1b[K"),
