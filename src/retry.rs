@@ -111,6 +111,30 @@ pub struct RetriesExhausted {
 
 /// Runs `unit` with conflict retry. With `transaction`, the unit runs between `BEGIN` and
 /// `COMMIT` (a conflict at commit re-runs it from the start). `on_retry` sees each retry.
+///
+/// The error is an [`anyhow::Error`] holding one of three things, told apart by downcasting:
+/// a [`crate::pool::PoolError`] (no connection could be checked out), [`RetriesExhausted`]
+/// (conflicts outlasted the policy; the last conflict is its source), or the unit's own error
+/// (a [`tokio_postgres::Error`] for a database error), which is never retried.
+///
+/// ```no_run
+/// # async fn demo(pool: dsql_pgx::Pool) {
+/// use dsql_pgx::retry::{self, RetriesExhausted, RetryPolicy};
+/// let outcome = retry::run(&pool, &RetryPolicy::default(), true, &mut |_| {}, async |tx| {
+///     Ok(tx.execute("update t set v = v + 1 where id = 1", &[]).await?)
+/// })
+/// .await;
+/// match outcome {
+///     Ok(rows) => println!("updated {rows}"),
+///     Err(e) if e.is::<RetriesExhausted>() => eprintln!("too much contention: {e:#}"),
+///     Err(e) if e.is::<dsql_pgx::pool::PoolError>() => eprintln!("no connection: {e:#}"),
+///     Err(e) => match e.downcast_ref::<dsql_pgx::tokio_postgres::Error>().and_then(|e| e.code()) {
+///         Some(code) => eprintln!("SQLSTATE {}: {e:#}", code.code()),
+///         None => eprintln!("{e:#}"),
+///     },
+/// }
+/// # }
+/// ```
 pub async fn run<T>(
     pool: &Pool,
     policy: &RetryPolicy,
