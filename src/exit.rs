@@ -182,13 +182,7 @@ fn first_line(text: &str) -> String {
 /// (the help of the subcommand named in `args`, the command line).
 pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> String {
     use clap::error::{ContextKind, ContextValue};
-    let text = error.render().to_string();
-    let mut lines = text.lines().map(str::trim);
-    let mut line = lines
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("error: ")
-        .to_string();
+    let mut line = clap_message(error);
     if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
         let long = arg.split([' ', '=']).next().unwrap_or_default();
         if let Some(var) = env_of(cmd, long.trim_start_matches("--")) {
@@ -196,7 +190,8 @@ pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> 
             line = line.replacen(&quoted, &format!("{quoted} (or {var})"), 1);
         }
     }
-    for rest in lines {
+    let text = error.render().to_string();
+    for rest in text.lines().skip(1).map(str::trim) {
         if rest.starts_with("[possible values:") {
             line = format!("{line} {rest}");
         } else if let Some(tip) = rest.strip_prefix("tip: ")
@@ -213,6 +208,13 @@ pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> 
         Some(sub) => format!("{line}; see 'dsql-pgx {sub} --help'"),
         None => format!("{line}; see 'dsql-pgx --help'"),
     }
+}
+
+/// A clap error's message alone: its first line, without clap's `error: ` prefix.
+pub fn clap_message(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    let first = text.lines().next().unwrap_or_default().trim();
+    first.trim_start_matches("error: ").to_string()
 }
 
 /// The variable behind the flag `--long`, in any subcommand.

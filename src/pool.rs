@@ -1042,11 +1042,7 @@ impl Pool {
                 }
                 continue;
             }
-            let fresh = lock(&self.shared.registry)
-                .values()
-                .filter(|m| m.generation == generation)
-                .count();
-            if fresh >= want {
+            if self.fresh_count(generation) >= want {
                 break;
             }
             if let Some(error) = self.shared.last_error_since(errors_seen) {
@@ -1062,13 +1058,9 @@ impl Pool {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         drop(held);
-        let fresh = lock(&self.shared.registry)
-            .values()
-            .filter(|m| m.generation == generation)
-            .count();
         // Too few fresh connections with room for them means they could not be opened in
         // time. (A pool full of busy old connections is fine: each retires when returned.)
-        if fresh < want && self.bb8.state().connections < settings.max_size {
+        if self.fresh_count(generation) < want && self.bb8.state().connections < settings.max_size {
             let error = self.shared.last_error_since(errors_seen).map_or(
                 PoolError::Timeout(settings.connect_timeout),
                 PoolError::Connect,
@@ -1096,6 +1088,14 @@ impl Pool {
         );
         *last = Some(report.clone());
         Ok(report)
+    }
+
+    /// Open connections of `generation`.
+    fn fresh_count(&self, generation: u64) -> usize {
+        lock(&self.shared.registry)
+            .values()
+            .filter(|m| m.generation == generation)
+            .count()
     }
 
     fn stale_idle(&self, generation: u64) -> bool {

@@ -174,11 +174,7 @@ impl ConnSettings {
         let command = ConnArgs::augment_args(clap::Command::new("dsql-pgx"));
         let matches = command
             .try_get_matches_from(std::iter::once("dsql-pgx").chain(flags.iter().copied()))
-            .map_err(|e| {
-                let text = e.render().to_string();
-                let first = text.lines().next().unwrap_or_default();
-                bad(first.trim_start_matches("error: ").to_string())
-            })?;
+            .map_err(|e| bad(crate::exit::clap_message(&e)))?;
         let args = ConnArgs::from_arg_matches(&matches).map_err(|e| bad(e.to_string()))?;
         match destination(&args, &ProcessEnv)? {
             Destination::Remote(settings) => Ok(settings),

@@ -116,8 +116,7 @@ impl TlsConnector {
         };
         // libpq 17 offers ALPN in both negotiation styles; direct TLS requires it.
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-        let server_name = ServerName::try_from(server_name.to_string())
-            .map_err(|_| ConfigError(format!("{server_name:?} is not a valid TLS server name")))?;
+        let server_name = parse_server_name(server_name)?;
         Ok(TlsConnector {
             config: Arc::new(config),
             server_name,
@@ -131,8 +130,7 @@ impl TlsConnector {
         config: Arc<ClientConfig>,
         server_name: &str,
     ) -> Result<TlsConnector, ConfigError> {
-        let server_name = ServerName::try_from(server_name.to_string())
-            .map_err(|_| ConfigError(format!("{server_name:?} is not a valid TLS server name")))?;
+        let server_name = parse_server_name(server_name)?;
         Ok(TlsConnector {
             config,
             server_name,
@@ -171,10 +169,14 @@ where
     type Error = ConfigError;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<PgTlsConnect, ConfigError> {
-        let server_name = ServerName::try_from(domain.to_string())
-            .map_err(|_| ConfigError(format!("{domain:?} is not a valid TLS server name")))?;
-        Ok(self.connect_to(server_name).0)
+        Ok(self.connect_to(parse_server_name(domain)?).0)
     }
+}
+
+/// The name a certificate must carry: a DNS name or an IP address.
+fn parse_server_name(name: &str) -> Result<ServerName<'static>, ConfigError> {
+    ServerName::try_from(name.to_string())
+        .map_err(|_| ConfigError(format!("{name:?} is not a valid TLS server name")))
 }
 
 fn load_ca_file(path: &Path) -> Result<RootCertStore, ConfigError> {

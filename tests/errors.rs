@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::dsql::{
-    assert_code, dsql_pgx, dsql_pgx_std, output, plain_flags, run_at, run_plain, stderr, stdout,
+    assert_code, dsql_pgx, dsql_pgx_std, output, plain_flags, run_at, stderr, stdout,
 };
 use common::{TestEndpoint, TestPg};
 
@@ -646,7 +646,6 @@ async fn local_stops_cleanly_on_sigterm() {
     stop_with_sigterm(&mut child).await;
     assert!(!pid_file.exists(), "PostgreSQL shut down cleanly");
     assert!(!running(postmaster), "no PostgreSQL process survives");
-    let _ = run_plain; // shared harness helpers are used by other test files
 }
 
 #[tokio::test(flavor = "multi_thread")]
