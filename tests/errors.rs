@@ -558,7 +558,18 @@ async fn spawn_local_with(
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
+    // A freshly copied binary can be briefly "busy": a process another test forks at that
+    // moment holds the copy's write descriptor until it execs. Linux's answer is to retry.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            spawned => break spawned.unwrap(),
+        }
+    };
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
     let mut exports = String::new();
     while !exports.contains("export ") {
