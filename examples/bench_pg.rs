@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let pg = PgServer::start(PgOptions {
         data_dir: dir.join("data"),
-        superuser: "admin".into(),
+        superuser: dsql_pgx::local::postgres::INTERNAL_SUPERUSER.into(),
         tcp: Some(TcpTls {
             port: 0,
             cert_pem: cert.cert_pem,
@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
             password: password.clone(),
         }),
         dsql_mimic: true,
+        max_connections: 100,
     })
     .await?;
     println!(

@@ -377,7 +377,7 @@ async fn the_connect_timeout_is_honoured() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_conflict_is_retried_until_it_succeeds() {
     let ep = TestEndpoint::start().await;
-    let admin = ep.admin_client().await;
+    let admin = ep.connect("admin").await.unwrap();
     admin
         .batch_execute(
             "create table acct (id int primary key, v int); insert into acct values (1, 0)",
@@ -779,14 +779,7 @@ async fn a_second_local_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut first, env) = spawn_local(dir.path()).await;
     let snapshot = || {
-        [
-            "credentials",
-            "ca.key",
-            "ca.pem",
-            "pgdata/pg_hba.conf",
-            "pgdata/dsql-pgx.conf",
-        ]
-        .map(|file| {
+        ["credentials", "ca.key", "ca.pem", "pgdata/pg_hba.conf"].map(|file| {
             let path = dir.path().join(file);
             let meta = std::fs::metadata(&path).unwrap();
             let bytes = std::fs::read(&path).unwrap();

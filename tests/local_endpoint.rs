@@ -453,7 +453,7 @@ async fn a_data_dir_keeps_credentials_ca_and_data_across_restarts() {
         .admin_client()
         .await
         .unwrap()
-        .batch_execute("CREATE TABLE kept (x int)")
+        .batch_execute("CREATE TABLE kept (x int); ALTER TABLE kept OWNER TO admin")
         .await
         .unwrap();
     assert!(!format!("{first:?}").contains(&secret));

@@ -3,8 +3,12 @@
 //! stopped again, also when its owner is dropped during a panic.
 //!
 //! It listens on a Unix socket inside its data directory and, optionally, on
-//! 127.0.0.1 with TLS and SCRAM passwords. With `dsql_mimic` it behaves a little more
-//! like Aurora DSQL (repeatable read by default, `sys.current_session_id()`).
+//! 127.0.0.1 with TLS and SCRAM passwords; the settings that keep it private are given on
+//! the `postgres` command line, which nothing written later (`ALTER SYSTEM`,
+//! `postgresql.conf`) overrides. With `dsql_mimic` it behaves like Aurora DSQL: `admin` is
+//! a role that is no superuser (the bootstrap superuser is [`INTERNAL_SUPERUSER`]),
+//! `CREATE EXTENSION` is refused, transactions are repeatable read by default and
+//! `sys.current_session_id()` exists.
 
 use std::ffi::CString;
 use std::fs;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, User};
+use tokio_postgres::error::SqlState;
 
 use crate::settings::ConfigError;
 
@@ -26,8 +31,28 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Socket port used when there is no TCP listener (only the socket file name uses it).
 const DEFAULT_UNIX_PORT: u16 = 5432;
-/// Name of the included configuration file this module rewrites at every start.
-const CONF_FILE: &str = "dsql-pgx.conf";
+
+/// The bootstrap superuser of a DSQL-like server (`dsql_mimic`), the one initdb creates. Only
+/// the endpoint reaches it, over the Unix socket: the endpoint refuses client startups for
+/// this name, and clients log in as `admin`, which is no superuser.
+pub const INTERNAL_SUPERUSER: &str = "dsql_pgx_internal";
+
+/// Client connections a server takes at most ([`PgOptions::max_connections`] is capped
+/// here): every slot costs shared memory (500 slots: about 45 MB) and a busy one a process.
+pub const MAX_CLIENT_CONNECTIONS: u32 = 500;
+
+/// Slots PostgreSQL keeps for the superuser above the client connections
+/// (`superuser_reserved_connections`), so the endpoint's own connection and
+/// [`PgServer::admin_client`] get in when clients have taken the rest.
+const SUPERUSER_RESERVED_CONNECTIONS: u32 = 3;
+
+/// The server's `max_connections` for `clients` client connections: a client backend may
+/// take a moment to exit after the endpoint has let its client go, so there is headroom
+/// (a quarter, at least 2) before the superuser's reserved slots.
+fn server_max_connections(clients: u32) -> u32 {
+    let clients = clients.clamp(1, MAX_CLIENT_CONNECTIONS);
+    clients + (clients / 4).max(2) + SUPERUSER_RESERVED_CONNECTIONS
+}
 
 /// PostgreSQL server binaries could not be found.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,7 +70,7 @@ pub struct TcpTls {
     pub cert_pem: String,
     /// Server private key, PEM.
     pub key_pem: String,
-    /// Password set for the superuser.
+    /// Password of the role clients log in as: `admin` with `dsql_mimic`, else the superuser.
     pub password: String,
 }
 
@@ -64,22 +89,33 @@ pub struct PgOptions {
     /// As root, this directory is chowned to the `postgres` OS user and made 0755, and every
     /// directory above it must let that user in (see [`check_data_dir`]).
     pub data_dir: PathBuf,
-    /// Superuser name given to initdb.
+    /// Bootstrap superuser name given to initdb; a data dir initialised with another one is
+    /// refused. Must not be `admin` with `dsql_mimic`.
     pub superuser: String,
     /// Optional TCP+TLS listener; `None` means Unix socket only.
     pub tcp: Option<TcpTls>,
-    /// Make the server DSQL-like (repeatable read, `sys.current_session_id()`).
+    /// Make the server DSQL-like, as the endpoint needs: `admin` is a LOGIN, NOSUPERUSER,
+    /// CREATEROLE role owning database `postgres` and schema `public`; the predefined roles
+    /// that reach the OS (`pg_execute_server_program`, `pg_read_server_files`,
+    /// `pg_write_server_files`) can be granted by a superuser only; `CREATE EXTENSION` is
+    /// refused as DSQL refuses it; repeatable read by default; `sys.current_session_id()`.
     pub dsql_mimic: bool,
+    /// Client (non-superuser) connections the server takes, at most
+    /// [`MAX_CLIENT_CONNECTIONS`]; its `max_connections` adds headroom and the superuser's
+    /// reserved slots.
+    pub max_connections: u32,
 }
 
 impl PgOptions {
-    /// Options for a Unix-socket-only server with superuser `admin` in `data_dir`.
+    /// Options for a Unix-socket-only server with superuser [`INTERNAL_SUPERUSER`] and 100
+    /// client connections in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
-            superuser: "admin".into(),
+            superuser: INTERNAL_SUPERUSER.into(),
             tcp: None,
             dsql_mimic: false,
+            max_connections: 100,
         }
     }
 }
@@ -259,6 +295,13 @@ fn write_private(path: &Path, contents: &str, user: Option<(Uid, Gid)>) -> anyho
     chown(path, user)
 }
 
+/// Whether PostgreSQL refused the login itself (no such role, no hba entry): SQLSTATE 28000.
+fn refused_login(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<tokio_postgres::Error>())
+        .any(|e| e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION))
+}
+
 fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -280,6 +323,46 @@ fn sql_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Run first on the superuser's own connection: nothing the database owner may set for its
+/// database (`ALTER DATABASE postgres SET role`, `search_path`) applies to what follows, and
+/// no object `admin` put in `public` can stand in for a built-in one.
+const SUPERUSER_SESSION_SQL: &str = "SET ROLE NONE; SET search_path = pg_catalog";
+
+/// Makes `admin` DSQL's administrator, no superuser, and closes the paths a CREATEROLE
+/// database owner would otherwise have to the OS. Idempotent: run at every start.
+///
+/// PostgreSQL 15 lets a CREATEROLE role grant any role that is no superuser, the predefined
+/// roles that run programs or read and write server files included; marked as superusers,
+/// they can be granted (also with `CREATE ROLE .. IN ROLE`) by a superuser only, and nobody
+/// is a member of them. A database owner may create trusted extensions (pgcrypto, ...):
+/// an event trigger owned by the superuser refuses `CREATE EXTENSION` with DSQL's answer.
+const ADMIN_SQL: &str = r#"
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'admin') THEN
+    CREATE ROLE admin;
+  END IF;
+END $do$;
+ALTER ROLE admin WITH LOGIN NOSUPERUSER CREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS;
+ALTER DATABASE postgres OWNER TO admin;
+ALTER SCHEMA public OWNER TO admin;
+UPDATE pg_authid SET rolsuper = true
+ WHERE rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files')
+   AND NOT rolsuper;
+CREATE SCHEMA IF NOT EXISTS dsql_pgx_internal;
+REVOKE ALL ON SCHEMA dsql_pgx_internal FROM PUBLIC;
+CREATE OR REPLACE FUNCTION dsql_pgx_internal.refuse_create_extension() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $fn$
+BEGIN
+  RAISE EXCEPTION 'unsupported statement: CreateExtension' USING ERRCODE = 'feature_not_supported';
+END
+$fn$;
+DROP EVENT TRIGGER IF EXISTS dsql_pgx_refuse_create_extension;
+CREATE EVENT TRIGGER dsql_pgx_refuse_create_extension ON ddl_command_start
+  WHEN TAG IN ('CREATE EXTENSION')
+  EXECUTE FUNCTION dsql_pgx_internal.refuse_create_extension();
+ALTER EVENT TRIGGER dsql_pgx_refuse_create_extension ENABLE ALWAYS;
+"#;
+
 const MIMIC_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS sys;
 CREATE OR REPLACE FUNCTION sys.current_session_id() RETURNS text
@@ -300,6 +383,9 @@ impl PgServer {
     /// it exits: start it from a thread that outlives it, such as the one running
     /// `block_on` or a Tokio worker, not from a short-lived `spawn_blocking` thread.
     pub async fn start(opts: PgOptions) -> anyhow::Result<PgServer> {
+        if opts.dsql_mimic && opts.superuser == "admin" {
+            bail!("a DSQL-like server needs a bootstrap superuser other than admin");
+        }
         let bin_dir = find_bin_dir()?;
         let account = server_user()?;
         if let Some(account) = &account {
@@ -339,13 +425,6 @@ impl PgServer {
                         String::from_utf8_lossy(&out.stderr).trim()
                     );
                 }
-                let conf = pgdata2.join("postgresql.conf");
-                let mut f = fs::OpenOptions::new()
-                    .append(true)
-                    .open(&conf)
-                    .with_context(|| format!("opening {}", conf.display()))?;
-                writeln!(f, "\ninclude_if_exists = '{CONF_FILE}'")
-                    .with_context(|| format!("writing {}", conf.display()))?;
                 Ok(())
             })
             .await
@@ -364,32 +443,60 @@ impl PgServer {
             None => (None, DEFAULT_UNIX_PORT),
         };
 
-        let mut conf = String::new();
-        conf.push_str("# written by dsql-pgx at every start\n");
-        conf.push_str(&format!(
-            "unix_socket_directories = {}\n",
-            sql_literal(&pgdata.to_string_lossy())
-        ));
-        conf.push_str(&format!("port = {unix_port}\n"));
-        conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
-        conf.push_str("shared_buffers = 16MB\nmax_connections = 200\n");
-        conf.push_str("logging_collector = off\nlog_min_messages = warning\n");
-        let mut hba = String::from("local all all trust\n");
+        // On the command line, so that postgresql.conf and postgresql.auto.conf (which
+        // `ALTER SYSTEM` writes) cannot override them.
+        let hba_path = pgdata.join("pg_hba.conf");
+        let mut settings: Vec<(&str, String)> = vec![
+            ("port", unix_port.to_string()),
+            (
+                "unix_socket_directories",
+                sql_ident(&pgdata.to_string_lossy()),
+            ),
+            ("unix_socket_permissions", "0700".into()),
+            ("hba_file", hba_path.to_string_lossy().into_owned()),
+            (
+                "max_connections",
+                server_max_connections(opts.max_connections).to_string(),
+            ),
+            (
+                "superuser_reserved_connections",
+                SUPERUSER_RESERVED_CONNECTIONS.to_string(),
+            ),
+            ("shared_preload_libraries", String::new()),
+            ("session_preload_libraries", String::new()),
+            ("local_preload_libraries", String::new()),
+            ("fsync", "off".into()),
+            ("synchronous_commit", "off".into()),
+            ("full_page_writes", "off".into()),
+            ("shared_buffers", "16MB".into()),
+            ("logging_collector", "off".into()),
+            ("log_min_messages", "warning".into()),
+        ];
+        let mut hba = String::from("# written by dsql-pgx at every start\nlocal all all trust\n");
         if let Some(tcp) = &opts.tcp {
-            conf.push_str("listen_addresses = '127.0.0.1'\nssl = on\n");
-            conf.push_str("ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
-            conf.push_str("password_encryption = 'scram-sha-256'\n");
+            settings.extend([
+                ("listen_addresses", "127.0.0.1".into()),
+                ("ssl", "on".into()),
+                ("ssl_cert_file", "server.crt".into()),
+                ("ssl_key_file", "server.key".into()),
+                ("password_encryption", "scram-sha-256".into()),
+            ]);
             write_private(&pgdata.join("server.crt"), &tcp.cert_pem, user)?;
             write_private(&pgdata.join("server.key"), &tcp.key_pem, user)?;
+            if opts.dsql_mimic {
+                hba.push_str(&format!(
+                    "hostssl all {} 127.0.0.1/32 reject\n",
+                    sql_ident(&opts.superuser)
+                ));
+            }
             hba.push_str("hostssl all all 127.0.0.1/32 scram-sha-256\n");
         } else {
-            conf.push_str("listen_addresses = ''\nssl = off\n");
+            settings.extend([("listen_addresses", String::new()), ("ssl", "off".into())]);
         }
         if opts.dsql_mimic {
-            conf.push_str("default_transaction_isolation = 'repeatable read'\n");
+            settings.push(("default_transaction_isolation", "repeatable read".into()));
         }
-        write_private(&pgdata.join(CONF_FILE), &conf, user)?;
-        write_private(&pgdata.join("pg_hba.conf"), &hba, user)?;
+        write_private(&hba_path, &hba, user)?;
 
         let log_path = data_dir.join("postgres.log");
         let log = fs::OpenOptions::new()
@@ -399,9 +506,11 @@ impl PgServer {
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut command = command_as(bin_dir.join("postgres"), user, &data_dir);
         stop_with_parent(&mut command);
+        command.arg("-D").arg(&pgdata);
+        for (name, value) in &settings {
+            command.arg("-c").arg(format!("{name}={value}"));
+        }
         let child = command
-            .arg("-D")
-            .arg(&pgdata)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log handle")?)
             .stderr(log)
@@ -419,21 +528,42 @@ impl PgServer {
         server.wait_ready(&log_path).await?;
 
         let client = server.admin_client().await?;
-        if let Some(tcp) = &opts.tcp {
-            client
-                .batch_execute(&format!(
-                    "ALTER ROLE {} PASSWORD {}",
-                    sql_ident(&opts.superuser),
-                    sql_literal(&tcp.password)
-                ))
-                .await
-                .context("setting the superuser password")?;
+        client
+            .batch_execute(SUPERUSER_SESSION_SQL)
+            .await
+            .context("preparing the superuser's session")?;
+        let bootstrap: String = client
+            .query_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
+            .await
+            .context("reading the bootstrap superuser")?
+            .get(0);
+        if bootstrap != server.superuser {
+            return Err(server.foreign_cluster(&bootstrap));
         }
         if opts.dsql_mimic {
+            client
+                .batch_execute(ADMIN_SQL)
+                .await
+                .context("creating the admin role")?;
             client
                 .batch_execute(MIMIC_SQL)
                 .await
                 .context("creating sys.current_session_id()")?;
+        }
+        if let Some(tcp) = &opts.tcp {
+            let login = if opts.dsql_mimic {
+                "admin"
+            } else {
+                &opts.superuser
+            };
+            client
+                .batch_execute(&format!(
+                    "ALTER ROLE {} PASSWORD {}",
+                    sql_ident(login),
+                    sql_literal(&tcp.password)
+                ))
+                .await
+                .with_context(|| format!("setting the password of {login}"))?;
         }
         Ok(server)
     }
@@ -457,6 +587,15 @@ impl PgServer {
             if answered.is_ok() && self.owns_pid_file() {
                 return Ok(());
             }
+            // Our server answers but has no such role: the cluster was made with another
+            // bootstrap superuser (by an earlier dsql-pgx: `admin`).
+            if let Err(e) = &answered
+                && refused_login(e)
+                && self.owns_pid_file()
+            {
+                let found = self.bootstrap_superuser_as("admin").await;
+                return Err(self.foreign_cluster(found.as_deref().unwrap_or("unknown")));
+            }
             if Instant::now() >= deadline {
                 let why = match answered {
                     Err(e) => format!("{e:#}"),
@@ -470,6 +609,27 @@ impl PgServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The name of the bootstrap superuser (oid 10), asked as `user`, if that role may log in.
+    async fn bootstrap_superuser_as(&self, user: &str) -> Option<String> {
+        let client = self.client_as(user).await.ok()?;
+        let row = client
+            .query_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
+            .await
+            .ok()?;
+        row.try_get(0).ok()
+    }
+
+    /// The refusal of a cluster whose bootstrap superuser is `found`, not ours.
+    fn foreign_cluster(&self, found: &str) -> anyhow::Error {
+        let data_dir = self.pgdata.parent().unwrap_or(&self.pgdata);
+        ConfigError(format!(
+            "{} was made by an earlier dsql-pgx: its PostgreSQL superuser is \"{found}\", not \"{}\"; remove it or choose another --data-dir",
+            data_dir.display(),
+            self.superuser
+        ))
+        .into()
     }
 
     /// Whether `postmaster.pid` names our child (its first line is the postmaster's pid).
@@ -511,7 +671,7 @@ impl PgServer {
         &self.pgdata
     }
 
-    /// The superuser name.
+    /// The bootstrap superuser's name ([`INTERNAL_SUPERUSER`] behind the endpoint).
     pub fn superuser(&self) -> &str {
         &self.superuser
     }
@@ -521,13 +681,18 @@ impl PgServer {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Connects as the superuser over the Unix socket (trust auth). The connection
-    /// task is spawned on the current Tokio runtime.
+    /// Connects as the bootstrap superuser ([`PgServer::superuser`]) over the Unix socket
+    /// (trust auth); with `dsql_mimic` that is not `admin`, which is no superuser there. The
+    /// connection task is spawned on the current Tokio runtime.
     pub async fn admin_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        self.client_as(&self.superuser).await
+    }
+
+    async fn client_as(&self, user: &str) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::Config::new()
             .host_path(&self.pgdata)
             .port(self.unix_port)
-            .user(&self.superuser)
+            .user(user)
             .dbname("postgres")
             .connect(tokio_postgres::NoTls)
             .await
@@ -607,6 +772,17 @@ mod tests {
         // Nor does it help the owner.
         assert!(!may_search(101, 0, 0o40011, me, &groups));
         assert!(may_search(0, 0, 0o41777, me, &groups));
+    }
+
+    #[test]
+    fn max_connections_leave_headroom_and_the_superusers_slots() {
+        assert_eq!(server_max_connections(3), 3 + 2 + 3);
+        assert_eq!(server_max_connections(100), 100 + 25 + 3);
+        assert_eq!(server_max_connections(0), 1 + 2 + 3);
+        assert_eq!(
+            server_max_connections(10_000),
+            server_max_connections(MAX_CLIENT_CONNECTIONS)
+        );
     }
 
     #[test]

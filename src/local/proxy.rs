@@ -24,7 +24,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
-use super::postgres::{PgOptions, PgServer, check_data_dir};
+use super::postgres::{MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir};
 pub use super::session::Limits;
 use super::session::{Shared, serve, shutdown_signaled};
 use super::verify::TokenVerifier;
@@ -236,6 +236,27 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
     Ok(lock)
 }
 
+/// The limits the endpoint enforces: the open connections at most what the private
+/// PostgreSQL takes ([`MAX_CLIENT_CONNECTIONS`]), so a client beyond them gets the
+/// endpoint's 53300, never PostgreSQL's "sorry, too many clients already".
+fn capped_limits(limits: &Limits) -> Limits {
+    let max = match limits.max_connections {
+        0 => MAX_CLIENT_CONNECTIONS,
+        n => n.min(MAX_CLIENT_CONNECTIONS),
+    };
+    if max != limits.max_connections {
+        tracing::info!(
+            requested = limits.max_connections,
+            max,
+            "open connections capped at what the private PostgreSQL takes"
+        );
+    }
+    Limits {
+        max_connections: max,
+        ..limits.clone()
+    }
+}
+
 /// The CA in `<data_dir>/ca.pem` + `ca.key`, or a new one saved there.
 fn load_ca(data_dir: &Path) -> anyhow::Result<LocalCa> {
     let cert_path = data_dir.join("ca.pem");
@@ -338,8 +359,10 @@ impl LocalEndpoint {
         })?;
         let local_addr = listener.local_addr().context("listener address")?;
 
+        let limits = capped_limits(&opts.limits);
         let mut pg_opts = PgOptions::new(&data_dir);
         pg_opts.dsql_mimic = true;
+        pg_opts.max_connections = limits.max_connections;
         let pg = PgServer::start(pg_opts)
             .await
             .context("starting the private PostgreSQL")?;
@@ -353,7 +376,7 @@ impl LocalEndpoint {
             verifier,
             TlsAcceptor::from(Arc::new(tls)),
             pg.socket_path(),
-            opts.limits.clone(),
+            limits,
         ));
         let (stop, stop_rx) = watch::channel(false);
         let accept_task = tokio::spawn(accept_loop(listener, shared, stop_rx));
@@ -510,6 +533,26 @@ mod tests {
         let explicit = load_credentials(dir.path(), Some("A".into()), Some("B".into())).unwrap();
         assert_eq!(explicit, ("A".into(), "B".into()));
         assert!(load_credentials(dir.path(), Some("A".into()), None).is_err());
+    }
+
+    #[test]
+    fn open_connections_are_capped_at_what_postgres_takes() {
+        let max = |n| {
+            capped_limits(&Limits {
+                max_connections: n,
+                ..Limits::default()
+            })
+            .max_connections
+        };
+        assert_eq!(max(3), 3);
+        assert_eq!(max(MAX_CLIENT_CONNECTIONS), MAX_CLIENT_CONNECTIONS);
+        assert_eq!(max(10_000), MAX_CLIENT_CONNECTIONS);
+        assert_eq!(max(0), MAX_CLIENT_CONNECTIONS);
+        let limits = Limits {
+            rate_per_sec: 7,
+            ..Limits::default()
+        };
+        assert_eq!(capped_limits(&limits).rate_per_sec, 7);
     }
 
     #[test]

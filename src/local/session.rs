@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::postgres::INTERNAL_SUPERUSER;
 use super::verify::TokenVerifier;
 use super::wire::{self, FirstPacket, Startup};
 
@@ -29,7 +30,11 @@ const MAX_UPSTREAM_STARTUP_MSG: usize = 1 << 20;
 pub struct Limits {
     /// A connection is closed this long after it opened (DSQL: 1 hour).
     pub max_connection_age: Duration,
-    /// Open connections at most (DSQL: 10,000); 0 means unlimited.
+    /// Open connections at most (DSQL: 10,000); 0 means unlimited. [`LocalEndpoint`] caps
+    /// it at what its PostgreSQL takes ([`MAX_CLIENT_CONNECTIONS`]).
+    ///
+    /// [`LocalEndpoint`]: super::LocalEndpoint
+    /// [`MAX_CLIENT_CONNECTIONS`]: super::postgres::MAX_CLIENT_CONNECTIONS
     pub max_connections: u32,
     /// New connections per second, refilled continuously (DSQL: 100); 0 means unlimited.
     pub rate_per_sec: u32,
@@ -358,6 +363,14 @@ async fn establish(
         return Ok(None);
     }
     drop(password);
+    // The private PostgreSQL's superuser is the endpoint's alone: never relayed, refused as
+    // PostgreSQL refuses a role that does not exist.
+    if user == INTERNAL_SUPERUSER {
+        tracing::warn!(%peer, user = %shown_user, "login as the internal superuser refused");
+        let msg = format!("role \"{shown_user}\" does not exist");
+        send_fatal(&mut tls, "28000", &msg).await;
+        return Ok(None);
+    }
 
     let mut upstream = UnixStream::connect(&shared.upstream)
         .await

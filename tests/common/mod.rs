@@ -137,9 +137,15 @@ impl TestPg {
         let password = random_password();
         let ca_path = dir.path().join("ca.pem");
         std::fs::write(&ca_path, ca.cert_pem()).expect("writing ca.pem");
+        // A DSQL-like server's `admin` is no superuser: the superuser is the internal one.
+        let superuser = if dsql_mimic {
+            dsql_pgx::local::postgres::INTERNAL_SUPERUSER
+        } else {
+            "admin"
+        };
         let opts = PgOptions {
             data_dir: dir.path().join("data"),
-            superuser: "admin".into(),
+            superuser: superuser.into(),
             tcp: Some(TcpTls {
                 port: 0,
                 cert_pem: cert.cert_pem.clone(),
@@ -147,6 +153,7 @@ impl TestPg {
                 password: password.clone(),
             }),
             dsql_mimic,
+            max_connections: 200,
         };
         let pg = PgServer::start(opts.clone())
             .await
@@ -181,12 +188,13 @@ impl TestPg {
         self.server().port().expect("TCP enabled")
     }
 
-    /// Superuser name.
+    /// The role to log in as over TCP: the superuser `admin` (with `dsql_mimic`, the
+    /// DSQL-like `admin`, no superuser).
     pub fn user(&self) -> &str {
         "admin"
     }
 
-    /// Superuser password.
+    /// Password of [`TestPg::user`].
     pub fn password(&self) -> &str {
         &self.password
     }
@@ -201,7 +209,7 @@ impl TestPg {
         &self.ca_pem
     }
 
-    /// A superuser client over the Unix socket.
+    /// A client as the bootstrap superuser over the Unix socket.
     pub async fn admin_client(&self) -> tokio_postgres::Client {
         self.server().admin_client().await.expect("admin client")
     }
@@ -375,7 +383,8 @@ impl TestEndpoint {
         connect(&self.config(user, &token), self.tls(false)).await
     }
 
-    /// A superuser client straight to the private PostgreSQL (Unix socket).
+    /// A client straight to the private PostgreSQL (Unix socket) as its bootstrap superuser,
+    /// [`dsql_pgx::local::postgres::INTERNAL_SUPERUSER`]: not `admin`, which is no superuser.
     pub async fn admin_client(&self) -> tokio_postgres::Client {
         self.endpoint()
             .postgres()
