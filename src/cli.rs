@@ -482,6 +482,9 @@ pub struct LocalArgs {
     pub max_connection_age: String,
 
     /// Refuse connections beyond this many (SQLSTATE 53300).
+    ///
+    /// At most 500 (also for 0): the private PostgreSQL is sized for this limit, so a client
+    /// beyond it gets DSQL's 53300 from the endpoint, never PostgreSQL's own refusal.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_connections: u32,
 
