@@ -336,6 +336,8 @@ const SUPERUSER_SESSION_SQL: &str = "SET ROLE NONE; SET search_path = pg_catalog
 /// they can be granted (also with `CREATE ROLE .. IN ROLE`) by a superuser only, and nobody
 /// is a member of them. A database owner may create trusted extensions (pgcrypto, ...):
 /// an event trigger owned by the superuser refuses `CREATE EXTENSION` with DSQL's answer.
+/// Its function lives in schema `dsql_pgx`, which nobody else may use; not named after the
+/// superuser, whose `"$user"` search path entry would then catch the tables it creates.
 const ADMIN_SQL: &str = r#"
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'admin') THEN
@@ -348,9 +350,9 @@ ALTER SCHEMA public OWNER TO admin;
 UPDATE pg_authid SET rolsuper = true
  WHERE rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files')
    AND NOT rolsuper;
-CREATE SCHEMA IF NOT EXISTS dsql_pgx_internal;
-REVOKE ALL ON SCHEMA dsql_pgx_internal FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dsql_pgx_internal.refuse_create_extension() RETURNS event_trigger
+CREATE SCHEMA IF NOT EXISTS dsql_pgx;
+REVOKE ALL ON SCHEMA dsql_pgx FROM PUBLIC;
+CREATE OR REPLACE FUNCTION dsql_pgx.refuse_create_extension() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $fn$
 BEGIN
   RAISE EXCEPTION 'unsupported statement: CreateExtension' USING ERRCODE = 'feature_not_supported';
@@ -359,7 +361,7 @@ $fn$;
 DROP EVENT TRIGGER IF EXISTS dsql_pgx_refuse_create_extension;
 CREATE EVENT TRIGGER dsql_pgx_refuse_create_extension ON ddl_command_start
   WHEN TAG IN ('CREATE EXTENSION')
-  EXECUTE FUNCTION dsql_pgx_internal.refuse_create_extension();
+  EXECUTE FUNCTION dsql_pgx.refuse_create_extension();
 ALTER EVENT TRIGGER dsql_pgx_refuse_create_extension ENABLE ALWAYS;
 "#;
 
