@@ -247,6 +247,31 @@ pub(crate) fn valid_region(region: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Whether tokens can be signed for `name` and TLS can verify it: a DNS host name as rustls
+/// checks a server name (letters, digits, `-` and `_` in dot-separated labels of at most 63
+/// characters, 253 in all) or an IPv4 address. `@`, `#`, `:`, `/`, spaces and the like are not
+/// part of a host name; an IPv6 address cannot stand as a token's host unbracketed.
+pub fn is_host_name(name: &str) -> bool {
+    use rustls_pki_types::{IpAddr, ServerName};
+    matches!(
+        ServerName::try_from(name),
+        Ok(ServerName::DnsName(_) | ServerName::IpAddress(IpAddr::V4(_)))
+    )
+}
+
+/// A user's value quoted for a message, cut short when it is long (a 70,000-character
+/// value makes a line nobody reads).
+pub(crate) fn shown(value: &str) -> String {
+    const KEEP: usize = 64;
+    let length = value.chars().count();
+    if length <= KEEP {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(KEEP).collect();
+        format!("{head:?}... ({length} characters)")
+    }
+}
+
 fn is_cluster_id(text: &str) -> bool {
     text.len() == 26
         && text
@@ -262,9 +287,10 @@ pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, Config
     if raw.is_empty() {
         return Err(bad(NO_ENDPOINT));
     }
-    if raw.contains("://") || raw.contains('/') || raw.contains(char::is_whitespace) {
+    if !is_host_name(raw) {
         return Err(bad(format!(
-            "--endpoint (or CLUSTER_ENDPOINT) {raw:?} is not a host name; give e.g. <id>.dsql.us-east-1.on.aws"
+            "--endpoint (or CLUSTER_ENDPOINT) {} is not a host name; give e.g. <id>.dsql.us-east-1.on.aws (an address to connect to goes in --host)",
+            shown(raw)
         )));
     }
     let explicit = args.region.clone().or_else(|| env.var("REGION"));
@@ -273,12 +299,14 @@ pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, Config
         .or_else(|| first_env(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]));
     let Some(region) = region else {
         return Err(bad(format!(
-            "cannot tell the region of endpoint {raw:?}: set --region or REGION (or AWS_REGION)"
+            "cannot tell the region of endpoint {}: set --region or REGION (or AWS_REGION)",
+            shown(raw)
         )));
     };
     if !valid_region(&region) {
         return Err(bad(format!(
-            "--region (or REGION) {region:?} is not a region name such as us-east-1"
+            "--region (or REGION) {} is not a region name such as us-east-1",
+            shown(&region)
         )));
     }
     let endpoint = if is_cluster_id(raw) {
@@ -646,6 +674,54 @@ mod tests {
                 err.0
             );
         }
+    }
+
+    #[test]
+    fn only_host_names_and_ipv4_addresses_are_endpoints() {
+        for good in [
+            HOST,
+            "localhost",
+            "db-1.example.com",
+            "10.0.0.7",
+            "my_host.example",
+        ] {
+            assert!(is_host_name(good), "{good}");
+        }
+        let long_label = format!("{}.example.com", "a".repeat(64));
+        let long_name = ["abcdefghi"; 26].join(".");
+        for bad in [
+            "",
+            "a@b.example",
+            "a#b",
+            "db.example:5432",
+            "a/b",
+            "a b",
+            "::1",
+            "[::1]",
+            "-a.example",
+            "a..b",
+            "user:pw@host",
+            "h\u{0}",
+            "ü.example",
+            &long_label,
+            &long_name,
+        ] {
+            assert!(!is_host_name(bad), "{bad:?}");
+        }
+        let err = conn(&["--endpoint", "a@b.example"], &[]).expect_err("refused");
+        assert!(
+            err.0.contains("\"a@b.example\" is not a host name"),
+            "{}",
+            err.0
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_short_in_messages() {
+        assert_eq!(shown("us-east-1"), "\"us-east-1\"");
+        let long = shown(&"é".repeat(70_000));
+        assert!(long.ends_with("... (70000 characters)"), "{long}");
+        assert!(long.chars().count() < 100, "{long}");
     }
 
     #[test]
