@@ -207,7 +207,12 @@ fn first_line(text: &str) -> String {
 pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> String {
     use clap::error::{ContextKind, ContextValue};
     let mut line = clap_message(error);
-    if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
+    // The variable that can also set a bad value; an unknown flag has none.
+    let bad_value = matches!(
+        error.kind(),
+        clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation
+    );
+    if bad_value && let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
         let long = arg.split([' ', '=']).next().unwrap_or_default();
         if let Some(var) = env_of(cmd, long.trim_start_matches("--")) {
             let quoted = format!("'{arg}'");
@@ -334,6 +339,10 @@ mod tests {
             line(&["dsql-pgx", "qury"]),
             "unrecognized subcommand 'qury' (a similar subcommand exists: 'query'); see \
              'dsql-pgx --help'"
+        );
+        assert_eq!(
+            line(&["dsql-pgx", "query", "--refresh-interval", "1s", "select 1"]),
+            "unexpected argument '--refresh-interval' found; see 'dsql-pgx query --help'"
         );
         assert_eq!(
             line(&["dsql-pgx", "bench", "--bogus"]),

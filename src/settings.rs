@@ -212,9 +212,45 @@ pub struct RefreshSettings {
     pub interval: Duration,
 }
 
+/// The longest duration any flag takes: longer is no longer a wait but an overflow (a clock
+/// plus `18446744073709551615s` panics).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The longest role name PostgreSQL keeps (NAMEDATALEN - 1 bytes): it cuts a longer one
+/// short, which would name another role.
+pub const MAX_ROLE_LEN: usize = 63;
+
 /// Parses a duration flag, naming the flag and its variable on error.
 pub fn duration(value: &str, flag: &str, var: Option<&str>) -> Result<Duration, ConfigError> {
-    cli::parse_duration(value).map_err(|e| bad(format!("{}: {e}", names(flag, var))))
+    let parsed =
+        cli::parse_duration(value).map_err(|e| bad(format!("{}: {e}", names(flag, var))))?;
+    if parsed > MAX_DURATION {
+        return Err(bad(format!(
+            "{} {} is longer than 100 years",
+            names(flag, var),
+            shown(value)
+        )));
+    }
+    Ok(parsed)
+}
+
+/// The role to connect as: `--user`, DB_USER, CLUSTER_USER or `admin`.
+fn role(args: &TargetArgs, env: &dyn Environment) -> Result<String, ConfigError> {
+    let user = args
+        .user
+        .clone()
+        .or_else(|| first_env(env, &["DB_USER", "CLUSTER_USER"]))
+        .unwrap_or_else(|| ADMIN_USER.to_string());
+    if user.is_empty() || user.contains('\0') {
+        return Err(bad("--user (or DB_USER) must be a role name"));
+    }
+    if user.len() > MAX_ROLE_LEN {
+        return Err(bad(format!(
+            "--user (or DB_USER) {} is longer than a role name's {MAX_ROLE_LEN} bytes",
+            shown(&user)
+        )));
+    }
+    Ok(user)
 }
 
 fn names(flag: &str, var: Option<&str>) -> String {
@@ -314,14 +350,7 @@ pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, Config
     } else {
         raw.to_ascii_lowercase()
     };
-    let user = args
-        .user
-        .clone()
-        .or_else(|| first_env(env, &["DB_USER", "CLUSTER_USER"]))
-        .unwrap_or_else(|| ADMIN_USER.to_string());
-    if user.is_empty() || user.contains('\0') {
-        return Err(bad("--user (or DB_USER) must be a role name"));
-    }
+    let user = role(args, env)?;
     let token_expires_in = token_lifetime(&args.token_expires_in)?;
     Ok(Target {
         endpoint,
@@ -406,12 +435,7 @@ pub fn parse_bool(value: &str) -> Option<bool> {
 pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination, ConfigError> {
     let pool = pool(args)?;
     if args.local {
-        let user = args
-            .target
-            .user
-            .clone()
-            .or_else(|| first_env(env, &["DB_USER", "CLUSTER_USER"]))
-            .unwrap_or_else(|| ADMIN_USER.to_string());
+        let user = role(&args.target, env)?;
         return Ok(Destination::Local {
             pool,
             user,
@@ -445,6 +469,14 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
         return Err(bad(format!(
             "--ca-file (or PGSSLROOTCERT) {} is not a readable file",
             ca.display()
+        )));
+    }
+    if let Some(host) = &args.address.host
+        && rustls_pki_types::ServerName::try_from(host.as_str()).is_err()
+    {
+        return Err(bad(format!(
+            "--host (or DB_HOST) {} is neither a host name nor an IP address",
+            shown(host)
         )));
     }
     let auth = if iam {

@@ -109,9 +109,8 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
     if interval < Duration::from_millis(100) {
         return Err(ConfigError("--interval must be at least 100ms".into()).into());
     }
-    // A duration past what the clock can count (`--duration 1000000y`) means no deadline.
     let deadline = match &args.duration {
-        Some(text) => Instant::now().checked_add(settings::duration(text, "--duration", None)?),
+        Some(text) => Some(Instant::now() + settings::duration(text, "--duration", None)?),
         None => None,
     };
     if args.workers == 0 {
