@@ -835,7 +835,9 @@ async fn oversized_and_malformed_inputs_get_one_line_and_exit_2() {
     let huge = "18446744073709551615s";
     let dsql = "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws";
     let no_server = ["--region", "us-east-1", "--port", "1"];
-    let mut cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = Vec::new();
+    /// Arguments, extra environment, and what the error line says.
+    type Refused<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let mut cases: Vec<Refused> = Vec::new();
     let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     for command in [
         &["token"][..],
@@ -936,7 +938,8 @@ async fn oversized_and_malformed_inputs_get_one_line_and_exit_2() {
 /// the exit code: no panic turns a usage error (2) into 101.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_stderr_keeps_the_exit_code() {
-    let sinks: [(&str, fn() -> Stdio); 2] = [
+    type Sink = fn() -> Stdio;
+    let sinks: [(&str, Sink); 2] = [
         ("a full disk", || {
             Stdio::from(std::fs::File::create("/dev/full").unwrap())
         }),
