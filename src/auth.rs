@@ -118,9 +118,55 @@ pub enum AuthError {
         "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, pick a profile with --profile or AWS_PROFILE, or run `aws sso login`"
     )]
     NoCredentials(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The credentials resolved but cannot make a token (one far too long to be a URL).
+    #[error("the AWS credentials cannot sign a token: {0}")]
+    Unusable(String),
     /// Signing itself failed.
     #[error("cannot sign an auth token")]
     Sign(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The longest URI the SDK's HTTP types accept (`http::Uri`: `u16::MAX - 1` bytes); it
+/// panics on a longer one instead of returning an error.
+const MAX_URI_LEN: usize = u16::MAX as usize - 1;
+/// What a token holds beside the host and the encoded credentials: the scheme the SDK
+/// signs with, the action, algorithm, date, scope, expiry, signed headers and signature.
+const TOKEN_OVERHEAD: usize = 512;
+
+/// Refuses credentials that would make the token's URL longer than [`MAX_URI_LEN`], before
+/// the SDK panics on them.
+fn check_token_size(
+    hostname: &str,
+    region: &str,
+    credentials: &Credentials,
+) -> Result<(), AuthError> {
+    // Query values are percent-encoded: every byte but RFC 3986's unreserved ones takes 3.
+    let encoded = |text: &str| {
+        text.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    1
+                } else {
+                    3
+                }
+            })
+            .sum::<usize>()
+    };
+    let session = credentials.session_token().map_or(0, encoded);
+    let key_id = encoded(credentials.access_key_id());
+    if TOKEN_OVERHEAD + hostname.len() + encoded(region) + key_id + session <= MAX_URI_LEN {
+        return Ok(());
+    }
+    let what = if session >= key_id {
+        let length = credentials.session_token().map_or(0, str::len);
+        format!("the session token (AWS_SESSION_TOKEN) has {length} characters")
+    } else {
+        let length = credentials.access_key_id().len();
+        format!("the access key id (AWS_ACCESS_KEY_ID) has {length} characters")
+    };
+    Err(AuthError::Unusable(format!(
+        "{what}, and a token must fit in a {MAX_URI_LEN}-byte URL; check the credentials"
+    )))
 }
 
 /// A signed token and when it was made.
@@ -239,6 +285,15 @@ impl TokenSigner {
         credentials: Credentials,
         action: Action,
     ) -> Result<Token, AuthError> {
+        // The SDK panics on a name a URL cannot hold (`a:b`, `a/b`), and a token for a name
+        // that is not a host is no use to anyone: settings refuse these, and so does the signer.
+        if !crate::settings::is_host_name(&self.hostname) {
+            return Err(AuthError::Unusable(format!(
+                "{} is not a host name to sign for",
+                crate::settings::shown(&self.hostname)
+            )));
+        }
+        check_token_size(&self.hostname, &self.region, &credentials)?;
         let config = GeneratorConfig::builder()
             .hostname(self.hostname.as_str())
             .region(Region::new(self.region.clone()))
@@ -442,6 +497,33 @@ mod tests {
         for secret in ["SESSION-MARKER", "X-Amz-", "secret"] {
             assert!(!log.contains(secret), "{secret} in the log: {log}");
         }
+    }
+
+    #[tokio::test]
+    async fn credentials_too_long_for_a_url_are_refused_not_panicked_on() {
+        let sign = |session: String| async move {
+            let creds = Credentials::new("akid", "secret", Some(session), None, "t");
+            let signer = vector_signer("peccy.dsql.us-east-1.on.aws");
+            signer.sign_with(creds, Action::DbConnect).await
+        };
+        let token = sign("b".repeat(60_000))
+            .await
+            .expect("a long token still fits");
+        assert!(token.value.expose().len() > 60_000);
+        // '+' is percent-encoded: 22,000 of them take 66,000 bytes of URL.
+        for session in ["b".repeat(120_000), "+".repeat(22_000)] {
+            match sign(session).await {
+                Err(AuthError::Unusable(why)) => {
+                    assert!(why.contains("session token (AWS_SESSION_TOKEN)"), "{why}")
+                }
+                other => panic!("expected Unusable, got {other:?}"),
+            }
+        }
+        let bad_host = vector_signer("a:b").sign(Action::DbConnect).await;
+        assert!(
+            matches!(bad_host, Err(AuthError::Unusable(_))),
+            "{bad_host:?}"
+        );
     }
 
     #[test]

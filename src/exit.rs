@@ -8,11 +8,16 @@
 //! | 3 | connection, TLS or authentication failure |
 //! | 4 | optimistic-concurrency retries exhausted |
 //! | 5 | `refresh-demo`: a connection survived a refresh or a query failed |
-//! | 130 | interrupted (Ctrl-C) |
+//! | 130 | interrupted (Ctrl-C or SIGTERM) |
+//!
+//! Diagnostics go to stderr through [`eprint`], which never panics: a stderr that cannot take
+//! them (a closed pipe, a full disk) loses the line, never the exit code. A closed stdin,
+//! stdout or stderr (`2>&-`) is already `/dev/null` when `main` starts (Rust's runtime opens
+//! it there on Unix), so no socket opened later can become one of them.
 
 use std::error::Error as StdError;
 use std::fmt::Write as _;
-use std::io;
+use std::io::{self, Write as _};
 
 use crate::auth::AuthError;
 use crate::pool::{ConnectError, PoolError, RefreshError};
@@ -34,7 +39,7 @@ pub enum Exit {
     Conflict = 4,
     /// `refresh-demo` found a surviving connection or a failed query.
     DemoFailed = 5,
-    /// Interrupted by Ctrl-C.
+    /// Interrupted by Ctrl-C (SIGINT) or SIGTERM.
     Interrupted = 130,
 }
 
@@ -44,10 +49,29 @@ impl From<Exit> for std::process::ExitCode {
     }
 }
 
-/// The user pressed Ctrl-C.
+/// The user pressed Ctrl-C, or the process was sent SIGTERM.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted")]
-pub struct Interrupted;
+#[error("interrupted by {signal}{}", if *.cancelled { "; the running statement was cancelled" } else { "" })]
+pub struct Interrupted {
+    /// The signal: `SIGINT` (Ctrl-C) or `SIGTERM`.
+    pub signal: &'static str,
+    /// Whether a cancel request went to the server for a running statement.
+    pub cancelled: bool,
+}
+
+/// Writes a diagnostic to stderr, as `eprint!` does but without its panic when stderr is
+/// gone (a closed pipe, a full disk): the text is lost, the exit code is not.
+pub fn eprint(text: std::fmt::Arguments<'_>) {
+    let _ = io::stderr().lock().write_fmt(text);
+}
+
+/// `eprintln!` through [`eprint`]: a line on stderr, never a panic.
+macro_rules! diag {
+    ($($arg:tt)*) => {
+        $crate::exit::eprint(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use diag;
 
 /// A command finished but its own check failed (exit code carried along).
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +100,7 @@ pub fn classify(error: &anyhow::Error) -> Exit {
         }
         if let Some(e) = auth_error(cause) {
             return match e {
-                AuthError::NoCredentials(_) => Exit::Usage,
+                AuthError::NoCredentials(_) | AuthError::Unusable(_) => Exit::Usage,
                 AuthError::Sign(_) => Exit::Connect,
             };
         }
@@ -183,7 +207,12 @@ fn first_line(text: &str) -> String {
 pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> String {
     use clap::error::{ContextKind, ContextValue};
     let mut line = clap_message(error);
-    if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
+    // The variable that can also set a bad value; an unknown flag has none.
+    let bad_value = matches!(
+        error.kind(),
+        clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation
+    );
+    if bad_value && let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
         let long = arg.split([' ', '=']).next().unwrap_or_default();
         if let Some(var) = env_of(cmd, long.trim_start_matches("--")) {
             let quoted = format!("'{arg}'");
@@ -251,10 +280,10 @@ pub fn report(error: &anyhow::Error) -> Exit {
     }
     let exit = classify(error);
     let root: &(dyn StdError + 'static) = error.as_ref();
-    eprintln!(
-        "dsql-pgx: error: {}",
+    eprint(format_args!(
+        "dsql-pgx: error: {}\n",
         crate::output::escape_control(&chain(root))
-    );
+    ));
     exit
 }
 
@@ -312,6 +341,10 @@ mod tests {
              'dsql-pgx --help'"
         );
         assert_eq!(
+            line(&["dsql-pgx", "query", "--refresh-interval", "1s", "select 1"]),
+            "unexpected argument '--refresh-interval' found; see 'dsql-pgx query --help'"
+        );
+        assert_eq!(
             line(&["dsql-pgx", "bench", "--bogus"]),
             "unexpected argument '--bogus' found; see 'dsql-pgx bench --help'"
         );
@@ -329,8 +362,16 @@ mod tests {
 
     #[test]
     fn interrupted_is_130() {
+        let interrupted = Interrupted {
+            signal: "SIGTERM",
+            cancelled: true,
+        };
         assert_eq!(
-            classify(&anyhow::Error::new(Interrupted)),
+            interrupted.to_string(),
+            "interrupted by SIGTERM; the running statement was cancelled"
+        );
+        assert_eq!(
+            classify(&anyhow::Error::new(interrupted)),
             Exit::Interrupted
         );
         assert_eq!(Exit::Interrupted as u8, 130);

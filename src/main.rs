@@ -20,7 +20,7 @@ fn main() -> ExitCode {
                     .map(|a| a.to_string_lossy().into_owned())
                     .collect();
                 let line = dsql_pgx::exit::usage_line(&error, &dsql_pgx::cli::command(), &args);
-                eprintln!("dsql-pgx: error: {line}");
+                dsql_pgx::exit::eprint(format_args!("dsql-pgx: error: {line}\n"));
             }
             return dsql_pgx::exit::Exit::Usage.into();
         }

@@ -212,9 +212,45 @@ pub struct RefreshSettings {
     pub interval: Duration,
 }
 
+/// The longest duration any flag takes: longer is no longer a wait but an overflow (a clock
+/// plus `18446744073709551615s` panics).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The longest role name PostgreSQL keeps (NAMEDATALEN - 1 bytes): it cuts a longer one
+/// short, which would name another role.
+pub const MAX_ROLE_LEN: usize = 63;
+
 /// Parses a duration flag, naming the flag and its variable on error.
 pub fn duration(value: &str, flag: &str, var: Option<&str>) -> Result<Duration, ConfigError> {
-    cli::parse_duration(value).map_err(|e| bad(format!("{}: {e}", names(flag, var))))
+    let parsed =
+        cli::parse_duration(value).map_err(|e| bad(format!("{}: {e}", names(flag, var))))?;
+    if parsed > MAX_DURATION {
+        return Err(bad(format!(
+            "{} {} is longer than 100 years",
+            names(flag, var),
+            shown(value)
+        )));
+    }
+    Ok(parsed)
+}
+
+/// The role to connect as: `--user`, DB_USER, CLUSTER_USER or `admin`.
+fn role(args: &TargetArgs, env: &dyn Environment) -> Result<String, ConfigError> {
+    let user = args
+        .user
+        .clone()
+        .or_else(|| first_env(env, &["DB_USER", "CLUSTER_USER"]))
+        .unwrap_or_else(|| ADMIN_USER.to_string());
+    if user.is_empty() || user.contains('\0') {
+        return Err(bad("--user (or DB_USER) must be a role name"));
+    }
+    if user.len() > MAX_ROLE_LEN {
+        return Err(bad(format!(
+            "--user (or DB_USER) {} is longer than a role name's {MAX_ROLE_LEN} bytes",
+            shown(&user)
+        )));
+    }
+    Ok(user)
 }
 
 fn names(flag: &str, var: Option<&str>) -> String {
@@ -247,6 +283,31 @@ pub(crate) fn valid_region(region: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Whether tokens can be signed for `name` and TLS can verify it: a DNS host name as rustls
+/// checks a server name (letters, digits, `-` and `_` in dot-separated labels of at most 63
+/// characters, 253 in all) or an IPv4 address. `@`, `#`, `:`, `/`, spaces and the like are not
+/// part of a host name; an IPv6 address cannot stand as a token's host unbracketed.
+pub fn is_host_name(name: &str) -> bool {
+    use rustls_pki_types::{IpAddr, ServerName};
+    matches!(
+        ServerName::try_from(name),
+        Ok(ServerName::DnsName(_) | ServerName::IpAddress(IpAddr::V4(_)))
+    )
+}
+
+/// A user's value quoted for a message, cut short when it is long (a 70,000-character
+/// value makes a line nobody reads).
+pub(crate) fn shown(value: &str) -> String {
+    const KEEP: usize = 64;
+    let length = value.chars().count();
+    if length <= KEEP {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(KEEP).collect();
+        format!("{head:?}... ({length} characters)")
+    }
+}
+
 fn is_cluster_id(text: &str) -> bool {
     text.len() == 26
         && text
@@ -262,9 +323,10 @@ pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, Config
     if raw.is_empty() {
         return Err(bad(NO_ENDPOINT));
     }
-    if raw.contains("://") || raw.contains('/') || raw.contains(char::is_whitespace) {
+    if !is_host_name(raw) {
         return Err(bad(format!(
-            "--endpoint (or CLUSTER_ENDPOINT) {raw:?} is not a host name; give e.g. <id>.dsql.us-east-1.on.aws"
+            "--endpoint (or CLUSTER_ENDPOINT) {} is not a host name; give e.g. <id>.dsql.us-east-1.on.aws (an address to connect to goes in --host)",
+            shown(raw)
         )));
     }
     let explicit = args.region.clone().or_else(|| env.var("REGION"));
@@ -273,12 +335,14 @@ pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, Config
         .or_else(|| first_env(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]));
     let Some(region) = region else {
         return Err(bad(format!(
-            "cannot tell the region of endpoint {raw:?}: set --region or REGION (or AWS_REGION)"
+            "cannot tell the region of endpoint {}: set --region or REGION (or AWS_REGION)",
+            shown(raw)
         )));
     };
     if !valid_region(&region) {
         return Err(bad(format!(
-            "--region (or REGION) {region:?} is not a region name such as us-east-1"
+            "--region (or REGION) {} is not a region name such as us-east-1",
+            shown(&region)
         )));
     }
     let endpoint = if is_cluster_id(raw) {
@@ -286,14 +350,7 @@ pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, Config
     } else {
         raw.to_ascii_lowercase()
     };
-    let user = args
-        .user
-        .clone()
-        .or_else(|| first_env(env, &["DB_USER", "CLUSTER_USER"]))
-        .unwrap_or_else(|| ADMIN_USER.to_string());
-    if user.is_empty() || user.contains('\0') {
-        return Err(bad("--user (or DB_USER) must be a role name"));
-    }
+    let user = role(args, env)?;
     let token_expires_in = token_lifetime(&args.token_expires_in)?;
     Ok(Target {
         endpoint,
@@ -378,12 +435,7 @@ pub fn parse_bool(value: &str) -> Option<bool> {
 pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination, ConfigError> {
     let pool = pool(args)?;
     if args.local {
-        let user = args
-            .target
-            .user
-            .clone()
-            .or_else(|| first_env(env, &["DB_USER", "CLUSTER_USER"]))
-            .unwrap_or_else(|| ADMIN_USER.to_string());
+        let user = role(&args.target, env)?;
         return Ok(Destination::Local {
             pool,
             user,
@@ -417,6 +469,14 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
         return Err(bad(format!(
             "--ca-file (or PGSSLROOTCERT) {} is not a readable file",
             ca.display()
+        )));
+    }
+    if let Some(host) = &args.address.host
+        && rustls_pki_types::ServerName::try_from(host.as_str()).is_err()
+    {
+        return Err(bad(format!(
+            "--host (or DB_HOST) {} is neither a host name nor an IP address",
+            shown(host)
         )));
     }
     let auth = if iam {
@@ -646,6 +706,54 @@ mod tests {
                 err.0
             );
         }
+    }
+
+    #[test]
+    fn only_host_names_and_ipv4_addresses_are_endpoints() {
+        for good in [
+            HOST,
+            "localhost",
+            "db-1.example.com",
+            "10.0.0.7",
+            "my_host.example",
+        ] {
+            assert!(is_host_name(good), "{good}");
+        }
+        let long_label = format!("{}.example.com", "a".repeat(64));
+        let long_name = ["abcdefghi"; 26].join(".");
+        for bad in [
+            "",
+            "a@b.example",
+            "a#b",
+            "db.example:5432",
+            "a/b",
+            "a b",
+            "::1",
+            "[::1]",
+            "-a.example",
+            "a..b",
+            "user:pw@host",
+            "h\u{0}",
+            "ü.example",
+            &long_label,
+            &long_name,
+        ] {
+            assert!(!is_host_name(bad), "{bad:?}");
+        }
+        let err = conn(&["--endpoint", "a@b.example"], &[]).expect_err("refused");
+        assert!(
+            err.0.contains("\"a@b.example\" is not a host name"),
+            "{}",
+            err.0
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_short_in_messages() {
+        assert_eq!(shown("us-east-1"), "\"us-east-1\"");
+        let long = shown(&"é".repeat(70_000));
+        assert!(long.ends_with("... (70000 characters)"), "{long}");
+        assert!(long.chars().count() < 100, "{long}");
     }
 
     #[test]

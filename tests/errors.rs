@@ -815,3 +815,286 @@ async fn a_second_local_on_the_same_data_dir_is_refused() {
     assert_serves_admin(env).await;
     stop_with_sigterm(&mut first).await;
 }
+
+/// Hostile but plausible inputs, each refused with one line and exit 2, never a panic: huge
+/// values (an endpoint, a session token, a region, a role, a duration) and endpoint names that
+/// are not host names, in every command that takes one.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_malformed_inputs_get_one_line_and_exit_2() {
+    let endpoint = "a".repeat(70_000);
+    let session_token = "b".repeat(120_000);
+    let region = "r".repeat(10_000);
+    let role = "u".repeat(64);
+    let huge = "18446744073709551615s";
+    let dsql = "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws";
+    let no_server = ["--region", "us-east-1", "--port", "1"];
+    /// Arguments, extra environment, and what the error line says.
+    type Refused<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let mut cases: Vec<Refused> = Vec::new();
+    let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    for command in [
+        &["token"][..],
+        &["query", "select 1"],
+        &["connect"],
+        &["bench", "--duration", "1s"],
+        &["refresh-demo", "--refreshes", "1"],
+    ] {
+        let mut long = owned(command);
+        long.extend(owned(&["--endpoint", &endpoint]));
+        long.extend(owned(&no_server));
+        cases.push((long, vec![], "... (70000 characters) is not a host name"));
+        for name in ["a@b.example", "a#b", "db.example:5432", "a/b", "a b", "::1"] {
+            let mut args = owned(command);
+            args.extend(owned(&["--endpoint", name]));
+            args.extend(owned(&no_server));
+            cases.push((args, vec![], "is not a host name; give e.g."));
+        }
+    }
+    for command in [&["token"][..], &["query", "select 1"], &["connect"]] {
+        let mut args = owned(command);
+        args.extend(owned(&["--endpoint", dsql, "--port", "1"]));
+        cases.push((
+            args,
+            vec![("AWS_SESSION_TOKEN", session_token.as_str())],
+            "the session token (AWS_SESSION_TOKEN) has 120000 characters",
+        ));
+    }
+    cases.push((
+        owned(&["token", "--endpoint", dsql, "--region", &region]),
+        vec![],
+        "... (10000 characters) is not a region name",
+    ));
+    cases.push((
+        owned(&["token", "--endpoint", dsql, "--user", &role]),
+        vec![],
+        "is longer than a role name's 63 bytes",
+    ));
+    cases.push((
+        owned(&["query", "select 1", "--local", "--user", &role]),
+        vec![],
+        "is longer than a role name's 63 bytes",
+    ));
+    for flag in ["--connect-timeout", "--idle-timeout", "--retry-max"] {
+        let mut args = owned(&["query", "select 1", "--endpoint", "localhost"]);
+        args.extend(owned(&no_server));
+        args.extend(owned(&[flag, huge]));
+        cases.push((args, vec![], "is longer than 100 years"));
+    }
+    for flag in ["--duration", "--warmup"] {
+        let mut args = owned(&["bench", "--endpoint", "localhost"]);
+        args.extend(owned(&no_server));
+        args.extend(owned(&[flag, huge]));
+        cases.push((args, vec![], "is longer than 100 years"));
+    }
+    cases.push((
+        owned(&[
+            "query",
+            "select 1",
+            "--endpoint",
+            dsql,
+            "--host",
+            "a@b",
+            "--port",
+            "1",
+        ]),
+        vec![],
+        "--host (or DB_HOST) \"a@b\" is neither a host name nor an IP address",
+    ));
+    cases.push((
+        owned(&["local", "--hostname", "a@b", "--data-dir", "/dev/null"]),
+        vec![],
+        "--hostname \"a@b\" is not a DNS host name",
+    ));
+    for (args, env, fragment) in &cases {
+        let mut cmd = dsql_pgx();
+        cmd.env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .envs(env.iter().copied())
+            .args(args);
+        let out = output(cmd).await;
+        let err = stderr(&out);
+        let shown: Vec<String> = args.iter().map(|a| a.chars().take(40).collect()).collect();
+        assert_eq!(out.status.code(), Some(2), "{shown:?}: {err}");
+        assert!(err.starts_with("dsql-pgx: error: "), "{shown:?}: {err}");
+        assert!(
+            err.contains(fragment),
+            "{shown:?}: {err:?} lacks {fragment:?}"
+        );
+        assert_eq!(err.lines().count(), 1, "{shown:?}: one line: {err}");
+        assert!(err.len() < 400, "{shown:?}: a short line: {err}");
+        assert!(!err.contains("panicked"), "{shown:?}: {err}");
+        assert_eq!(stdout(&out), "", "{shown:?}: no token for a bad input");
+    }
+}
+
+/// A stderr that cannot take the error line (a full disk, a closed pipe) loses the line, not
+/// the exit code: no panic turns a usage error (2) into 101.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_stderr_keeps_the_exit_code() {
+    type Sink = fn() -> Stdio;
+    let sinks: [(&str, Sink); 2] = [
+        ("a full disk", || {
+            Stdio::from(std::fs::File::create("/dev/full").unwrap())
+        }),
+        ("a closed pipe", || {
+            let (read, write) = nix::unistd::pipe().unwrap();
+            drop(read);
+            Stdio::from(write)
+        }),
+    ];
+    for (what, sink) in sinks {
+        for args in [
+            &["token", "--endpoint", "a b", "--region", "us-east-1"][..],
+            &["query", "--max-conns", "many", "select 1"],
+        ] {
+            let mut cmd = dsql_pgx_std();
+            cmd.args(args).stdout(Stdio::null()).stderr(sink());
+            let status = tokio::task::spawn_blocking(move || cmd.status().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(status.code(), Some(2), "{what}, {args:?}: {status:?}");
+        }
+    }
+}
+
+/// `2>&-`: the runtime opens /dev/null on a closed descriptor before `main`, so the socket of
+/// the database connection never becomes fd 2 and the `-vv` diagnostics written while it is
+/// open reach nobody (were they written into it, the session would break). A closed stdout
+/// is /dev/null too; an unwritable one (a full disk) is one line and exit 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_std_descriptors_never_reach_the_database() {
+    use std::os::unix::process::CommandExt as _;
+    let ep = TestEndpoint::start().await;
+    let env = ep.env();
+    let close = |fd: i32| {
+        let mut cmd = dsql_pgx_std();
+        cmd.envs(env.clone());
+        // SAFETY: only close(2) runs between fork and exec, an async-signal-safe call.
+        unsafe {
+            cmd.pre_exec(move || {
+                let _ = nix::libc::close(fd);
+                Ok(())
+            });
+        }
+        cmd
+    };
+    let run = async |mut cmd: std::process::Command| {
+        cmd.stdout(Stdio::piped());
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    };
+    let mut cmd = close(2);
+    cmd.args(["query", "-vv", "--format", "csv", "--no-header"])
+        .arg("select 1; select pg_sleep(0.2); select 'still in sync'");
+    let out = run(cmd).await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "1\n\n\"\"\n\nstill in sync\n");
+
+    let mut cmd = close(2);
+    cmd.args(["query", "-vv", "select from from"]);
+    assert_code(&run(cmd).await, 1);
+
+    let mut cmd = close(1);
+    cmd.args(["query", "select 1"]).stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_code(&out, 0);
+
+    let mut cmd = dsql_pgx_std();
+    cmd.envs(ep.env())
+        .args(["token"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_code(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        "dsql-pgx: error: cannot write the token to stdout: No space left on device (os error 28)\n"
+    );
+}
+
+/// SIGTERM stops a `--local` command as Ctrl-C does: the running statement is cancelled, the
+/// exit code is 130, and the ephemeral endpoint is shut down with its temporary directory
+/// removed (TMPDIR is empty afterwards). `bench`, which runs no statement to cancel, stops the
+/// same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn signals_cancel_and_remove_the_local_temporary_directory() {
+    use nix::sys::signal::Signal;
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::AsyncBufReadExt as _;
+    let runs: [(&[&str], &str, Signal, &str); 3] = [
+        (
+            &["query", "select pg_sleep(60)"],
+            "running a statement",
+            Signal::SIGTERM,
+            "dsql-pgx: error: interrupted by SIGTERM; the running statement was cancelled\n",
+        ),
+        (
+            &["query", "select pg_sleep(60)"],
+            "running a statement",
+            Signal::SIGINT,
+            "dsql-pgx: error: interrupted by SIGINT; the running statement was cancelled\n",
+        ),
+        (
+            &["bench", "--duration", "60s", "--warmup", "0s"],
+            "connection opened",
+            Signal::SIGTERM,
+            "dsql-pgx: error: interrupted by SIGTERM\n",
+        ),
+    ];
+    for (args, ready, signal, last_line) in runs {
+        let tmp = tempfile::tempdir().unwrap();
+        // As root PostgreSQL runs as `postgres`, which must reach the data dir inside.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = tokio::process::Command::from(dsql_pgx_std());
+        cmd.env("TMPDIR", tmp.path())
+            .args(args)
+            .args(["--local", "-vv"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let hit = line.contains(ready);
+                seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            found,
+            Ok(true),
+            "{args:?}: never got to {ready:?}: {seen:#?}"
+        );
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let rest = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut rest = Vec::new();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                rest.push(line);
+            }
+            (rest, child.wait().await.unwrap())
+        })
+        .await;
+        let (rest, status) = rest.expect("exits long before the 60 s statement ends");
+        let text = rest.join("\n") + "\n";
+        assert_eq!(status.code(), Some(130), "{args:?} {signal}: {text}");
+        assert!(text.ends_with(last_line), "{args:?} {signal}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{args:?} {signal}: left behind {left:?}");
+    }
+}

@@ -270,12 +270,12 @@ async fn progress(window: Window, warmup: Duration, done: Arc<AtomicU64>) {
         } else {
             "measuring"
         };
-        eprint!(
+        crate::exit::eprint(format_args!(
             "\r\x1b[Kbench: {:.0}/{:.0} s {phase}, {} q/s",
             (now - start).as_secs_f64().min(total.as_secs_f64()),
             total.as_secs_f64(),
             count - last
-        );
+        ));
         let _ = std::io::stderr().flush();
         last = count;
     }
@@ -418,7 +418,7 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     let pool = session.pool.clone();
     let max_size = session.settings.pool.max_size;
     if shares[0] > max_size && !out.quiet {
-        eprintln!(
+        crate::exit::diag!(
             "bench: {} clients per thread share at most {max_size} connections; raise --max-conns to give each its own",
             shares[0]
         );
@@ -492,7 +492,7 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     let measured = Instant::now().saturating_duration_since(window.measure_from);
     if let Some(ticker) = ticker {
         ticker.abort();
-        eprint!("\r\x1b[K");
+        crate::exit::eprint(format_args!("\r\x1b[K"));
     }
 
     let mut total = ClientReport::default();

@@ -57,8 +57,8 @@ fn shell_quote(value: &str) -> String {
 pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
     let mut listen: SocketAddr = args.listen.parse().map_err(|_| {
         ConfigError(format!(
-            "--listen {:?} is not an address such as 127.0.0.1:5432",
-            args.listen
+            "--listen {} is not an address such as 127.0.0.1:5432",
+            settings::shown(&args.listen)
         ))
     })?;
     if let Some(port) = args.port {
@@ -66,8 +66,17 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
     }
     if !settings::valid_region(&args.region) {
         return Err(ConfigError(format!(
-            "--region {:?} is not a region name such as us-east-1",
-            args.region
+            "--region {} is not a region name such as us-east-1",
+            settings::shown(&args.region)
+        ))
+        .into());
+    }
+    if !settings::is_host_name(&args.hostname)
+        || args.hostname.parse::<std::net::Ipv4Addr>().is_ok()
+    {
+        return Err(ConfigError(format!(
+            "--hostname {} is not a DNS host name (clients send it as TLS SNI, which an IP address cannot be); give one such as localhost or db.example.test",
+            settings::shown(&args.hostname)
         ))
         .into());
     }
@@ -75,8 +84,8 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         settings::duration(&args.max_connection_age, "--max-connection-age", None)?;
     if max_connection_age.is_zero() {
         return Err(ConfigError(format!(
-            "--max-connection-age must be above 0, got {:?}",
-            args.max_connection_age
+            "--max-connection-age must be above 0, got {}",
+            settings::shown(&args.max_connection_age)
         ))
         .into());
     }
@@ -117,7 +126,7 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
     if !out.quiet {
-        eprintln!(
+        crate::exit::diag!(
             "dsql-pgx local: serving {} on {} (data in {}); Ctrl-C or SIGTERM stops it",
             endpoint.hostname(),
             endpoint.local_addr(),

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with `pub async fn run(..)`, and what they share:
-//! turning connection flags into a pool (against a real cluster or a local endpoint).
+//! turning connection flags into a pool (against a real cluster or a local endpoint), and
+//! stopping on Ctrl-C or SIGTERM with the local endpoint torn down, not left behind.
 
 pub mod bench;
 pub mod completions;
@@ -10,8 +11,10 @@ pub mod refresh_demo;
 pub mod token;
 
 use anyhow::Context as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::{Command, ConnArgs, Format};
+use crate::exit::Interrupted;
 use crate::output::Output;
 use crate::pool::Pool;
 use crate::settings::{self, ConfigError, ConnSettings, ProcessEnv};
@@ -36,14 +39,55 @@ pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // `query` cancels its statement and `refresh-demo` prints its summary on a signal; `local`
+    // shuts its endpoint down. `connect` and `bench` just stop: dropping their session stops
+    // a `--local` endpoint and removes its temporary directory.
     match command {
         Command::Query(args) => query::run(args, out).await,
-        Command::Connect(args) => connect::run(args, out).await,
+        Command::Connect(args) => until_stopped(connect::run(args, out)).await,
         Command::Token(args) => token::run(args, out).await,
         Command::RefreshDemo(args) => refresh_demo::run(args, out).await,
         Command::Local(args) => local::run(args, out).await,
-        Command::Bench(args) => bench::run(args, out).await,
+        Command::Bench(args) => until_stopped(bench::run(args, out)).await,
         Command::Completions(args) => completions::run(&args),
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM, the signals that stop a command. From the moment one is made
+/// they no longer end the process outright (which would leave a `--local` endpoint's
+/// PostgreSQL and temporary directory behind): each arrives at [`StopSignal::recv`], also one
+/// sent before the first call.
+#[derive(Debug)]
+pub struct StopSignal {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignal {
+    /// Starts listening for both signals.
+    pub fn new() -> anyhow::Result<StopSignal> {
+        Ok(StopSignal {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    /// Waits for the next signal and names it (`SIGINT` or `SIGTERM`).
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Runs `work` until it ends or a signal stops it; a stopped `work` is dropped, with every
+/// connection and local endpoint it holds, and the error is [`Interrupted`] (exit 130).
+async fn until_stopped(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let mut stop = StopSignal::new()?;
+    tokio::select! {
+        outcome = work => outcome,
+        signal = stop.recv() => Err(Interrupted { signal, cancelled: false }.into()),
     }
 }
 

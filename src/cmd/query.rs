@@ -15,7 +15,7 @@ use crate::retry::{self, RetryEvent};
 use crate::settings::{self, ConfigError};
 use crate::sql::{self, StatementResult};
 
-use super::Session;
+use super::{Session, StopSignal};
 
 /// Where the SQL comes from.
 fn read_sql(args: &QueryArgs) -> anyhow::Result<String> {
@@ -50,15 +50,20 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
         return Err(ConfigError("no SQL statement to run".into()).into());
     }
     let policy = settings::retry(&args.retry)?;
+    // From here Ctrl-C and SIGTERM stop the query, also while a `--local` endpoint starts.
+    let mut stop = StopSignal::new()?;
     // A one-shot query opens only the connection it uses.
-    let session = Session::open(&args.conn, Some(0)).await?;
+    let session = tokio::select! {
+        session = Session::open(&args.conn, Some(0)) => session?,
+        signal = stop.recv() => return Err(Interrupted { signal, cancelled: false }.into()),
+    };
     let typed = out.format == crate::cli::Format::Json;
     let current: Arc<Mutex<Option<CancelToken>>> = Arc::default();
     let last_session: Mutex<String> = Mutex::default();
     let quiet = out.quiet;
     let mut on_retry = move |event: &RetryEvent| {
         if !quiet {
-            eprintln!(
+            crate::exit::diag!(
                 "dsql-pgx: conflict on attempt {}/{} (SQLSTATE {}{}), retrying in {}",
                 event.attempt,
                 event.retries + 1,
@@ -96,6 +101,7 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
                     *last_session.lock().unwrap_or_else(|p| p.into_inner()) =
                         client.session_id().to_string();
                     let mut results = Vec::with_capacity(statements.len());
+                    tracing::debug!(session_id = client.session_id(), "running a transaction");
                     for statement in &statements {
                         results.push(sql::execute(client, statement, typed).await?);
                     }
@@ -115,6 +121,7 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
                         remember(&current, client);
                         *last_session.lock().unwrap_or_else(|p| p.into_inner()) =
                             client.session_id().to_string();
+                        tracing::debug!(session_id = client.session_id(), "running a statement");
                         Ok(sql::execute(client, statement, typed).await?)
                     },
                 )
@@ -127,13 +134,18 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
 
     let outcome = tokio::select! {
         outcome = work => outcome,
-        _ = tokio::signal::ctrl_c() => {
+        signal = stop.recv() => {
             let token = current.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(token) = token
-                && let Err(error) = session.pool.cancel(&token).await {
-                    tracing::warn!("cannot cancel the running query: {error}");
+            let mut cancelled = false;
+            if let Some(token) = token {
+                match session.pool.cancel(&token).await {
+                    Ok(()) => cancelled = true,
+                    Err(error) => tracing::warn!("cannot cancel the running query: {error}"),
                 }
-            return Err(Interrupted.into());
+            }
+            // Dropping the session stops a `--local` endpoint and removes its directory.
+            drop(session);
+            return Err(Interrupted { signal, cancelled }.into());
         }
     };
     outcome?;
@@ -145,7 +157,7 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
         let stats = session.pool.stats();
         let mut rows = vec![vec!["session id".to_string(), session_id]];
         rows.extend(output::stats_rows(&stats));
-        eprintln!("{}", out.stderr_table(&["connection", "value"], &rows));
+        crate::exit::diag!("{}", out.stderr_table(&["connection", "value"], &rows));
     }
     session.close().await;
     Ok(())

@@ -16,7 +16,7 @@ use crate::output::{self, Output};
 use crate::pool::{Pool, PoolStats};
 use crate::settings::{self, ConfigError};
 
-use super::Session;
+use super::{Session, StopSignal};
 
 /// Query outcomes since the last refresh, shared by the workers.
 #[derive(Default)]
@@ -116,6 +116,8 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
     if args.workers == 0 {
         return Err(ConfigError("--workers must be at least 1".into()).into());
     }
+    // Listening from here, a signal while the pool opens still ends the run with its summary.
+    let mut signals = StopSignal::new()?;
     let session = Session::open(&args.conn, None).await?;
     let pool = session.pool.clone();
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -131,7 +133,7 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
             .into_iter()
             .map(|c| c.session_id)
             .collect();
-        eprintln!(
+        crate::exit::diag!(
             "refresh-demo: {} workers, a refresh every {}; connections now: {}",
             args.workers,
             humantime::format_duration(interval),
@@ -149,8 +151,8 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(sleep_until_deadline);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let stopped = signals.recv();
+    tokio::pin!(stopped);
     loop {
         if args.refreshes.is_some_and(|n| refreshes >= u64::from(n)) {
             break;
@@ -158,7 +160,7 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
         let outcome = tokio::select! {
             outcome = refresher.reports.recv() => outcome,
             _ = &mut sleep_until_deadline => break,
-            _ = &mut ctrl_c => break,
+            _ = &mut stopped => break,
         };
         let Some(outcome) = outcome else { break };
         let report = match outcome {
@@ -166,7 +168,7 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
             Err(error) => {
                 failed_refreshes += 1;
                 if !out.quiet {
-                    eprintln!("refresh-demo: {} (retrying)", crate::exit::chain(&*error));
+                    crate::exit::diag!("refresh-demo: {} (retrying)", crate::exit::chain(&*error));
                 }
                 continue;
             }

@@ -2,6 +2,8 @@
 //! URL carrying it.
 
 use std::io::Write;
+
+use anyhow::Context as _;
 use std::net::IpAddr;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -57,7 +59,8 @@ fn connection_url(
             Ok(ip) => url.push_str(&format!("&hostaddr={ip}")),
             Err(_) => {
                 return Err(ConfigError(format!(
-                    "--url can route through --host (or DB_HOST) only as an IP address (hostaddr), not {host:?}"
+                    "--url can route through --host (or DB_HOST) only as an IP address (hostaddr), not {}",
+                    settings::shown(host)
                 )));
             }
         },
@@ -86,8 +89,7 @@ pub async fn run(args: TokenArgs, out: &Output) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
-    let mut stdout = std::io::stdout().lock();
-    if out.format == Format::Json {
+    let line = if out.format == Format::Json {
         let json = TokenJson {
             token: token.value.expose(),
             hostname: signer.hostname(),
@@ -96,13 +98,14 @@ pub async fn run(args: TokenArgs, out: &Output) -> anyhow::Result<()> {
             expires_at: humantime::format_rfc3339_seconds(token.expires_at).to_string(),
             url,
         };
-        serde_json::to_writer(&mut stdout, &json)?;
-        writeln!(stdout)?;
+        serde_json::to_string(&json)?
     } else {
-        writeln!(stdout, "{}", url.as_deref().unwrap_or(token.value.expose()))?;
-    }
-    stdout.flush()?;
-    Ok(())
+        url.unwrap_or_else(|| token.value.expose().to_string())
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .context("cannot write the token to stdout")
 }
 
 #[cfg(test)]
