@@ -340,19 +340,31 @@ pub(crate) async fn serve(
         ending(deadline, &mut hard_stop_rx).await;
         tokio::time::sleep(BOUNDARY_WAIT).await;
     };
-    tokio::select! {
-        r = tokio::io::copy(&mut from_client, &mut to_upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, "connection closed: {e}");
-            }
+    // When the client leaves, PostgreSQL is told (its read side ends) and the relay goes on
+    // until PostgreSQL closes: until then its backend lives, may still be cancelled (its key
+    // stays registered) and holds its connection slot.
+    let client_to_upstream = async {
+        if let Err(e) = tokio::io::copy(&mut from_client, &mut to_upstream).await {
+            tracing::debug!(%peer, "client connection closed: {e}");
         }
-        r = relay_to_client(&mut from_upstream, &mut to_client, ending(deadline, &mut shutdown)) => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, "connection closed: {e}");
-            }
-        }
+        let _ = to_upstream.shutdown().await;
+        std::future::pending::<()>().await
+    };
+    let relayed = tokio::select! {
+        () = client_to_upstream => unreachable!("pending forever"),
+        r = relay_to_client(&mut from_upstream, &mut to_client, ending(deadline, &mut shutdown)) => r,
         () = hard_stop => {
             tracing::debug!(%peer, "no message boundary within {BOUNDARY_WAIT:?}: closed without a FATAL");
+            Ok(())
+        }
+    };
+    if let Err(e) = relayed {
+        // The client is gone: wait (at most until the connection's end) for PostgreSQL.
+        tracing::debug!(%peer, "connection closed: {e}");
+        let mut discard = tokio::io::sink();
+        tokio::select! {
+            _ = tokio::io::copy(&mut from_upstream, &mut discard) => {}
+            _ = ending(deadline, &mut shutdown) => {}
         }
     }
     let _ = upstream.shutdown().await;
