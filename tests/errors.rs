@@ -1098,3 +1098,76 @@ async fn signals_cancel_and_remove_the_local_temporary_directory() {
         assert!(left.is_empty(), "{args:?} {signal}: left behind {left:?}");
     }
 }
+/// `local` with fewer descriptors than its advertised connections need says so on stderr;
+/// when its PostgreSQL is killed it exits 3 within seconds, with one line naming the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_warns_of_a_low_fd_limit_and_exits_3_when_postgres_dies() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    // The binary's clean environment, run through `sh -c 'ulimit -n 512 && exec ...'`:
+    // `ulimit -n` lowers both the soft and the hard limit, so it cannot be raised again.
+    let clean = dsql_pgx_std();
+    let mut sh = std::process::Command::new("sh");
+    for (key, value) in clean.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    sh.args(["-c", "ulimit -n 512 && exec \"$0\" \"$@\""])
+        .arg(clean.get_program())
+        .args(["local", "--port", "0", "--data-dir"])
+        .arg(dir.path());
+    let mut cmd = tokio::process::Command::from(sh);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut exports = String::new();
+    while !exports.contains("export ") {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(60), out.read_line(&mut line))
+            .await
+            .expect("local prints its exports")
+            .unwrap();
+        assert!(n > 0, "local exited early");
+        exports.push_str(&line);
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(dir.path())),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("local exits once its PostgreSQL is gone")
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "the open-file limit (512) allows about 0 of the 10000 connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some(
+            format!(
+                "dsql-pgx: error: the private PostgreSQL exited unexpectedly; see {} and start dsql-pgx local again",
+                dir.path().join("postgres.log").display()
+            )
+            .as_str()
+        ),
+        "{err}"
+    );
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestEndpoint, TestPg, TokenSpec, connect};
+use futures_util::FutureExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_postgres::error::SqlState;
 
@@ -488,4 +489,270 @@ async fn a_data_dir_keeps_credentials_ca_and_data_across_restarts() {
     .unwrap();
     client.query("SELECT x FROM kept", &[]).await.unwrap();
     second.shutdown().await.unwrap();
+}
+
+/// A TLS connection to the endpoint that sent its startup packet and got the password
+/// request, and then says nothing: a client in the middle of its handshake.
+async fn half_open(ep: &TestEndpoint) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tcp = tokio::net::TcpStream::connect(ep.endpoint().local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    let mut reply = [0u8; 1];
+    tcp.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"S");
+    let connector = tokio_rustls::TlsConnector::from(common::client_config(ep.ca_pem(), false));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let startup = dsql_pgx::local::wire::Startup {
+        params: vec![("user".into(), "admin".into())],
+    };
+    tls.write_all(&startup.encode()).await.unwrap();
+    let mut request = [0u8; 9];
+    tls.read_exact(&mut request).await.unwrap();
+    assert_eq!(request, dsql_pgx::local::wire::auth_cleartext_request());
+    tls
+}
+
+/// The case scaled to a small bucket: clients without a valid token (wrong
+/// passwords, a handshake left hanging) spend neither the connection rate nor a slot.
+/// Before, the 11th wrong password already got 53400, and the hanging handshake held the
+/// only slot (53300).
+#[tokio::test]
+async fn clients_without_a_valid_token_spend_neither_rate_nor_slots() {
+    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
+        rate_per_sec: 1,
+        burst: 10,
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let _hanging = half_open(&ep).await;
+    for _ in 0..40 {
+        let err = connect(&ep.config("admin", "not-a-token"), ep.tls(false))
+            .await
+            .unwrap_err();
+        assert_iam_refused(&err, "admin");
+    }
+    let client = ep.connect("admin").await.unwrap();
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    // Valid clients still meet both limits.
+    let err = ep.connect("admin").await.unwrap_err();
+    assert_eq!(code(&err), "53300");
+}
+
+/// Sockets in their handshake are capped (the burst, at least 64): beyond it a new socket is
+/// closed at once; once they go, valid clients connect again. Before, the 65th socket was
+/// kept open until the 30 s handshake timeout.
+#[tokio::test]
+async fn sockets_beyond_the_handshake_cap_are_closed_at_once() {
+    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
+        burst: 4,
+        ..Default::default()
+    })
+    .await;
+    let addr = ep.endpoint().local_addr();
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the socket beyond the cap is closed at once");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    drop(silent);
+    let mut connected = None;
+    for _ in 0..100 {
+        match ep.connect("admin").await {
+            Ok(client) => {
+                connected = Some(client);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(connected.is_some(), "handshake slots not released");
+}
+
+/// A raw CancelRequest, from `source`, for backend `pid` with `secret`.
+async fn raw_cancel(ep: &TestEndpoint, source: std::net::IpAddr, pid: i32, secret: i32) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let Ok(mut tcp) = socket.connect(ep.endpoint().local_addr()).await else {
+        return;
+    };
+    let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    packet.extend_from_slice(&pid.to_be_bytes());
+    packet.extend_from_slice(&secret.to_be_bytes());
+    let _ = tcp.write_all(&packet).await;
+    let mut sink = Vec::new();
+    let _ = tcp.read_to_end(&mut sink).await;
+}
+
+/// A flood of cancel requests from one source (made-up keys) neither starves a real cancel
+/// from another source, during or after the flood, nor makes the endpoint hang.
+#[tokio::test]
+async fn a_cancel_flood_does_not_starve_real_cancels() {
+    let ep = Arc::new(TestEndpoint::start().await);
+    let flooder: std::net::IpAddr = [127, 0, 0, 2].into();
+    let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let flood = {
+        let (ep, sent) = (ep.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for worker in 0..8 {
+                let (ep, sent) = (ep.clone(), sent.clone());
+                tasks.spawn(async move {
+                    for i in 0..250 {
+                        raw_cancel(&ep, flooder, 1000 + worker, i).await;
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    };
+    for _ in 0..200 {
+        if sent.load(std::sync::atomic::Ordering::Relaxed) >= 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    cancel_a_sleep(&ep).await;
+    tokio::time::timeout(Duration::from_secs(120), flood)
+        .await
+        .expect("the flood finishes")
+        .unwrap();
+    cancel_a_sleep(&ep).await;
+}
+
+/// Starts `pg_sleep(30)` and cancels it through the endpoint, as tokio-postgres does.
+async fn cancel_a_sleep(ep: &TestEndpoint) {
+    {
+        let client = ep.connect("admin").await.unwrap();
+        let cancel = client.cancel_token();
+        let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+        let admin = ep.admin_client().await;
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'";
+        for _ in 0..200 {
+            if admin
+                .query_one(waiting, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        cancel.cancel_query(ep.tls(false)).await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), query)
+            .await
+            .expect("the cancel took effect")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+    }
+}
+
+/// Streams `select repeat('x', 1000) ...` until it fails; returns the error.
+async fn stream_until_error(client: tokio_postgres::Client) -> tokio_postgres::Error {
+    use futures_util::TryStreamExt as _;
+    let rows = client
+        .query_raw(
+            "select repeat('x', 1000) from generate_series(1, 10000000)",
+            std::iter::empty::<i32>(),
+        )
+        .await;
+    let mut rows = match rows {
+        Ok(rows) => Box::pin(rows),
+        Err(e) => return e,
+    };
+    loop {
+        match rows.try_next().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the result ended without the endpoint's FATAL"),
+            Err(e) => return e,
+        }
+    }
+}
+
+/// The maximum-age FATAL arrives between two messages of a long streaming result, so the
+/// client sees 57P01 instead of a protocol error (before: the FATAL landed inside a row).
+#[tokio::test]
+async fn a_streaming_result_ends_with_57p01_at_the_maximum_age() {
+    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
+        max_connection_age: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let client = ep.connect("admin").await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), stream_until_error(client))
+        .await
+        .expect("the connection ends at its maximum age");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected the endpoint's FATAL, got {err:?}"));
+    assert_eq!(db.code(), &SqlState::ADMIN_SHUTDOWN);
+    assert_eq!(
+        db.message(),
+        "terminating connection: it reached its maximum age"
+    );
+}
+
+/// The same at shutdown.
+#[tokio::test]
+async fn a_streaming_result_ends_with_57p01_at_shutdown() {
+    let ep = TestEndpoint::start().await;
+    let client = ep.connect("admin").await.unwrap();
+    let admin = ep.admin_client().await;
+    let streaming = tokio::spawn(stream_until_error(client));
+    let active = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'select repeat%'";
+    for _ in 0..400 {
+        if admin.query_one(active, &[]).await.unwrap().get::<_, i64>(0) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    drop(admin);
+    ep.stop().await;
+    let err = tokio::time::timeout(Duration::from_secs(30), streaming)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+}
+
+/// Once the private PostgreSQL dies, `failed()` resolves within a second or so and new
+/// clients get one FATAL 08006 that says what happened (before: the socket just closed).
+#[tokio::test]
+async fn a_dead_postgres_is_noticed_and_reported_to_new_clients() {
+    let ep = TestEndpoint::start().await;
+    ep.connect("admin").await.unwrap();
+    let mut failed = std::pin::pin!(ep.endpoint().failed());
+    assert!(
+        failed.as_mut().now_or_never().is_none(),
+        "failed while running"
+    );
+    let pid = ep.endpoint().postgres().pid().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), failed)
+        .await
+        .expect("the endpoint notices that PostgreSQL died");
+    let err = ep.connect("admin").await.unwrap_err();
+    assert_eq!(code(&err), "08006", "{err}");
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "the local endpoint's PostgreSQL server is not running; see postgres.log in its data directory and restart dsql-pgx local"
+    );
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::cli::{Format, LocalArgs};
+use crate::exit::{Exit, Failed};
 use crate::local::{EndpointOptions, Limits, LocalEndpoint};
 use crate::output::Output;
 use crate::settings::{self, ConfigError, ConnSettings, Destination};
@@ -133,16 +134,28 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
             endpoint.data_dir().display()
         );
     }
-    wait_for_stop().await?;
+    let stopped = wait_for_stop(&endpoint).await;
     endpoint.shutdown().await?;
-    Ok(())
+    stopped
 }
 
-async fn wait_for_stop() -> anyhow::Result<()> {
+/// Waits for Ctrl-C or SIGTERM (`Ok`), or for the private PostgreSQL to die (an error
+/// with exit code 3: the endpoint can no longer connect anyone).
+async fn wait_for_stop(endpoint: &LocalEndpoint) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result?,
         _ = term.recv() => {}
+        () = endpoint.failed() => {
+            return Err(Failed {
+                message: format!(
+                    "the private PostgreSQL exited unexpectedly; see {} and start dsql-pgx local again",
+                    endpoint.data_dir().join("postgres.log").display()
+                ),
+                exit: Exit::Connect,
+            }
+            .into());
+        }
     }
     Ok(())
 }

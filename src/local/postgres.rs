@@ -727,6 +727,25 @@ impl PgServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// A future that resolves once the postmaster has exited (checked every 100 ms, so
+    /// within a second), or at once when there is none. It does not reap the process:
+    /// [`PgServer::stop`] and drop still do, and the pid cannot be reused meanwhile.
+    pub fn exited(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        let pid = self
+            .pid()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw);
+        async move {
+            let Some(pid) = pid else { return };
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            // Anything but "still running" (an exit, or no such child any more) is an exit.
+            while let Ok(WaitStatus::StillAlive) = waitid(Id::Pid(pid), flags) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 impl Drop for PgServer {

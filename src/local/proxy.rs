@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use super::certs::LocalCa;
 use super::postgres::{MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir};
 pub use super::session::Limits;
-use super::session::{Shared, serve, shutdown_signaled};
+use super::session::{Shared, handshake_cap, serve, shutdown_signaled};
 use super::verify::TokenVerifier;
 use crate::auth::{CredentialSource, Secret};
 use crate::settings::{
@@ -37,6 +37,9 @@ use crate::settings::{
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Lock file in the data directory, held by the endpoint using it (its pid inside).
 const LOCK_FILE: &str = "dsql-pgx-local.lock";
+/// File descriptors the endpoint needs besides its connections (listener, log, runtime,
+/// PostgreSQL's admin and cancel sockets).
+const FD_RESERVE: u64 = 64;
 
 /// How to start a [`LocalEndpoint`].
 #[derive(Clone)]
@@ -100,6 +103,9 @@ pub struct LocalEndpoint {
     data_dir: PathBuf,
     stop: watch::Sender<bool>,
     accept_task: Option<JoinHandle<()>>,
+    /// Becomes `true` once the private PostgreSQL has exited on its own.
+    failed: watch::Receiver<bool>,
+    monitor_task: Option<JoinHandle<()>>,
     // Dropped in this order: PostgreSQL first, then the lock, then the (temporary) directory.
     pg: Option<PgServer>,
     _lock: Flock<fs::File>,
@@ -351,6 +357,7 @@ impl LocalEndpoint {
         .context("TLS server certificate")?;
         tls.alpn_protocols = vec![b"postgresql".to_vec()];
 
+        raise_open_file_limit(&opts.limits);
         let listener = TcpListener::bind(opts.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (choose another with --listen or --port; 0 picks a free port)",
@@ -379,6 +386,8 @@ impl LocalEndpoint {
             limits,
         ));
         let (stop, stop_rx) = watch::channel(false);
+        let (failed_tx, failed) = watch::channel(false);
+        let monitor_task = tokio::spawn(watch_postgres(pg.exited(), shared.clone(), failed_tx));
         let accept_task = tokio::spawn(accept_loop(listener, shared, stop_rx));
         tracing::info!(%local_addr, hostname = %opts.hostname, region = %opts.region, "local DSQL endpoint ready");
         Ok(LocalEndpoint {
@@ -391,6 +400,8 @@ impl LocalEndpoint {
             data_dir,
             stop,
             accept_task: Some(accept_task),
+            failed,
+            monitor_task: Some(monitor_task),
             pg: Some(pg),
             _lock: lock,
             temp_dir,
@@ -444,9 +455,22 @@ impl LocalEndpoint {
             .expect("PostgreSQL is present until shutdown consumes the endpoint")
     }
 
+    /// Resolves once the private PostgreSQL has exited on its own (killed, crashed): the
+    /// endpoint then answers every new client with FATAL 08006 and should be shut down.
+    /// Never resolves while PostgreSQL runs. Poll it with, e.g., `now_or_never`.
+    pub async fn failed(&self) {
+        let mut failed = self.failed.clone();
+        if failed.wait_for(|failed| *failed).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Stops accepting, closes client connections (with a FATAL 57P01) and stops
     /// PostgreSQL cleanly.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(task) = self.monitor_task.take() {
+            task.abort();
+        }
         let _ = self.stop.send(true);
         if let Some(task) = self.accept_task.take() {
             let _ = task.await;
@@ -470,8 +494,58 @@ impl Drop for LocalEndpoint {
         if let Some(task) = self.accept_task.take() {
             task.abort();
         }
+        if let Some(task) = self.monitor_task.take() {
+            task.abort();
+        }
         // `pg` then `temp_dir` are dropped next: PostgreSQL stops synchronously.
     }
+}
+
+/// Raises the open-file soft limit to the hard limit, and warns when even that cannot hold
+/// the advertised connections (two descriptors each: client and PostgreSQL) and handshakes.
+fn raise_open_file_limit(limits: &Limits) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut available = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => available = hard,
+            Err(e) => tracing::debug!("cannot raise the open-file limit to {hard}: {e}"),
+        }
+    }
+    if let Some(warning) = fd_shortfall(available, limits) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// The warning to give when `available` descriptors cannot hold `limits`' connections.
+fn fd_shortfall(available: u64, limits: &Limits) -> Option<String> {
+    let max = u64::from(limits.max_connections);
+    let fixed = u64::from(handshake_cap(limits)) + FD_RESERVE;
+    if max == 0 || available >= 2 * max + fixed {
+        return None;
+    }
+    let reachable = available.saturating_sub(fixed) / 2;
+    Some(format!(
+        "the open-file limit ({available}) allows about {reachable} of the {max} connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections"
+    ))
+}
+
+/// Waits for the private PostgreSQL to exit, then says so: an error in the log, FATAL 08006
+/// for new clients, `failed` for the endpoint's owner.
+async fn watch_postgres(
+    exited: impl std::future::Future<Output = ()>,
+    shared: Arc<Shared>,
+    failed: watch::Sender<bool>,
+) {
+    exited.await;
+    tracing::error!(
+        "the private PostgreSQL exited unexpectedly; new connections are refused (see postgres.log in the data directory)"
+    );
+    shared.mark_upstream_failed();
+    let _ = failed.send(true);
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -480,8 +554,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Beyond the cap a socket is closed at once, before any TLS work.
+                    let Some(handshake) = shared.admit() else {
+                        tracing::debug!(%peer, cap = shared.handshake_cap(), "connection closed: too many handshakes in progress");
+                        drop(tcp);
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
-                    connections.spawn(serve(shared.clone(), tcp, peer, stop.clone()));
+                    connections.spawn(serve(shared.clone(), tcp, peer, handshake, stop.clone()));
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -562,5 +642,34 @@ mod tests {
             ..EndpointOptions::default()
         };
         assert!(!format!("{opts:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_short_open_file_limit_is_reported() {
+        let limits = Limits::default();
+        assert_eq!(fd_shortfall(1 << 20, &limits), None);
+        assert_eq!(fd_shortfall(2 * 10_000 + 1000 + FD_RESERVE, &limits), None);
+        let warning = fd_shortfall(1024, &limits).unwrap();
+        assert_eq!(
+            warning,
+            "the open-file limit (1024) allows about 0 of the 10000 connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections"
+        );
+        let small = Limits {
+            max_connections: 100,
+            burst: 10,
+            ..Limits::default()
+        };
+        // 2 × 100 connections + 64 handshakes (the floor) + the reserve.
+        assert!(fd_shortfall(328, &small).is_none());
+        assert!(
+            fd_shortfall(327, &small)
+                .unwrap()
+                .contains("about 99 of the 100")
+        );
+        let unlimited = Limits {
+            max_connections: 0,
+            ..Limits::default()
+        };
+        assert_eq!(fd_shortfall(16, &unlimited), None);
     }
 }

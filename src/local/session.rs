@@ -1,27 +1,57 @@
 //! One client connection to the local endpoint: TLS negotiation (SSLRequest or direct
-//! TLS with ALPN), startup checks, DSQL's limits, IAM token authentication, then a
-//! byte-for-byte splice to the private PostgreSQL until the connection's maximum age.
+//! TLS with ALPN), startup checks, IAM token authentication, DSQL's limits, then a relay to
+//! the private PostgreSQL until the connection's maximum age.
+//!
+//! What a client without a valid token can spend is bounded apart from what valid clients
+//! need: a handshake slot (at most [`Shared::handshake_cap`] at once, each for at most
+//! [`HANDSHAKE_TIMEOUT`]); the connection rate and the connection slots are taken only once
+//! the token verified. Cancel requests are rate-limited per source address, forwarded only
+//! when they name an open connection, and a few at a time.
 
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::postgres::INTERNAL_SUPERUSER;
 use super::verify::TokenVerifier;
-use super::wire::{self, FirstPacket, Startup};
+use super::wire::{self, Boundaries, FirstPacket, Startup};
 
-/// Time a client gets from TCP accept to ReadyForQuery.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a client gets from TCP accept to ReadyForQuery. DSQL documents none; a client that
+/// holds its token needs a few round trips, so 10 s is ample on a slow link and bounds how
+/// long a silent socket holds a handshake slot.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fewest handshakes allowed in progress at once, whatever the burst.
+const MIN_HANDSHAKES: u32 = 64;
+/// How long the endpoint's own FATAL waits for the end of the message being relayed.
+const BOUNDARY_WAIT: Duration = Duration::from_secs(2);
+/// Read buffer of the upstream-to-client relay.
+const RELAY_BUFFER: usize = 32 * 1024;
+/// Cancel requests per source address: a bucket this size...
+const CANCEL_BURST: u32 = 10;
+/// ...refilled at this rate per second.
+const CANCEL_RATE_PER_SEC: u32 = 5;
+/// Source addresses whose cancel budget is tracked; beyond, new sources share one bucket.
+const MAX_CANCEL_SOURCES: usize = 1024;
+/// Cancel requests forwarded to PostgreSQL at once.
+const MAX_CANCELS_IN_FLIGHT: usize = 8;
+/// How long a cancel request waits for one of those.
+const CANCEL_QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// What a client hears once the private PostgreSQL is gone (08006: the endpoint's own
+/// connection to its database failed, and nothing will bring it back).
+const UPSTREAM_GONE: &str = "the local endpoint's PostgreSQL server is not running; see postgres.log in its data directory and restart dsql-pgx local";
 /// Largest upstream message relayed during startup.
 const MAX_UPSTREAM_STARTUP_MSG: usize = 1 << 20;
 
@@ -38,7 +68,8 @@ pub struct Limits {
     pub max_connections: u32,
     /// New connections per second, refilled continuously (DSQL: 100); 0 means unlimited.
     pub rate_per_sec: u32,
-    /// Token-bucket size for new connections (DSQL: 1,000).
+    /// Token-bucket size for new connections (DSQL: 1,000); also how many connections may
+    /// be in their handshake (TLS, startup, authentication) at once, at least 64.
     pub burst: u32,
 }
 
@@ -53,11 +84,75 @@ impl Default for Limits {
     }
 }
 
-/// A token bucket for the connection rate.
-#[derive(Debug)]
+/// A token bucket: `capacity` tokens, refilled continuously at `rate` per second.
+#[derive(Debug, Clone)]
 struct Bucket {
     tokens: f64,
     last: Instant,
+}
+
+impl Bucket {
+    fn full(capacity: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(capacity.max(1)),
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant, rate: u32, capacity: u32) {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * f64::from(rate);
+        self.tokens = (self.tokens + refill).min(f64::from(capacity.max(1)));
+        self.last = self.last.max(now);
+    }
+
+    /// Takes one token; `false` when there is none.
+    fn take(&mut self, now: Instant, rate: u32, capacity: u32) -> bool {
+        self.refill(now, rate, capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket has refilled to the top (then it is the same as a new one).
+    fn is_full(&mut self, now: Instant, rate: u32, capacity: u32) -> bool {
+        self.refill(now, rate, capacity);
+        self.tokens >= f64::from(capacity.max(1))
+    }
+}
+
+/// Cancel-request budgets per source address, in a bounded map.
+#[derive(Debug)]
+struct CancelBudget {
+    sources: HashMap<IpAddr, Bucket>,
+    overflow: Bucket,
+}
+
+impl CancelBudget {
+    fn new(now: Instant) -> Self {
+        Self {
+            sources: HashMap::new(),
+            overflow: Bucket::full(CANCEL_BURST, now),
+        }
+    }
+
+    /// Takes one cancel from `source`'s budget; `false` when it is spent.
+    fn take(&mut self, source: IpAddr, now: Instant) -> bool {
+        let (rate, burst) = (CANCEL_RATE_PER_SEC, CANCEL_BURST);
+        if !self.sources.contains_key(&source) && self.sources.len() >= MAX_CANCEL_SOURCES {
+            self.sources.retain(|_, b| !b.is_full(now, rate, burst));
+        }
+        let bucket = if self.sources.len() < MAX_CANCEL_SOURCES {
+            self.sources
+                .entry(source)
+                .or_insert_with(|| Bucket::full(burst, now))
+        } else {
+            self.sources.get_mut(&source).unwrap_or(&mut self.overflow)
+        };
+        bucket.take(now, rate, burst)
+    }
 }
 
 /// State shared by all connections of one endpoint.
@@ -68,6 +163,12 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     bucket: Mutex<Bucket>,
     open: AtomicU32,
+    handshakes: Arc<Semaphore>,
+    cancel_budget: Mutex<CancelBudget>,
+    cancels_in_flight: Semaphore,
+    /// BackendKeyData (process id, secret key) of every open relayed connection.
+    backend_keys: Mutex<HashSet<[u8; 8]>>,
+    upstream_failed: AtomicBool,
 }
 
 impl Shared {
@@ -77,10 +178,9 @@ impl Shared {
         upstream: PathBuf,
         limits: Limits,
     ) -> Self {
-        let bucket = Bucket {
-            tokens: f64::from(limits.burst.max(1)),
-            last: Instant::now(),
-        };
+        let now = Instant::now();
+        let bucket = Bucket::full(limits.burst, now);
+        let handshakes = Arc::new(Semaphore::new(handshake_cap(&limits) as usize));
         Self {
             verifier,
             acceptor,
@@ -88,7 +188,57 @@ impl Shared {
             limits,
             bucket: Mutex::new(bucket),
             open: AtomicU32::new(0),
+            handshakes,
+            cancel_budget: Mutex::new(CancelBudget::new(now)),
+            cancels_in_flight: Semaphore::new(MAX_CANCELS_IN_FLIGHT),
+            backend_keys: Mutex::new(HashSet::new()),
+            upstream_failed: AtomicBool::new(false),
         }
+    }
+
+    /// How many connections may be in their handshake at once.
+    pub(crate) fn handshake_cap(&self) -> u32 {
+        handshake_cap(&self.limits)
+    }
+
+    /// A handshake slot for a new socket, or `None` when all are taken (the socket is then
+    /// closed at once, before any TLS work).
+    pub(crate) fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.handshakes.clone().try_acquire_owned().ok()
+    }
+
+    /// Records that the private PostgreSQL has exited: new clients get one FATAL 08006.
+    pub(crate) fn mark_upstream_failed(&self) {
+        self.upstream_failed.store(true, Ordering::SeqCst);
+    }
+
+    fn upstream_is_gone(&self) -> bool {
+        self.upstream_failed.load(Ordering::SeqCst)
+    }
+
+    fn take_cancel(&self, source: IpAddr, now: Instant) -> bool {
+        self.cancel_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(source, now)
+    }
+
+    /// Registers an open connection's backend key until the guard drops.
+    fn register_backend(self: &Arc<Self>, key: [u8; 8]) -> BackendKey {
+        self.backend_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+        BackendKey(self.clone(), key)
+    }
+
+    fn is_open_backend(&self, key: &[u8]) -> bool {
+        key.try_into().is_ok_and(|k: [u8; 8]| {
+            self.backend_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&k)
+        })
     }
 
     /// Takes one token from the rate bucket; `false` when the rate is exceeded.
@@ -97,16 +247,10 @@ impl Shared {
         if rate == 0 {
             return true;
         }
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let refill = now.saturating_duration_since(b.last).as_secs_f64() * f64::from(rate);
-        b.tokens = (b.tokens + refill).min(f64::from(self.limits.burst.max(1)));
-        b.last = b.last.max(now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(now, rate, self.limits.burst)
     }
 
     /// Counts an open connection, or `None` at the limit.
@@ -130,6 +274,24 @@ impl Drop for OpenGuard {
     }
 }
 
+/// Keeps a connection's backend key registered (cancel requests may name it) until dropped.
+struct BackendKey(Arc<Shared>, [u8; 8]);
+
+impl Drop for BackendKey {
+    fn drop(&mut self) {
+        self.0
+            .backend_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// Handshakes allowed at once: a full burst of valid clients may arrive together.
+pub(crate) fn handshake_cap(limits: &Limits) -> u32 {
+    limits.burst.max(MIN_HANDSHAKES)
+}
+
 /// Resolves once the endpoint shuts down (or its owner is gone).
 pub(crate) async fn shutdown_signaled(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
@@ -140,19 +302,22 @@ struct Established {
     client: TlsStream<TcpStream>,
     upstream: UnixStream,
     _slot: OpenGuard,
+    _key: Option<BackendKey>,
 }
 
-/// Serves one client connection to completion. Never panics on client input; errors
-/// are logged at debug level (authentication failures at warn).
+/// Serves one client connection to completion; `handshake` is its handshake slot, given
+/// back once its token verified. Never panics on client input; errors are logged at debug
+/// level (authentication failures at warn).
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
+    handshake: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let opened = Instant::now();
     let established = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, establish(&shared, tcp, peer)) => match r {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, establish(&shared, tcp, peer, handshake)) => match r {
             Ok(Ok(Some(e))) => e,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
@@ -167,33 +332,106 @@ pub(crate) async fn serve(
         () = shutdown_signaled(&mut shutdown) => return,
     };
     let Established {
-        mut client,
+        client,
         mut upstream,
         _slot,
+        _key,
     } = established;
     let deadline = opened + shared.limits.max_connection_age;
-    let ending = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, "connection closed: {e}");
-            }
-            None
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_upstream, mut to_upstream) = upstream.split();
+    let mut hard_stop_rx = shutdown.clone();
+    let hard_stop = async {
+        ending(deadline, &mut hard_stop_rx).await;
+        tokio::time::sleep(BOUNDARY_WAIT).await;
+    };
+    // When the client leaves, PostgreSQL is told (its read side ends) and the relay goes on
+    // until PostgreSQL closes: until then its backend lives, may still be cancelled (its key
+    // stays registered) and holds its connection slot.
+    let client_to_upstream = async {
+        if let Err(e) = tokio::io::copy(&mut from_client, &mut to_upstream).await {
+            tracing::debug!(%peer, "client connection closed: {e}");
         }
-        () = tokio::time::sleep_until(deadline) => {
-            Some(wire::fatal("57P01", "terminating connection: it reached its maximum age"))
-        }
-        () = shutdown_signaled(&mut shutdown) => {
-            Some(wire::fatal("57P01", "terminating connection due to administrator command"))
+        let _ = to_upstream.shutdown().await;
+        std::future::pending::<()>().await
+    };
+    let relayed = tokio::select! {
+        () = client_to_upstream => unreachable!("pending forever"),
+        r = relay_to_client(&mut from_upstream, &mut to_client, ending(deadline, &mut shutdown)) => r,
+        () = hard_stop => {
+            tracing::debug!(%peer, "no message boundary within {BOUNDARY_WAIT:?}: closed without a FATAL");
+            Ok(())
         }
     };
-    if let Some(msg) = ending {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = client.write_all(&msg).await;
-            let _ = client.shutdown().await;
-        })
-        .await;
+    if let Err(e) = relayed {
+        // The client is gone: wait (at most until the connection's end) for PostgreSQL.
+        tracing::debug!(%peer, "connection closed: {e}");
+        let mut discard = tokio::io::sink();
+        tokio::select! {
+            _ = tokio::io::copy(&mut from_upstream, &mut discard) => {}
+            _ = ending(deadline, &mut shutdown) => {}
+        }
     }
     let _ = upstream.shutdown().await;
+}
+
+/// Resolves with the FATAL that ends a connection: at its maximum age or at shutdown.
+async fn ending(deadline: Instant, shutdown: &mut watch::Receiver<bool>) -> Vec<u8> {
+    tokio::select! {
+        () = tokio::time::sleep_until(deadline) => {
+            wire::fatal("57P01", "terminating connection: it reached its maximum age")
+        }
+        () = shutdown_signaled(shutdown) => {
+            wire::fatal("57P01", "terminating connection due to administrator command")
+        }
+    }
+}
+
+/// Relays PostgreSQL's messages to the client, whole read buffers at a time, following
+/// where the messages end. Returns when PostgreSQL closes (the client's side is then shut
+/// down too), or, once `ending` resolves, at the next message boundary: the client then
+/// gets `ending`'s FATAL and a close. The caller bounds the wait for that boundary.
+async fn relay_to_client<U, C>(
+    upstream: &mut U,
+    client: &mut C,
+    ending: impl Future<Output = Vec<u8>>,
+) -> io::Result<()>
+where
+    U: AsyncRead + Unpin,
+    C: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    let mut boundaries = Boundaries::default();
+    let mut fatal: Option<Vec<u8>> = None;
+    tokio::pin!(ending);
+    loop {
+        if let Some(msg) = &fatal
+            && boundaries.at_boundary()
+        {
+            client.write_all(msg).await?;
+            client.flush().await?;
+            return client.shutdown().await;
+        }
+        let n = if fatal.is_none() {
+            tokio::select! {
+                biased;
+                msg = &mut ending => {
+                    fatal = Some(msg);
+                    continue;
+                }
+                r = upstream.read(&mut buf) => r?,
+            }
+        } else {
+            upstream.read(&mut buf).await?
+        };
+        if n == 0 {
+            client.flush().await?;
+            return client.shutdown().await;
+        }
+        let upto = boundaries.advance(&buf[..n], fatal.is_some()).unwrap_or(n);
+        client.write_all(&buf[..upto]).await?;
+        client.flush().await?;
+    }
 }
 
 async fn send_fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &str) {
@@ -202,7 +440,24 @@ async fn send_fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &str)
     let _ = w.shutdown().await;
 }
 
-async fn forward_cancel(shared: &Shared, packet: [u8; 16]) -> anyhow::Result<()> {
+/// Forwards a cancel request to PostgreSQL if its source has budget left, it names an open
+/// connection (else PostgreSQL would fork a process only to ignore it), and a forwarding
+/// slot frees up soon; otherwise drops it, as PostgreSQL answers none either.
+async fn forward_cancel(shared: &Shared, peer: SocketAddr, packet: [u8; 16]) -> anyhow::Result<()> {
+    if !shared.take_cancel(peer.ip(), Instant::now()) {
+        tracing::debug!(%peer, "cancel request dropped: this source's cancel rate exceeded");
+        return Ok(());
+    }
+    if !shared.is_open_backend(&packet[8..]) {
+        tracing::debug!(%peer, "cancel request dropped: it names no open connection");
+        return Ok(());
+    }
+    let Ok(Ok(_forwarding)) =
+        tokio::time::timeout(CANCEL_QUEUE_WAIT, shared.cancels_in_flight.acquire()).await
+    else {
+        tracing::debug!(%peer, "cancel request dropped: too many being forwarded");
+        return Ok(());
+    };
     let mut up = UnixStream::connect(&shared.upstream)
         .await
         .context("connecting to PostgreSQL to forward a cancel request")?;
@@ -217,6 +472,7 @@ async fn establish(
     shared: &Arc<Shared>,
     mut tcp: TcpStream,
     peer: SocketAddr,
+    handshake: OwnedSemaphorePermit,
 ) -> anyhow::Result<Option<Established>> {
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await? == 0 {
@@ -232,7 +488,7 @@ async fn establish(
                 }
                 Ok(FirstPacket::GssEncRequest) => tcp.write_all(b"N").await?,
                 Ok(FirstPacket::Cancel(packet)) => {
-                    forward_cancel(shared, packet).await?;
+                    forward_cancel(shared, peer, packet).await?;
                     return Ok(None);
                 }
                 Ok(FirstPacket::Startup(_)) => {
@@ -268,7 +524,7 @@ async fn establish(
     let startup = match wire::read_first_packet(&mut tls).await? {
         Ok(FirstPacket::Startup(s)) => s,
         Ok(FirstPacket::Cancel(packet)) => {
-            forward_cancel(shared, packet).await?;
+            forward_cancel(shared, peer, packet).await?;
             return Ok(None);
         }
         Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => {
@@ -280,6 +536,10 @@ async fn establish(
             return Ok(None);
         }
     };
+    if shared.upstream_is_gone() {
+        send_fatal(&mut tls, "08006", UPSTREAM_GONE).await;
+        return Ok(None);
+    }
     // DSQL routes a connection by its TLS server name: without SNI there is no cluster.
     if sni.is_none() {
         tracing::debug!(%peer, "connection refused: no TLS server name (SNI)");
@@ -316,27 +576,6 @@ async fn establish(
         send_fatal(&mut tls, "3D000", &msg).await;
         return Ok(None);
     }
-    if !shared.take_rate_token(Instant::now()) {
-        tracing::info!(%peer, "connection refused: rate exceeded");
-        send_fatal(
-            &mut tls,
-            "53400",
-            "Unable to accept connection, rate exceeded.",
-        )
-        .await;
-        return Ok(None);
-    }
-    let Some(slot) = shared.open_connection() else {
-        tracing::info!(%peer, "connection refused: too many open connections");
-        send_fatal(
-            &mut tls,
-            "53300",
-            "Unable to accept connection, too many open connections.",
-        )
-        .await;
-        return Ok(None);
-    };
-
     tls.write_all(&wire::auth_cleartext_request()).await?;
     tls.flush().await?;
     let password = match wire::read_message(&mut tls, wire::MAX_PASSWORD_LEN).await? {
@@ -371,16 +610,44 @@ async fn establish(
         send_fatal(&mut tls, "28000", &msg).await;
         return Ok(None);
     }
+    // Only a client whose token verified spends the connection rate and a slot.
+    drop(handshake);
+    if !shared.take_rate_token(Instant::now()) {
+        tracing::info!(%peer, "connection refused: rate exceeded");
+        send_fatal(
+            &mut tls,
+            "53400",
+            "Unable to accept connection, rate exceeded.",
+        )
+        .await;
+        return Ok(None);
+    }
+    let Some(slot) = shared.open_connection() else {
+        tracing::info!(%peer, "connection refused: too many open connections");
+        send_fatal(
+            &mut tls,
+            "53300",
+            "Unable to accept connection, too many open connections.",
+        )
+        .await;
+        return Ok(None);
+    };
 
-    let mut upstream = UnixStream::connect(&shared.upstream)
-        .await
-        .context("connecting to the private PostgreSQL")?;
+    let mut upstream = match UnixStream::connect(&shared.upstream).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::error!(%peer, "cannot reach the private PostgreSQL: {e}");
+            send_fatal(&mut tls, "08006", UPSTREAM_GONE).await;
+            return Ok(None);
+        }
+    };
     let mut params = startup.params.clone();
     if startup.get("database").is_none() {
         params.push(("database".into(), "postgres".into()));
     }
     upstream.write_all(&Startup { params }.encode()).await?;
-    if !relay_until_ready(&mut upstream, &mut tls).await? {
+    let mut key = None;
+    if !relay_until_ready(&mut upstream, &mut tls, &mut key).await? {
         let _ = tls.shutdown().await;
         return Ok(None);
     }
@@ -389,12 +656,17 @@ async fn establish(
         client: tls,
         upstream,
         _slot: slot,
+        _key: key.map(|k| shared.register_backend(k)),
     }))
 }
 
 /// Relays upstream startup messages to the client until ReadyForQuery (`true`) or an
-/// ErrorResponse (`false`).
-async fn relay_until_ready<U, C>(upstream: &mut U, client: &mut C) -> anyhow::Result<bool>
+/// ErrorResponse (`false`); BackendKeyData's process id and secret land in `key`.
+async fn relay_until_ready<U, C>(
+    upstream: &mut U,
+    client: &mut C,
+    key: &mut Option<[u8; 8]>,
+) -> anyhow::Result<bool>
 where
     U: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
@@ -412,6 +684,9 @@ where
             )
             .await;
             return Ok(false);
+        }
+        if tag == b'K' {
+            *key = body.as_slice().try_into().ok();
         }
         let mut msg = Vec::with_capacity(body.len() + 5);
         msg.push(tag);
@@ -494,19 +769,183 @@ mod tests {
     async fn relay_stops_at_error_or_ready() {
         let mut ok: &[u8] = &[b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I'];
         let mut out = Vec::new();
-        assert!(relay_until_ready(&mut ok, &mut out).await.unwrap());
+        let mut key = None;
+        assert!(
+            relay_until_ready(&mut ok, &mut out, &mut key)
+                .await
+                .unwrap()
+        );
         assert_eq!(out.len(), 15);
         let err = wire::fatal("28000", "role \"x\" does not exist");
         let mut out = Vec::new();
         assert!(
-            !relay_until_ready(&mut err.as_slice(), &mut out)
+            !relay_until_ready(&mut err.as_slice(), &mut out, &mut key)
                 .await
                 .unwrap()
         );
         assert_eq!(out, err);
         let mut md5: &[u8] = &[b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4];
         let mut out = Vec::new();
-        assert!(!relay_until_ready(&mut md5, &mut out).await.unwrap());
+        assert!(
+            !relay_until_ready(&mut md5, &mut out, &mut key)
+                .await
+                .unwrap()
+        );
         assert_eq!(out[0], b'E');
+    }
+
+    #[tokio::test]
+    async fn handshakes_are_capped_and_slots_come_back() {
+        let s = shared(Limits {
+            burst: 3,
+            ..Limits::default()
+        });
+        assert_eq!(s.handshake_cap(), MIN_HANDSHAKES);
+        let held: Vec<_> = (0..MIN_HANDSHAKES).map(|_| s.admit().unwrap()).collect();
+        assert!(s.admit().is_none());
+        drop(held);
+        assert!(s.admit().is_some());
+        // A full burst of valid clients fits.
+        assert_eq!(handshake_cap(&Limits::default()), 1000);
+    }
+
+    /// A socket that never completes its handshake is closed after HANDSHAKE_TIMEOUT (10 s;
+    /// it was 30 s), measured on tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_socket_is_closed_at_the_handshake_timeout() {
+        assert_eq!(HANDSHAKE_TIMEOUT, Duration::from_secs(10));
+        let s = shared(Limits::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let (_stop, stop_rx) = watch::channel(false);
+        let started = Instant::now();
+        let handshake = s.admit().unwrap();
+        tokio::spawn(serve(s.clone(), tcp, peer, handshake, stop_rx));
+        let mut buf = [0u8; 1];
+        let n = client.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "closed without a reply");
+        let waited = started.elapsed();
+        assert!(
+            waited >= HANDSHAKE_TIMEOUT && waited < HANDSHAKE_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        // Its handshake slot is free again.
+        let all: Vec<_> = (0..s.handshake_cap()).map(|_| s.admit()).collect();
+        assert!(all.iter().all(Option::is_some));
+    }
+
+    #[tokio::test]
+    async fn cancel_budget_is_per_source_and_bounded() {
+        let mut budget = CancelBudget::new(Instant::now());
+        let t = Instant::now();
+        let a: IpAddr = [127, 0, 0, 2].into();
+        let b: IpAddr = [127, 0, 0, 1].into();
+        for _ in 0..CANCEL_BURST {
+            assert!(budget.take(a, t));
+        }
+        assert!(!budget.take(a, t), "a flooding source runs dry");
+        assert!(budget.take(b, t), "another source is not starved");
+        let later = t + Duration::from_secs(1);
+        assert!(budget.take(a, later), "the budget refills");
+        // Many sources: the map stays bounded; beyond it, new ones share one bucket.
+        for i in 0..(MAX_CANCEL_SOURCES as u32 * 2) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = budget.take(ip, later);
+        }
+        assert!(budget.sources.len() <= MAX_CANCEL_SOURCES);
+        assert!(
+            !budget.take([192, 168, 0, 1].into(), later),
+            "the shared bucket is spent"
+        );
+        // Once the tracked sources have refilled, they are forgotten to make room.
+        let much_later = later + Duration::from_secs(60);
+        assert!(budget.take([192, 168, 0, 1].into(), much_later));
+        assert!(budget.sources.len() <= 3);
+    }
+
+    #[tokio::test]
+    async fn cancels_are_forwarded_only_for_open_connections() {
+        let s = shared(Limits::default());
+        let key = [0, 0, 0, 42, 1, 2, 3, 4];
+        assert!(!s.is_open_backend(&key));
+        let guard = s.register_backend(key);
+        assert!(s.is_open_backend(&key));
+        assert!(!s.is_open_backend(&[0, 0, 0, 42, 1, 2, 3, 5]));
+        assert!(!s.is_open_backend(&key[..7]));
+        drop(guard);
+        assert!(!s.is_open_backend(&key));
+    }
+
+    fn data_row(len: usize) -> Vec<u8> {
+        let mut m = vec![b'D'];
+        m.extend_from_slice(&(len as u32 + 4).to_be_bytes());
+        m.resize(5 + len, b'x');
+        m
+    }
+
+    /// The endpoint's FATAL waits for the message being relayed to end; until then the
+    /// relay keeps forwarding whatever arrives.
+    #[tokio::test]
+    async fn the_ending_fatal_waits_for_a_message_boundary() {
+        let (mut pg, mut upstream) = tokio::io::duplex(1 << 20);
+        let (mut client_end, mut client) = tokio::io::duplex(1 << 20);
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let fatal = wire::fatal(
+            "57P01",
+            "terminating connection: it reached its maximum age",
+        );
+        let ending = {
+            let fatal = fatal.clone();
+            async move {
+                let _ = end_rx.await;
+                fatal
+            }
+        };
+        let relay =
+            tokio::spawn(async move { relay_to_client(&mut upstream, &mut client, ending).await });
+        let first = data_row(100);
+        let second = data_row(3000);
+        pg.write_all(&first).await.unwrap();
+        pg.write_all(&second[..1000]).await.unwrap();
+        // Wait until the relay has forwarded that much, then end mid-message.
+        let mut seen = vec![0u8; first.len() + 1000];
+        client_end.read_exact(&mut seen).await.unwrap();
+        end_tx.send(()).unwrap();
+        let mut rest = second[1000..].to_vec();
+        rest.extend_from_slice(&data_row(10)); // never relayed: past the boundary
+        pg.write_all(&rest).await.unwrap();
+        relay.await.unwrap().unwrap();
+        let mut tail = Vec::new();
+        client_end.read_to_end(&mut tail).await.unwrap();
+        seen.extend_from_slice(&tail);
+        let mut expected = first.clone();
+        expected.extend_from_slice(&second);
+        expected.extend_from_slice(&fatal);
+        assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn the_relay_passes_everything_through_until_postgres_closes() {
+        let (mut pg, mut upstream) = tokio::io::duplex(64);
+        let (mut client_end, mut client) = tokio::io::duplex(64);
+        let relay = tokio::spawn(async move {
+            relay_to_client(&mut upstream, &mut client, std::future::pending()).await
+        });
+        let mut stream = Vec::new();
+        for len in [0, 1, 700, 5, 70_000] {
+            stream.extend_from_slice(&data_row(len));
+        }
+        let sent = stream.clone();
+        let writer = tokio::spawn(async move {
+            pg.write_all(&sent).await.unwrap();
+        });
+        let mut got = Vec::new();
+        client_end.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        relay.await.unwrap().unwrap();
+        assert_eq!(got, stream);
     }
 }

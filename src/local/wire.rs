@@ -1,7 +1,8 @@
 //! The few pieces of the PostgreSQL wire protocol the endpoint speaks itself: the
 //! untyped first packet (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), the
 //! cleartext password exchange and FATAL ErrorResponses. Everything after startup is
-//! spliced byte for byte.
+//! relayed in whole read buffers; [`Boundaries`] follows where PostgreSQL's messages end in
+//! them, so the endpoint's own FATAL is written between two messages, never inside one.
 
 use std::io;
 
@@ -209,6 +210,61 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     Ok(Ok((tag, body)))
 }
 
+/// Where the messages end in a stream of typed messages (1-byte tag, 4-byte length that
+/// counts itself, body), fed one buffer at a time. It reads only the 5-byte headers, so
+/// following a stream costs one step per message, whatever the messages hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Boundaries {
+    header: [u8; 5],
+    header_len: usize,
+    body_left: u64,
+}
+
+impl Boundaries {
+    /// Whether the bytes fed so far end exactly at the end of a message.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.body_left == 0
+    }
+
+    /// Follows the stream through `buf`. With `stop`, halts at the first message boundary
+    /// (the offset in `buf` is returned, `Some(0)` when already at one) and leaves the state
+    /// there; otherwise it consumes all of `buf` and returns `None`. A length below 4 (a
+    /// protocol violation) counts as an empty body.
+    pub fn advance(&mut self, buf: &[u8], stop: bool) -> Option<usize> {
+        let mut at = 0;
+        loop {
+            if stop && self.at_boundary() {
+                return Some(at);
+            }
+            if at == buf.len() {
+                return None;
+            }
+            let rest = &buf[at..];
+            if self.body_left > 0 {
+                let take =
+                    usize::try_from(self.body_left).map_or(rest.len(), |b| b.min(rest.len()));
+                at += take;
+                self.body_left -= take as u64;
+                continue;
+            }
+            let take = (5 - self.header_len).min(rest.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&rest[..take]);
+            self.header_len += take;
+            at += take;
+            if self.header_len == 5 {
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                self.header_len = 0;
+                self.body_left = u64::from(len.saturating_sub(4));
+            }
+        }
+    }
+}
+
 /// Extracts the password from a PasswordMessage body (`p`).
 pub fn parse_password(tag: u8, body: &[u8]) -> Result<&str, WireError> {
     if tag != b'p' {
@@ -389,5 +445,48 @@ mod tests {
         assert!(read_first_packet(&mut truncated).await.is_err());
         let mut msg: &[u8] = &[b'p', 0, 0, 0xff, 0xff];
         assert!(read_message(&mut msg, 100).await.unwrap().is_err());
+    }
+
+    #[test]
+    fn boundaries_are_found_at_every_split() {
+        let mut stream = Vec::new();
+        let mut ends = vec![0];
+        for (tag, body) in [
+            (b'T', vec![7u8; 20]),
+            (b'D', vec![]),
+            (b'D', vec![1; 300]),
+            (b'C', vec![2; 9]),
+        ] {
+            stream.push(tag);
+            stream.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            stream.extend_from_slice(&body);
+            ends.push(stream.len());
+        }
+        // Fed in two pieces split anywhere, the state is at a boundary exactly at the ends.
+        for cut in 0..=stream.len() {
+            let mut b = Boundaries::default();
+            assert_eq!(b.advance(&stream[..cut], false), None);
+            assert_eq!(b.at_boundary(), ends.contains(&cut), "cut {cut}");
+            b.advance(&stream[cut..], false);
+            assert!(b.at_boundary());
+        }
+        // With `stop`, it halts at the first end at or after where it stands.
+        for cut in 0..=stream.len() {
+            let mut b = Boundaries::default();
+            b.advance(&stream[..cut], false);
+            let next = *ends.iter().find(|&&e| e >= cut).unwrap();
+            assert_eq!(
+                b.advance(&stream[cut..], true),
+                Some(next - cut),
+                "cut {cut}"
+            );
+            assert!(b.at_boundary());
+        }
+        // Inside a message with no end in sight: nothing to stop at yet.
+        let mut b = Boundaries::default();
+        assert_eq!(b.advance(&stream[..30], true), Some(0));
+        b.advance(&stream[..26], false);
+        assert_eq!(b.advance(&stream[26..28], true), None);
+        assert!(!b.at_boundary());
     }
 }
