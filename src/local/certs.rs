@@ -17,7 +17,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CidrSubnet, DnType, GeneralSubtree, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, NameConstraints,
 };
-use rustls::CertificateError;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
@@ -305,6 +304,7 @@ impl LocalCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::CertificateError;
 
     /// A client's verifier trusting only `ca_pem`, as `sslrootcert=ca.pem` does.
     fn client_trusting(ca_pem: &str) -> Arc<rustls::client::WebPkiServerVerifier> {
