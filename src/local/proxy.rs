@@ -352,9 +352,14 @@ impl LocalEndpoint {
 
         let mut pg_opts = PgOptions::new(data_dir.path());
         pg_opts.dsql_mimic = true;
-        let pg = PgServer::start(pg_opts)
-            .await
-            .context("starting the private PostgreSQL")?;
+        // A refused data dir file is already the one line to show.
+        let pg = PgServer::start(pg_opts).await.map_err(|e| {
+            if e.is::<ConfigError>() {
+                e
+            } else {
+                e.context("starting the private PostgreSQL")
+            }
+        })?;
 
         let verifier = TokenVerifier::new(opts.hostname.clone(), opts.region.clone()).with_key(
             access_key_id.clone(),
