@@ -212,9 +212,10 @@ pub fn open_data_dir(path: &Path) -> anyhow::Result<Dir> {
     }
     let fd = match opened {
         Ok(fd) => fd,
-        Err(Errno::ELOOP) => return Err(refuse_dir(path, &lstat(path)?, Problem::Link)),
-        Err(Errno::ENOTDIR) => {
+        // O_NOFOLLOW | O_DIRECTORY on a link: ELOOP or ENOTDIR, depending on the kernel.
+        Err(Errno::ELOOP | Errno::ENOTDIR) => {
             return match nix::sys::stat::lstat(path) {
+                Ok(st) if is_kind(&st, SFlag::S_IFLNK) => Err(refuse_dir(path, &st, Problem::Link)),
                 Ok(st) => Err(refuse_dir(path, &st, Problem::NotRegular)),
                 Err(_) => Err(ConfigError(format!(
                     "--data-dir {} is not below a directory; choose another --data-dir",
@@ -629,4 +630,222 @@ fn remove_tree(dir: &OwnedFd, depth: usize) -> nix::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
+
+    use super::*;
+
+    fn fresh() -> (tempfile::TempDir, Dir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = open_data_dir(&tmp.path().join("data")).unwrap();
+        (tmp, dir)
+    }
+
+    fn refusal(err: anyhow::Error) -> String {
+        assert!(
+            err.is::<ConfigError>(),
+            "not a configuration error: {err:#}"
+        );
+        err.to_string()
+    }
+
+    #[test]
+    fn a_new_data_dir_is_ours_and_private() {
+        let (_tmp, dir) = fresh();
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        assert_eq!(meta.uid(), geteuid().as_raw());
+        assert_eq!(meta.mode() & 0o7777, data_dir_mode());
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_link_or_a_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        symlink(&real, &link).unwrap();
+        let msg = refusal(open_data_dir(&link).unwrap_err());
+        assert!(msg.contains("is a symbolic link"), "{msg}");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let msg = refusal(open_data_dir(&file).unwrap_err());
+        assert!(msg.contains("is not a directory"), "{msg}");
+    }
+
+    #[test]
+    fn reads_refuse_links_and_files_others_may_change() {
+        let (tmp, dir) = fresh();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "secret").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+        symlink(&outside, dir.path().join("credentials")).unwrap();
+        let msg = refusal(dir.read("credentials", true).unwrap_err());
+        assert!(msg.contains("is a symbolic link"), "{msg}");
+
+        std::fs::write(dir.path().join("ca.pem"), "pem").unwrap();
+        assert_eq!(dir.read("ca.pem", false).unwrap().as_deref(), Some("pem"));
+        std::fs::set_permissions(
+            dir.path().join("ca.pem"),
+            std::fs::Permissions::from_mode(0o664),
+        )
+        .unwrap();
+        let msg = refusal(dir.read("ca.pem", false).unwrap_err());
+        assert!(msg.contains("is writable by group or others"), "{msg}");
+
+        // A second name for a file elsewhere is refused too.
+        std::fs::hard_link(&outside, dir.path().join("ca.key")).unwrap();
+        let msg = refusal(dir.read("ca.key", true).unwrap_err());
+        assert!(msg.contains("has 2 hard links"), "{msg}");
+
+        // A FIFO neither hangs the open nor counts as a file.
+        nix::unistd::mkfifo(&dir.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let msg = refusal(dir.read("fifo", false).unwrap_err());
+        assert!(msg.contains("is not a regular file"), "{msg}");
+        assert_eq!(dir.read("missing", false).unwrap(), None);
+    }
+
+    #[test]
+    fn lock_and_log_are_never_opened_through_a_link() {
+        let (tmp, dir) = fresh();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        symlink(&outside, dir.path().join("lock")).unwrap();
+        symlink(tmp.path().join("absent"), dir.path().join("log")).unwrap();
+        assert!(dir.open_lock("lock").is_err());
+        assert!(dir.open_log("log").is_err());
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        assert!(!tmp.path().join("absent").exists());
+
+        let mut log = dir.open_log("postgres.log").unwrap();
+        writeln!(log, "one").unwrap();
+        let meta = std::fs::metadata(dir.path().join("postgres.log")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        // Appending, also when the file was there before (and a little too open).
+        std::fs::set_permissions(
+            dir.path().join("postgres.log"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let mut log = dir.open_log("postgres.log").unwrap();
+        writeln!(log, "two").unwrap();
+        let meta = std::fs::metadata(dir.path().join("postgres.log")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("postgres.log")).unwrap(),
+            "one\ntwo\n"
+        );
+    }
+
+    #[test]
+    fn writes_replace_a_link_without_following_it() {
+        let (tmp, dir) = fresh();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        symlink(&outside, dir.path().join("ca.pem")).unwrap();
+        dir.write("ca.pem", b"new", 0o644, None).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        let meta = std::fs::symlink_metadata(dir.path().join("ca.pem")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.mode() & 0o7777, 0o644);
+        assert_eq!(dir.read("ca.pem", false).unwrap().as_deref(), Some("new"));
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["ca.pem"]);
+    }
+
+    #[test]
+    fn a_subdir_is_created_private_and_a_link_there_refused() {
+        let (tmp, dir) = fresh();
+        let sub = dir.subdir(PGDATA, None).unwrap();
+        let meta = std::fs::metadata(sub.path()).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o700);
+        sub.write("f", b"x", 0o600, None).unwrap();
+        assert!(sub.exists("f"));
+        // Opened again, as at a restart.
+        dir.subdir(PGDATA, None).unwrap();
+        symlink(tmp.path(), dir.path().join("other")).unwrap();
+        let msg = refusal(dir.subdir("other", None).unwrap_err());
+        assert!(msg.contains("is not a directory"), "{msg}");
+    }
+
+    #[test]
+    fn the_persist_default_is_per_user() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        assert_eq!(
+            default_data_dir_for(true, os("/x"), os("/root")).unwrap(),
+            Path::new("/var/lib/dsql-pgx/local")
+        );
+        assert_eq!(
+            default_data_dir_for(false, os("/state"), os("/home/a")).unwrap(),
+            Path::new("/state/dsql-pgx/local")
+        );
+        assert_eq!(
+            default_data_dir_for(false, os("relative"), os("/home/a")).unwrap(),
+            Path::new("/home/a/.local/state/dsql-pgx/local")
+        );
+        assert_eq!(
+            default_data_dir_for(false, None, os("/home/a")).unwrap(),
+            Path::new("/home/a/.local/state/dsql-pgx/local")
+        );
+        assert!(default_data_dir_for(false, None, None).is_err());
+    }
+
+    #[test]
+    fn the_sweep_removes_only_dead_dirs_of_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "keep").unwrap();
+        let base = tmp.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        let plant = |name: &str, lock: Option<&str>| {
+            let dir = base.join(name);
+            std::fs::create_dir(&dir).unwrap();
+            if let Some(text) = lock {
+                std::fs::write(dir.join("l"), text).unwrap();
+            }
+            dir
+        };
+        let dead = plant("p-dead", Some("123\n"));
+        std::fs::create_dir_all(dead.join("a/b/c")).unwrap();
+        std::fs::write(dead.join("a/b/c/f"), "x").unwrap();
+        symlink(&outside, dead.join("a/link")).unwrap();
+        symlink(outside.join("keep"), dead.join("a/b/file-link")).unwrap();
+        let empty = plant("p-empty", Some(""));
+        let none = plant("p-none", None);
+        let other = plant("q-dead", Some("123\n"));
+        let alive = plant("p-alive", Some("1\n"));
+        let held = Flock::lock(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(alive.join("l"))
+                .unwrap(),
+            FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        let lock_link = plant("p-locklink", None);
+        symlink(dead.join("l"), lock_link.join("l")).unwrap();
+        symlink(&other, base.join("p-link")).unwrap();
+
+        let removed = sweep_stale_temp_dirs(&base, "p-", "l");
+        assert_eq!(removed, [dead.clone()]);
+        assert!(!dead.exists());
+        for kept in [&empty, &none, &other, &alive, &lock_link] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        assert!(base.join("p-link").exists());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep")).unwrap(),
+            "keep"
+        );
+        drop(held);
+        // Once its holder is gone, the other one is dead too.
+        assert_eq!(sweep_stale_temp_dirs(&base, "p-", "l"), [alive]);
+    }
 }
