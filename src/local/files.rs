@@ -834,7 +834,7 @@ mod tests {
         symlink(&other, base.join("p-link")).unwrap();
 
         let removed = sweep_stale_temp_dirs(&base, "p-", "l");
-        assert_eq!(removed, [dead.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&dead));
         assert!(!dead.exists());
         for kept in [&empty, &none, &other, &alive, &lock_link] {
             assert!(kept.exists(), "{}", kept.display());
