@@ -441,7 +441,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__local)
-            opts="-v -q -h -V --listen --port --data-dir --hostname --region --access-key-id --secret-access-key --max-connection-age --max-connections --rate --burst --threads --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --port --data-dir --persist --hostname --region --access-key-id --secret-access-key --secret-access-key-file --max-connection-age --max-connections --rate --burst --threads --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -472,6 +472,10 @@ _dsql__pgx() {
                     return 0
                     ;;
                 --secret-access-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --secret-access-key-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -175,6 +175,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l hostname -d 
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l region -d 'Region clients sign tokens for' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l access-key-id -d 'Access key id to accept (default: generated and kept in the data dir)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l secret-access-key -d 'Secret access key to accept (default: generated and kept in the data dir)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l secret-access-key-file -d 'Read the secret access key from this file (yours, mode 0600, not a symbolic link)' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connection-age -d 'Close client connections older than this, as DSQL does at one hour' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connections -d 'Refuse connections beyond this many (SQLSTATE 53300)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l rate -d 'New connections per second before refusing (SQLSTATE 53400)' -r
@@ -184,6 +185,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l format -d 'O
 csv\t'Comma-separated values (RFC 4180), header row first'
 tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
 json\t'JSON: one object per row for `query`, one document for other commands'"
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l persist -d 'Keep state in your own default data dir instead of a temp dir'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'

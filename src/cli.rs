@@ -442,6 +442,7 @@ pub struct BenchArgs {
 
 /// Arguments of `local`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("secret_key").args(["secret_access_key", "secret_access_key_file"]))]
 pub struct LocalArgs {
     /// Address to listen on for TLS clients.
     #[arg(long, default_value = "127.0.0.1:5432", value_name = "ADDR")]
@@ -452,8 +453,19 @@ pub struct LocalArgs {
     pub port: Option<u16>,
 
     /// Directory for the PostgreSQL cluster, CA and credentials (default: a fresh temp dir).
+    ///
+    /// It must be yours and writable by nobody else, as must every file in it; it is made
+    /// 0700 (0711 as root, so the `postgres` OS user, which owns only its pgdata/, can
+    /// traverse it). Anything else, or a dir made by an earlier dsql-pgx, is refused (exit 2).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Keep state in your own default data dir instead of a temp dir.
+    ///
+    /// $XDG_STATE_HOME/dsql-pgx/local (default ~/.local/state/dsql-pgx/local), or
+    /// /var/lib/dsql-pgx/local as root.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub persist: bool,
 
     /// Host name clients sign tokens for.
     #[arg(long, default_value = "localhost", value_name = "HOST")]
@@ -464,10 +476,13 @@ pub struct LocalArgs {
     pub region: String,
 
     /// Access key id to accept (default: generated and kept in the data dir).
-    #[arg(long, requires = "secret_access_key", value_name = "ID")]
+    #[arg(long, requires = "secret_key", value_name = "ID")]
     pub access_key_id: Option<String>,
 
     /// Secret access key to accept (default: generated and kept in the data dir).
+    ///
+    /// Prefer DSQL_LOCAL_SECRET_ACCESS_KEY or --secret-access-key-file: a value on the
+    /// command line is visible to every user of the machine (`ps`).
     #[arg(
         long,
         requires = "access_key_id",
@@ -476,6 +491,15 @@ pub struct LocalArgs {
         value_name = "SECRET"
     )]
     pub secret_access_key: Option<String>,
+
+    /// Read the secret access key from this file (yours, mode 0600, not a symbolic link).
+    #[arg(
+        long,
+        requires = "access_key_id",
+        conflicts_with = "secret_access_key",
+        value_name = "PATH"
+    )]
+    pub secret_access_key_file: Option<PathBuf>,
 
     /// Close client connections older than this, as DSQL does at one hour.
     #[arg(long, default_value = "1h", value_name = "DURATION")]

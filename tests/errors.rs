@@ -752,7 +752,7 @@ async fn local_refuses_a_data_dir_postgres_cannot_reach() {
     assert_eq!(
         stderr(&out),
         format!(
-            "dsql-pgx: error: --data-dir {}: PostgreSQL runs as user postgres, which cannot enter {} (mode 700); choose a directory it can reach, such as /var/tmp/dsql-local\n",
+            "dsql-pgx: error: --data-dir {}: PostgreSQL runs as user postgres, which cannot enter {} (mode 700); choose a directory it can reach, such as /var/lib/dsql-pgx/local (what --persist uses)\n",
             data.display(),
             std::fs::canonicalize(private.path()).unwrap().display()
         )
@@ -779,7 +779,7 @@ async fn a_second_local_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut first, env) = spawn_local(dir.path()).await;
     let snapshot = || {
-        ["credentials", "ca.key", "ca.pem", "pgdata/pg_hba.conf"].map(|file| {
+        ["credentials", "ca.key", "ca.pem", "pg_hba.conf"].map(|file| {
             let path = dir.path().join(file);
             let meta = std::fs::metadata(&path).unwrap();
             let bytes = std::fs::read(&path).unwrap();

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cli::{Format, LocalArgs};
 use crate::exit::{Exit, Failed};
-use crate::local::{EndpointOptions, Limits, LocalEndpoint};
+use crate::local::{EndpointOptions, Limits, LocalEndpoint, files};
 use crate::output::Output;
 use crate::settings::{self, ConfigError, ConnSettings, Destination};
 
@@ -90,13 +90,22 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let data_dir = match &args.data_dir {
+        Some(dir) => Some(dir.clone()),
+        None if args.persist => Some(files::default_data_dir()?),
+        None => None,
+    };
+    let secret_access_key = match &args.secret_access_key_file {
+        Some(path) => Some(files::read_secret_file(path, "--secret-access-key-file")?),
+        None => args.secret_access_key.clone(),
+    };
     let endpoint = LocalEndpoint::start(EndpointOptions {
         listen,
-        data_dir: args.data_dir.clone(),
+        data_dir,
         hostname: args.hostname.clone(),
         region: args.region.clone(),
         access_key_id: args.access_key_id.clone(),
-        secret_access_key: args.secret_access_key.clone(),
+        secret_access_key,
         limits: Limits {
             max_connection_age,
             max_connections: args.max_connections,

@@ -2,12 +2,15 @@
 //! Aurora DSQL does and enforces its connection limits, in front of a private PostgreSQL.
 //!
 //! - [`certs`]: a local CA and server certificates.
+//! - `files`: the data directory and its state files, opened so nobody else can redirect
+//!   them; the default `--persist` directory; sweeping temporary directories left behind.
 //! - [`verify`]: SigV4 auth-token verification.
 //! - [`postgres`]: the private PostgreSQL server.
 //! - [`proxy`]: the endpoint ([`LocalEndpoint`]); per-connection work lives in `session`,
 //!   the wire-protocol pieces in [`wire`].
 
 pub mod certs;
+pub(crate) mod files;
 pub mod postgres;
 pub mod proxy;
 mod session;

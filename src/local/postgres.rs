@@ -12,7 +12,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::Write as _;
+use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, User};
 use tokio_postgres::error::SqlState;
 
+use super::files;
 use crate::settings::ConfigError;
 
 /// How long to wait for the server to accept connections, or to stop.
@@ -85,9 +86,11 @@ impl std::fmt::Debug for TcpTls {
 /// How to start a [`PgServer`].
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// Parent directory; the cluster lives in `data_dir/pgdata` (created on first use).
-    /// As root, this directory is chowned to the `postgres` OS user and made 0755, and every
-    /// directory above it must let that user in (see [`check_data_dir`]).
+    /// Parent directory; the cluster lives in `data_dir/pgdata` (created on first use), the
+    /// only thing the server's OS user owns. The directory must be ours and writable by
+    /// nobody else (see `files::open_data_dir`); as root it is made 0711 so that `postgres`
+    /// may traverse it, and every directory above it must let that user in (see
+    /// [`check_data_dir`]).
     pub data_dir: PathBuf,
     /// Bootstrap superuser name given to initdb; a data dir initialised with another one is
     /// refused. Must not be `admin` with `dsql_mimic`.
@@ -220,7 +223,7 @@ fn check_reachable(data_dir: &Path, user: &User) -> anyhow::Result<()> {
         let meta = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
         if !may_search(meta.uid(), meta.gid(), meta.mode(), user.uid, &groups) {
             return Err(ConfigError(format!(
-                "--data-dir {}: PostgreSQL runs as user {}, which cannot enter {} (mode {:o}); choose a directory it can reach, such as /var/tmp/dsql-local",
+                "--data-dir {}: PostgreSQL runs as user {}, which cannot enter {} (mode {:o}); choose a directory it can reach, such as /var/lib/dsql-pgx/local (what --persist uses)",
                 data_dir.display(),
                 user.name,
                 dir.display(),
@@ -272,27 +275,6 @@ fn stop_with_parent(command: &mut Command) {
             Ok(())
         });
     }
-}
-
-fn chown(path: &Path, user: Option<(Uid, Gid)>) -> anyhow::Result<()> {
-    if let Some((uid, gid)) = user {
-        nix::unistd::chown(path, Some(uid), Some(gid))
-            .with_context(|| format!("chown {} to postgres", path.display()))?;
-    }
-    Ok(())
-}
-
-fn write_private(path: &Path, contents: &str, user: Option<(Uid, Gid)>) -> anyhow::Result<()> {
-    let _ = fs::remove_file(path);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    chown(path, user)
 }
 
 /// Whether PostgreSQL refused the login itself (no such role, no hba entry): SQLSTATE 28000.
@@ -394,19 +376,13 @@ impl PgServer {
             check_reachable(&opts.data_dir, account)?;
         }
         let user = account.map(|u| (u.uid, u.gid));
-        let data_dir = opts.data_dir.clone();
-        fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
-        let data_dir = fs::canonicalize(&data_dir)
-            .with_context(|| format!("resolving {}", data_dir.display()))?;
-        if user.is_some() {
-            chown(&data_dir, user)?;
-            // Temporary directories are 0700; the server user must be able to enter it.
-            fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o755))
-                .with_context(|| format!("chmod {}", data_dir.display()))?;
-        }
-        let pgdata = data_dir.join("pgdata");
-        if !pgdata.join("PG_VERSION").exists() {
+        // Ours (0700, or 0711 as root); only pgdata/ in it belongs to the server's user.
+        let dir = files::open_data_dir(&opts.data_dir)?;
+        let data_dir = fs::canonicalize(dir.path())
+            .with_context(|| format!("resolving {}", dir.path().display()))?;
+        let pgdata_dir = dir.subdir(files::PGDATA, user)?;
+        let pgdata = data_dir.join(files::PGDATA);
+        if !pgdata_dir.exists("PG_VERSION") {
             let data_dir2 = data_dir.clone();
             let bin2 = bin_dir.clone();
             let pgdata2 = pgdata.clone();
@@ -447,7 +423,7 @@ impl PgServer {
 
         // On the command line, so that postgresql.conf and postgresql.auto.conf (which
         // `ALTER SYSTEM` writes) cannot override them.
-        let hba_path = pgdata.join("pg_hba.conf");
+        let hba_path = data_dir.join(files::HBA_FILE);
         let mut settings: Vec<(&str, String)> = vec![
             ("port", unix_port.to_string()),
             (
@@ -483,8 +459,8 @@ impl PgServer {
                 ("ssl_key_file", "server.key".into()),
                 ("password_encryption", "scram-sha-256".into()),
             ]);
-            write_private(&pgdata.join("server.crt"), &tcp.cert_pem, user)?;
-            write_private(&pgdata.join("server.key"), &tcp.key_pem, user)?;
+            pgdata_dir.write("server.crt", tcp.cert_pem.as_bytes(), 0o600, user)?;
+            pgdata_dir.write("server.key", tcp.key_pem.as_bytes(), 0o600, user)?;
             if opts.dsql_mimic {
                 hba.push_str(&format!(
                     "hostssl all {} 127.0.0.1/32 reject\n",
@@ -498,14 +474,12 @@ impl PgServer {
         if opts.dsql_mimic {
             settings.push(("default_transaction_isolation", "repeatable read".into()));
         }
-        write_private(&hba_path, &hba, user)?;
+        // Ours, outside pgdata/: the server reads it and cannot rewrite it.
+        dir.write(files::HBA_FILE, hba.as_bytes(), 0o644, None)?;
 
+        // Ours and 0600; the server writes to the descriptor it inherits.
         let log_path = data_dir.join("postgres.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
+        let log = dir.open_log("postgres.log")?;
         let mut command = command_as(bin_dir.join("postgres"), user, &data_dir);
         stop_with_parent(&mut command);
         command.arg("-D").arg(&pgdata);
@@ -635,12 +609,27 @@ impl PgServer {
     }
 
     /// Whether `postmaster.pid` names our child (its first line is the postmaster's pid).
+    /// The server's user can write the file, so it is only compared, read through a
+    /// no-follow, non-blocking open and at most 64 bytes of it.
     fn owns_pid_file(&self) -> bool {
         let Some(pid) = self.pid() else {
             return false;
         };
-        fs::read_to_string(self.pgdata.join("postmaster.pid"))
-            .is_ok_and(|text| text.lines().next().and_then(|l| l.trim().parse().ok()) == Some(pid))
+        let Ok(file) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+            .open(self.pgdata.join("postmaster.pid"))
+        else {
+            return false;
+        };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return false;
+        }
+        let mut text = String::new();
+        if file.take(64).read_to_string(&mut text).is_err() {
+            return false;
+        }
+        text.lines().next().and_then(|l| l.trim().parse().ok()) == Some(pid)
     }
 
     /// Directory of the Unix socket (the cluster's data directory).

@@ -2,17 +2,20 @@
 //! and DSQL's limits for every connection, in front of a private PostgreSQL.
 //!
 //! State lives in a data directory: `credentials` (0600, generated on first use),
-//! `ca.pem`/`ca.key` (the local CA, reused across restarts) and `pgdata/`. One endpoint
-//! uses a data directory at a time: it holds a lock on `dsql-pgx-local.lock` there.
+//! `ca.pem`/`ca.key` (the local CA, reused across restarts while it fits) and `pgdata/`,
+//! all reached through [`files`](super::files), which refuses a directory or file that
+//! anyone else could have planted or changed. One endpoint uses a data directory at a
+//! time: it holds a lock on `dsql-pgx-local.lock` there. Temporary data directories
+//! (`--local`) that a killed run left behind are removed by the next one.
 
 use std::fmt;
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use nix::errno::Errno;
@@ -24,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
+use super::files::{self, Dir};
 use super::postgres::{MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir};
 pub use super::session::Limits;
 use super::session::{Shared, handshake_cap, serve, shutdown_signaled};
@@ -40,6 +44,8 @@ const LOCK_FILE: &str = "dsql-pgx-local.lock";
 /// File descriptors the endpoint needs besides its connections (listener, log, runtime,
 /// PostgreSQL's admin and cancel sockets).
 const FD_RESERVE: u64 = 64;
+/// Name prefix of temporary data directories (in the system's temporary directory).
+const TEMP_PREFIX: &str = "dsql-pgx-local-";
 
 /// How to start a [`LocalEndpoint`].
 #[derive(Clone)]
@@ -106,10 +112,12 @@ pub struct LocalEndpoint {
     /// Becomes `true` once the private PostgreSQL has exited on its own.
     failed: watch::Receiver<bool>,
     monitor_task: Option<JoinHandle<()>>,
-    // Dropped in this order: PostgreSQL first, then the lock, then the (temporary) directory.
+    // Dropped in this order: PostgreSQL first, then the (temporary) directory, then the
+    // lock: a directory is removed while its lock is held, so a later run sweeping dead
+    // temporary directories never races the removal.
     pg: Option<PgServer>,
-    _lock: Flock<fs::File>,
     temp_dir: Option<tempfile::TempDir>,
+    _lock: Flock<fs::File>,
 }
 
 impl fmt::Debug for LocalEndpoint {
@@ -145,20 +153,6 @@ fn generate_secret() -> String {
         .collect()
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 fn parse_credentials(text: &str) -> Option<(String, String)> {
     let mut akid = None;
     let mut secret = None;
@@ -175,8 +169,9 @@ fn parse_credentials(text: &str) -> Option<(String, String)> {
 }
 
 /// Explicit credentials, or those in `<data_dir>/credentials`, or new ones saved there.
+/// The file is refused unless it is ours and private (0600).
 fn load_credentials(
-    data_dir: &Path,
+    dir: &Dir,
     akid: Option<String>,
     secret: Option<String>,
 ) -> anyhow::Result<(String, String)> {
@@ -185,42 +180,42 @@ fn load_credentials(
         (None, None) => {}
         _ => bail!("give both the access key id and the secret access key, or neither"),
     }
-    let path = data_dir.join("credentials");
-    if path.exists() {
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if let Some(text) = dir.read("credentials", true)? {
         return parse_credentials(&text).with_context(|| {
             format!(
                 "{} is not a valid credentials file; delete it to generate new credentials",
-                path.display()
+                dir.path().join("credentials").display()
             )
         });
     }
     let (akid, secret) = (generate_access_key_id(), generate_secret());
-    write_private(
-        &path,
-        &format!("aws_access_key_id = {akid}\naws_secret_access_key = {secret}\n"),
+    dir.write(
+        "credentials",
+        format!("aws_access_key_id = {akid}\naws_secret_access_key = {secret}\n").as_bytes(),
+        0o600,
+        None,
     )?;
     Ok((akid, secret))
 }
 
 /// Takes the data directory for this endpoint: an exclusive lock on `<data_dir>/LOCK_FILE`,
 /// held until the returned file is dropped, with our pid inside for the next one to name.
-fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
-    let path = data_dir.join(LOCK_FILE);
+/// `wait`: wait for the lock (a fresh temporary directory, where only a sweeping run may
+/// hold it, briefly) rather than refuse.
+fn lock_data_dir(dir: &Dir, wait: bool) -> anyhow::Result<Flock<fs::File>> {
+    let path = dir.path().join(LOCK_FILE);
     // Not truncated on open: until we hold the lock, the pid inside is the holder's.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+    let file = dir.open_lock(LOCK_FILE)?;
+    let how = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    let mut lock = match Flock::lock(file, how) {
         Ok(lock) => lock,
         Err((mut file, Errno::EWOULDBLOCK)) => {
             let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
+            let _ = (&mut file).take(64).read_to_string(&mut text);
             let holder = text
                 .trim()
                 .parse::<u32>()
@@ -228,7 +223,7 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
                 .unwrap_or_default();
             return Err(ConfigError(format!(
                 "--data-dir {} is in use by another dsql-pgx local{holder}",
-                data_dir.display()
+                dir.path().display()
             ))
             .into());
         }
@@ -263,21 +258,25 @@ fn capped_limits(limits: &Limits) -> Limits {
     }
 }
 
-/// The CA in `<data_dir>/ca.pem` + `ca.key`, or a new one saved there.
-fn load_ca(data_dir: &Path) -> anyhow::Result<LocalCa> {
-    let cert_path = data_dir.join("ca.pem");
-    let key_path = data_dir.join("ca.key");
-    if cert_path.exists() && key_path.exists() {
-        let cert = fs::read_to_string(&cert_path)
-            .with_context(|| format!("reading {}", cert_path.display()))?;
-        let key = fs::read_to_string(&key_path)
-            .with_context(|| format!("reading {}", key_path.display()))?;
-        return LocalCa::load(&cert, &key);
+/// The CA in `<data_dir>/ca.pem` + `ca.key`, or a new one saved there: also when the
+/// persisted one no longer fits (expired or near it, or not covering `hostname`), which
+/// the log says, as clients must then trust the new `ca.pem`.
+fn load_ca(dir: &Dir, hostname: &str, now: SystemTime) -> anyhow::Result<LocalCa> {
+    let cert = dir.read("ca.pem", false)?;
+    let key = dir.read("ca.key", true)?;
+    if let (Some(cert), Some(key)) = (cert, key) {
+        let ca = LocalCa::load(&cert, &key)?;
+        match ca.check_fits(&[hostname], now) {
+            Ok(()) => return Ok(ca),
+            Err(why) => tracing::warn!(
+                "replacing the local CA in {}: it {why}; clients must trust the new ca.pem",
+                dir.path().display()
+            ),
+        }
     }
-    let ca = LocalCa::generate()?;
-    write_private(&key_path, &ca.key_pem())?;
-    fs::write(&cert_path, ca.cert_pem())
-        .with_context(|| format!("writing {}", cert_path.display()))?;
+    let ca = LocalCa::generate_for(&[hostname])?;
+    dir.write("ca.key", ca.key_pem().as_bytes(), 0o600, None)?;
+    dir.write("ca.pem", ca.cert_pem().as_bytes(), 0o644, None)?;
     Ok(ca)
 }
 
@@ -327,25 +326,38 @@ impl LocalEndpoint {
         let (temp_dir, data_dir) = match &opts.data_dir {
             Some(dir) => {
                 check_data_dir(dir)?;
-                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-                (None, dir.clone())
+                (None, files::open_data_dir(dir)?)
             }
             None => {
+                let parent = std::env::temp_dir();
+                let swept = parent.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    files::sweep_stale_temp_dirs(&swept, TEMP_PREFIX, LOCK_FILE)
+                })
+                .await
+                .context("sweeping temporary directories")?;
+                for dir in removed {
+                    tracing::info!(
+                        "removed {}, left by a dsql-pgx local that was killed",
+                        dir.display()
+                    );
+                }
                 let t = tempfile::Builder::new()
-                    .prefix("dsql-pgx-local-")
-                    .tempdir()
+                    .prefix(TEMP_PREFIX)
+                    .permissions(fs::Permissions::from_mode(0o700))
+                    .tempdir_in(&parent)
                     .context("creating a temporary data directory")?;
-                let p = t.path().to_path_buf();
-                (Some(t), p)
+                let dir = files::open_data_dir(t.path())?;
+                (Some(t), dir)
             }
         };
-        let lock = lock_data_dir(&data_dir)?;
+        let lock = lock_data_dir(&data_dir, temp_dir.is_some())?;
         let (access_key_id, secret_access_key) = load_credentials(
             &data_dir,
             opts.access_key_id.clone(),
             opts.secret_access_key.clone(),
         )?;
-        let ca = load_ca(&data_dir)?;
+        let ca = load_ca(&data_dir, &opts.hostname, SystemTime::now())?;
         let cert = ca.issue_server_cert(&[opts.hostname.as_str()])?;
         let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -367,12 +379,17 @@ impl LocalEndpoint {
         let local_addr = listener.local_addr().context("listener address")?;
 
         let limits = capped_limits(&opts.limits);
-        let mut pg_opts = PgOptions::new(&data_dir);
+        let mut pg_opts = PgOptions::new(data_dir.path());
         pg_opts.dsql_mimic = true;
         pg_opts.max_connections = limits.max_connections;
-        let pg = PgServer::start(pg_opts)
-            .await
-            .context("starting the private PostgreSQL")?;
+        // A refused data dir file is already the one line to show.
+        let pg = PgServer::start(pg_opts).await.map_err(|e| {
+            if e.is::<ConfigError>() {
+                e
+            } else {
+                e.context("starting the private PostgreSQL")
+            }
+        })?;
 
         let verifier = TokenVerifier::new(opts.hostname.clone(), opts.region.clone()).with_key(
             access_key_id.clone(),
@@ -396,15 +413,15 @@ impl LocalEndpoint {
             region: opts.region,
             access_key_id,
             secret_access_key,
-            ca_path: data_dir.join("ca.pem"),
-            data_dir,
+            ca_path: data_dir.path().join("ca.pem"),
+            data_dir: data_dir.path().to_path_buf(),
             stop,
             accept_task: Some(accept_task),
             failed,
             monitor_task: Some(monitor_task),
             pg: Some(pg),
-            _lock: lock,
             temp_dir,
+            _lock: lock,
         })
     }
 
@@ -601,18 +618,59 @@ mod tests {
 
     #[test]
     fn credentials_persist_with_private_permissions() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let first = load_credentials(dir.path(), None, None).unwrap();
-        let mode = fs::metadata(dir.path().join("credentials"))
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = files::open_data_dir(tmp.path()).unwrap();
+        let first = load_credentials(&dir, None, None).unwrap();
+        let mode = fs::metadata(tmp.path().join("credentials"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(load_credentials(dir.path(), None, None).unwrap(), first);
-        let explicit = load_credentials(dir.path(), Some("A".into()), Some("B".into())).unwrap();
+        assert_eq!(load_credentials(&dir, None, None).unwrap(), first);
+        let explicit = load_credentials(&dir, Some("A".into()), Some("B".into())).unwrap();
         assert_eq!(explicit, ("A".into(), "B".into()));
-        assert!(load_credentials(dir.path(), Some("A".into()), None).is_err());
+        assert!(load_credentials(&dir, Some("A".into()), None).is_err());
+    }
+
+    /// A credentials file others may read is refused, never used.
+    #[test]
+    fn credentials_others_can_read_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = files::open_data_dir(tmp.path()).unwrap();
+        let path = tmp.path().join("credentials");
+        fs::write(&path, "aws_access_key_id = A\naws_secret_access_key = B\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_credentials(&dir, None, None).unwrap_err();
+        assert!(err.is::<ConfigError>(), "{err:#}");
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let p = path.display();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{p} holds a secret but is readable by group or others (owner {me}, mode 644); run chmod 600 {p}"
+            )
+        );
+    }
+
+    /// A persisted CA is kept while it fits, replaced once it does not cover the hostname.
+    #[test]
+    fn a_ca_for_another_hostname_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = files::open_data_dir(tmp.path()).unwrap();
+        let now = SystemTime::now();
+        let first = load_ca(&dir, "db.example", now).unwrap();
+        let kept = load_ca(&dir, "db.example", now).unwrap();
+        assert_eq!(first.cert_pem(), kept.cert_pem());
+        let replaced = load_ca(&dir, "other.example", now).unwrap();
+        assert_ne!(first.cert_pem(), replaced.cert_pem());
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("ca.pem")).unwrap(),
+            replaced.cert_pem()
+        );
+        assert_eq!(replaced.check_fits(&["other.example"], now), Ok(()));
     }
 
     #[test]
