@@ -1155,7 +1155,7 @@ async fn local_warns_of_a_low_fd_limit_and_exits_3_when_postgres_dies() {
     let lines: Vec<&str> = err.lines().collect();
     assert!(
         lines.iter().any(|l| l.contains(
-            "the open-file limit (512) allows about 0 of the 10000 connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections"
+            "the open-file limit (512) allows about 0 of the 500 connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections"
         )),
         "{err}"
     );

@@ -369,7 +369,8 @@ impl LocalEndpoint {
         .context("TLS server certificate")?;
         tls.alpn_protocols = vec![b"postgresql".to_vec()];
 
-        raise_open_file_limit(&opts.limits);
+        let limits = capped_limits(&opts.limits);
+        raise_open_file_limit(&limits);
         let listener = TcpListener::bind(opts.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (choose another with --listen or --port; 0 picks a free port)",
@@ -378,7 +379,6 @@ impl LocalEndpoint {
         })?;
         let local_addr = listener.local_addr().context("listener address")?;
 
-        let limits = capped_limits(&opts.limits);
         let mut pg_opts = PgOptions::new(data_dir.path());
         pg_opts.dsql_mimic = true;
         pg_opts.max_connections = limits.max_connections;
