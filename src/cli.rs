@@ -356,11 +356,11 @@ pub struct RefreshDemoArgs {
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
 
-    /// Stop after this long [default: until Ctrl-C].
+    /// Stop after this long [default: until Ctrl-C or SIGTERM].
     #[arg(long, value_name = "DURATION", conflicts_with = "refreshes")]
     pub duration: Option<String>,
 
-    /// Stop after this many refreshes [default: until Ctrl-C].
+    /// Stop after this many refreshes [default: until Ctrl-C or SIGTERM].
     #[arg(long, value_name = "N")]
     pub refreshes: Option<u32>,
 

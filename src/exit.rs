@@ -4,8 +4,8 @@
 //! |---|---|
 //! | 0 | success (also a closed stdout pipe) |
 //! | 1 | SQL error reported by the server |
-//! | 2 | usage or configuration error (flags, environment, credentials) |
-//! | 3 | connection, TLS or authentication failure |
+//! | 2 | usage or configuration error (flags, environment, credentials, a `local` data dir that is not safe to use) |
+//! | 3 | connection, TLS or authentication failure; for `local`, its PostgreSQL died |
 //! | 4 | optimistic-concurrency retries exhausted |
 //! | 5 | `refresh-demo`: a connection survived a refresh or a query failed |
 //! | 130 | interrupted (Ctrl-C or SIGTERM) |
@@ -242,8 +242,20 @@ pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> 
 /// A clap error's message alone: its first line, without clap's `error: ` prefix.
 pub fn clap_message(error: &clap::Error) -> String {
     let text = error.render().to_string();
-    let first = text.lines().next().unwrap_or_default().trim();
-    first.trim_start_matches("error: ").to_string()
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default().trim();
+    let mut message = first.trim_start_matches("error: ").to_string();
+    // "the following required arguments were not provided:" lists them on indented lines.
+    if message.ends_with(':') {
+        let listed: Vec<&str> = lines
+            .take_while(|line| line.starts_with(char::is_whitespace) && !line.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        if !listed.is_empty() {
+            message = format!("{} {}", message, listed.join(", "));
+        }
+    }
+    message
 }
 
 /// The variable behind the flag `--long`, in any subcommand.

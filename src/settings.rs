@@ -196,6 +196,8 @@ pub enum Destination {
         pool: PoolSettings,
         /// Role to connect as.
         user: String,
+        /// Database to connect to (the endpoint, as DSQL, has only `postgres`).
+        database: String,
         /// Token lifetime.
         token_expires_in: Duration,
         /// TLS negotiation style.
@@ -439,6 +441,7 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
         return Ok(Destination::Local {
             pool,
             user,
+            database: args.address.database.clone(),
             token_expires_in: token_lifetime(&args.target.token_expires_in)?,
             negotiation: args.ssl_negotiation,
         });

@@ -174,6 +174,22 @@ const CASES: &[Case] = &[
         fragment: "(a similar argument exists: '--max-conns'); see 'dsql-pgx query --help'",
     },
     Case {
+        name: "a missing required flag is named",
+        at: At::Nowhere,
+        args: &["local", "--access-key-id", "AKIDEXAMPLE"],
+        env: &[],
+        code: 2,
+        fragment: "the following required arguments were not provided: <--secret-access-key <SECRET>|--secret-access-key-file <PATH>>; see 'dsql-pgx local --help'",
+    },
+    Case {
+        name: "--database reaches a --local endpoint, which has only postgres",
+        at: At::Nowhere,
+        args: &["query", "--local", "--database", "other", "select 1"],
+        env: &[],
+        code: 3,
+        fragment: "database \"other\" does not exist (SQLSTATE 3D000)",
+    },
+    Case {
         name: "an empty variable counts as unset",
         at: At::Nowhere,
         args: &[

@@ -509,3 +509,74 @@ async fn local_removes_temporary_dirs_left_by_killed_runs() {
     assert_eq!(left, expected);
     drop(held);
 }
+
+/// As root, a `$TMPDIR` PostgreSQL cannot enter is named as TMPDIR (the user gave no
+/// `--data-dir`), before anything is made in it; as anyone else, PostgreSQL runs as the user
+/// and the same TMPDIR works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tmpdir_postgres_cannot_enter_is_named_as_tmpdir() {
+    let (tmp, _) = fresh();
+    let private = tmp.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    set_mode(&private, 0o700);
+    let inner = private.join("tmp");
+    std::fs::create_dir(&inner).unwrap();
+    let mut cmd = dsql_pgx();
+    cmd.env("TMPDIR", &inner)
+        .args(["query", "--local", "-q", "--format", "csv", "select 1"])
+        .timeout(REFUSAL_TIMEOUT);
+    let out = output(cmd).await;
+    if geteuid().is_root() {
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "dsql-pgx: error: the temporary directory {} (TMPDIR): PostgreSQL runs as user postgres, which cannot enter {} (mode 700); set TMPDIR to a directory it can reach, such as /tmp\n",
+                inner.display(),
+                private.display()
+            )
+        );
+        assert_code(&out, 2);
+    } else {
+        assert_code(&out, 0);
+        assert_eq!(stdout(&out), "?column?\n1\n");
+    }
+    assert_eq!(
+        std::fs::read_dir(&inner).unwrap().count(),
+        0,
+        "nothing left"
+    );
+}
+
+/// SIGTERM while `local` is still starting (its temporary data dir made, the exports not yet
+/// printed) stops it cleanly: exit 0, PostgreSQL stopped, the temporary dir removed. Before,
+/// the signal handler came only after the exports, and such a SIGTERM killed the process,
+/// leaving the dir (credentials, CA key) behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_start_of_local_stops_it_cleanly() {
+    let (tmp, _) = fresh();
+    let temp = tmp.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+    set_mode(&temp, 0o755);
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
+    cmd.env("TMPDIR", &temp)
+        .args(["local", "--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&temp).unwrap().count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary data dir appeared"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "local exited early");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop(&mut child).await;
+    assert_eq!(
+        std::fs::read_dir(&temp).unwrap().count(),
+        0,
+        "the temporary data dir is removed"
+    );
+}

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use super::StopSignal;
 use crate::cli::{Format, LocalArgs};
 use crate::exit::{Exit, Failed};
 use crate::local::{EndpointOptions, Limits, LocalEndpoint, files};
@@ -56,6 +57,8 @@ fn shell_quote(value: &str) -> String {
 
 /// Starts the endpoint, prints what a client needs, serves until a signal.
 pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
+    // From here on Ctrl-C and SIGTERM stop the endpoint cleanly, also during its start.
+    let mut stop = StopSignal::new()?;
     let mut listen: SocketAddr = args.listen.parse().map_err(|_| {
         ConfigError(format!(
             "--listen {} is not an address such as 127.0.0.1:5432",
@@ -99,7 +102,7 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         Some(path) => Some(files::read_secret_file(path, "--secret-access-key-file")?),
         None => args.secret_access_key.clone(),
     };
-    let endpoint = LocalEndpoint::start(EndpointOptions {
+    let starting = LocalEndpoint::start(EndpointOptions {
         listen,
         data_dir,
         hostname: args.hostname.clone(),
@@ -112,8 +115,12 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
             rate_per_sec: args.rate,
             burst: args.burst,
         },
-    })
-    .await?;
+    });
+    // A signal during the start drops it: PostgreSQL is stopped, a temporary dir removed.
+    let endpoint = tokio::select! {
+        started = starting => started?,
+        _ = stop.recv() => return Ok(()),
+    };
     let env = client_env(&endpoint);
     let mut stdout = std::io::stdout().lock();
     if out.format == Format::Json {
@@ -143,18 +150,16 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
             endpoint.data_dir().display()
         );
     }
-    let stopped = wait_for_stop(&endpoint).await;
+    let stopped = wait_for_stop(&endpoint, &mut stop).await;
     endpoint.shutdown().await?;
     stopped
 }
 
 /// Waits for Ctrl-C or SIGTERM (`Ok`), or for the private PostgreSQL to die (an error
 /// with exit code 3: the endpoint can no longer connect anyone).
-async fn wait_for_stop(endpoint: &LocalEndpoint) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+async fn wait_for_stop(endpoint: &LocalEndpoint, stop: &mut StopSignal) -> anyhow::Result<()> {
     tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = term.recv() => {}
+        _ = stop.recv() => {}
         () = endpoint.failed() => {
             return Err(Failed {
                 message: format!(
@@ -173,18 +178,20 @@ async fn wait_for_stop(endpoint: &LocalEndpoint) -> anyhow::Result<()> {
 pub async fn ephemeral(
     destination: Destination,
 ) -> anyhow::Result<(ConnSettings, Option<LocalEndpoint>)> {
-    let (pool, user, token_expires_in, negotiation) = match destination {
+    let (pool, user, database, token_expires_in, negotiation) = match destination {
         Destination::Remote(settings) => return Ok((settings, None)),
         Destination::Local {
             pool,
             user,
+            database,
             token_expires_in,
             negotiation,
-        } => (pool, user, token_expires_in, negotiation),
+        } => (pool, user, database, token_expires_in, negotiation),
     };
     let endpoint = LocalEndpoint::start(EndpointOptions::default()).await?;
     let mut settings = endpoint.conn_settings(&user);
     settings.pool = pool;
+    settings.database = database;
     settings.target.token_expires_in = token_expires_in;
     settings.tls.negotiation = negotiation;
     Ok((settings, Some(endpoint)))

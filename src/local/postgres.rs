@@ -205,13 +205,45 @@ pub fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Checks, as [`check_data_dir`] does, that PostgreSQL can reach a temporary data dir made in
+/// `parent` (the system's temporary directory, `$TMPDIR`), before one is made there.
+pub fn check_temp_parent(parent: &Path) -> anyhow::Result<()> {
+    let Some(user) = server_user()? else {
+        return Ok(());
+    };
+    match unreachable_dir(&parent.join("dsql-pgx-local"), &user)? {
+        None => Ok(()),
+        Some((dir, mode)) => Err(ConfigError(format!(
+            "the temporary directory {} (TMPDIR): PostgreSQL runs as user {}, which cannot enter {} (mode {mode:o}); set TMPDIR to a directory it can reach, such as /tmp",
+            parent.display(),
+            user.name,
+            dir.display(),
+        ))
+        .into()),
+    }
+}
+
 fn check_reachable(data_dir: &Path, user: &User) -> anyhow::Result<()> {
+    match unreachable_dir(data_dir, user)? {
+        None => Ok(()),
+        Some((dir, mode)) => Err(ConfigError(format!(
+            "--data-dir {}: PostgreSQL runs as user {}, which cannot enter {} (mode {mode:o}); choose a directory it can reach, such as /var/lib/dsql-pgx/local (what --persist uses)",
+            data_dir.display(),
+            user.name,
+            dir.display(),
+        ))
+        .into()),
+    }
+}
+
+/// The first directory above `data_dir` that `user` may not enter, with its mode.
+fn unreachable_dir(data_dir: &Path, user: &User) -> anyhow::Result<Option<(PathBuf, u32)>> {
     let absolute = std::path::absolute(data_dir)
         .with_context(|| format!("resolving {}", data_dir.display()))?;
     // The deepest existing directory above the data dir (which itself is chowned later);
     // canonical, so the directories checked are the ones the server really passes through.
     let Some(existing) = absolute.ancestors().skip(1).find(|dir| dir.is_dir()) else {
-        return Ok(());
+        return Ok(None);
     };
     let existing =
         fs::canonicalize(existing).with_context(|| format!("resolving {}", existing.display()))?;
@@ -222,17 +254,10 @@ fn check_reachable(data_dir: &Path, user: &User) -> anyhow::Result<()> {
     for dir in existing.ancestors() {
         let meta = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
         if !may_search(meta.uid(), meta.gid(), meta.mode(), user.uid, &groups) {
-            return Err(ConfigError(format!(
-                "--data-dir {}: PostgreSQL runs as user {}, which cannot enter {} (mode {:o}); choose a directory it can reach, such as /var/lib/dsql-pgx/local (what --persist uses)",
-                data_dir.display(),
-                user.name,
-                dir.display(),
-                meta.mode() & 0o7777
-            ))
-            .into());
+            return Ok(Some((dir.to_path_buf(), meta.mode() & 0o7777)));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Whether a user (`uid`, member of `groups`) may search a directory with this owner, group

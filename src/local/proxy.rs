@@ -28,7 +28,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
 use super::files::{self, Dir};
-use super::postgres::{MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir};
+use super::postgres::{
+    MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir, check_temp_parent,
+};
 pub use super::session::Limits;
 use super::session::{Shared, handshake_cap, serve, shutdown_signaled};
 use super::verify::TokenVerifier;
@@ -330,6 +332,7 @@ impl LocalEndpoint {
             }
             None => {
                 let parent = std::env::temp_dir();
+                check_temp_parent(&parent)?;
                 let swept = parent.clone();
                 let removed = tokio::task::spawn_blocking(move || {
                     files::sweep_stale_temp_dirs(&swept, TEMP_PREFIX, LOCK_FILE)
