@@ -145,8 +145,8 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
         }
         'dsql-pgx;refresh-demo' {
             [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Time between refreshes [default: the refresh interval]')
-            [CompletionResult]::new('--duration', '--duration', [CompletionResultType]::ParameterName, 'Stop after this long [default: until Ctrl-C]')
-            [CompletionResult]::new('--refreshes', '--refreshes', [CompletionResultType]::ParameterName, 'Stop after this many refreshes [default: until Ctrl-C]')
+            [CompletionResult]::new('--duration', '--duration', [CompletionResultType]::ParameterName, 'Stop after this long [default: until Ctrl-C or SIGTERM]')
+            [CompletionResult]::new('--refreshes', '--refreshes', [CompletionResultType]::ParameterName, 'Stop after this many refreshes [default: until Ctrl-C or SIGTERM]')
             [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Tasks querying continuously through the pool')
             [CompletionResult]::new('--refresh', '--refresh', [CompletionResultType]::ParameterName, 'Refresh tokens and replace connections periodically (`--refresh false` to turn off)')
             [CompletionResult]::new('--refresh-interval', '--refresh-interval', [CompletionResultType]::ParameterName, 'Refresh period: seconds (as the Go example''s variable) or humantime')

@@ -138,8 +138,8 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
         }
         &'dsql-pgx;refresh-demo'= {
             cand --interval 'Time between refreshes [default: the refresh interval]'
-            cand --duration 'Stop after this long [default: until Ctrl-C]'
-            cand --refreshes 'Stop after this many refreshes [default: until Ctrl-C]'
+            cand --duration 'Stop after this long [default: until Ctrl-C or SIGTERM]'
+            cand --refreshes 'Stop after this many refreshes [default: until Ctrl-C or SIGTERM]'
             cand --workers 'Tasks querying continuously through the pool'
             cand --refresh 'Refresh tokens and replace connections periodically (`--refresh false` to turn off)'
             cand --refresh-interval 'Refresh period: seconds (as the Go example''s variable) or humantime'

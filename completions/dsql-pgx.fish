@@ -131,8 +131,8 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s q -l quiet -
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s V -l version -d 'Print version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l interval -d 'Time between refreshes [default: the refresh interval]' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l duration -d 'Stop after this long [default: until Ctrl-C]' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refreshes -d 'Stop after this many refreshes [default: until Ctrl-C]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l duration -d 'Stop after this long [default: until Ctrl-C or SIGTERM]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refreshes -d 'Stop after this many refreshes [default: until Ctrl-C or SIGTERM]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l workers -d 'Tasks querying continuously through the pool' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refresh -d 'Refresh tokens and replace connections periodically (`--refresh false` to turn off)' -r -f -a "true\t''
 false\t''"
