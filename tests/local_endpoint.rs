@@ -756,3 +756,28 @@ async fn a_dead_postgres_is_noticed_and_reported_to_new_clients() {
         "the local endpoint's PostgreSQL server is not running; see postgres.log in its data directory and restart dsql-pgx local"
     );
 }
+
+/// The server's socket lives in pgdata/, which the PostgreSQL OS user owns: a listener put in
+/// its place (here by the test, as that user could) gets nothing from the endpoint, not even
+/// the client's startup packet, and the client is told the server is unavailable.
+#[tokio::test]
+async fn a_socket_put_in_place_of_postgres_gets_nothing() {
+    let ep = TestEndpoint::start().await;
+    let socket = ep.endpoint().postgres().socket_path();
+    std::fs::rename(&socket, socket.with_extension("real")).unwrap();
+    let impostor = tokio::net::UnixListener::bind(&socket).unwrap();
+    let heard = tokio::spawn(async move {
+        let (mut stream, _) = impostor.accept().await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut got)).await;
+        got
+    });
+    let err = ep.connect("admin").await.unwrap_err();
+    assert_eq!(code(&err), "08006", "{err}");
+    let got = tokio::time::timeout(Duration::from_secs(30), heard)
+        .await
+        .expect("the endpoint connected to the impostor and hung up")
+        .unwrap();
+    assert!(got.is_empty(), "the impostor heard {} bytes", got.len());
+    ep.stop().await;
+}

@@ -580,3 +580,49 @@ async fn sigterm_during_the_start_of_local_stops_it_cleanly() {
         "the temporary data dir is removed"
     );
 }
+
+/// PostgreSQL runs as another OS user (as root) who can read its environment: it gets only
+/// PATH and the locale, never the secret access key or AWS credentials of the caller.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_does_not_inherit_secrets_from_the_environment() {
+    use tokio::io::AsyncBufReadExt as _;
+    let (_tmp, data) = fresh();
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
+    cmd.env(
+        "DSQL_LOCAL_SECRET_ACCESS_KEY",
+        "s3cret-from-the-environment",
+    )
+    .env("AWS_SESSION_TOKEN", "session-token-of-the-caller")
+    .args([
+        "local",
+        "--port",
+        "0",
+        "--access-key-id",
+        "AKIDEXAMPLE",
+        "--data-dir",
+    ])
+    .arg(&data)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut exports = String::new();
+    while !exports.contains("export ") {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(60), lines.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "local exited early");
+        exports.push_str(&line);
+    }
+    let pid_file = std::fs::read_to_string(data.join("pgdata/postmaster.pid")).unwrap();
+    let pid = pid_file.lines().next().unwrap().trim();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("s3cret"), "{environ}");
+    assert!(!environ.contains("session-token"), "{environ}");
+    assert!(!environ.contains("AWS_"), "{environ}");
+    stop(&mut child).await;
+}

@@ -357,3 +357,55 @@ async fn a_data_dir_from_an_earlier_dsql_pgx_is_refused() {
         "{err:?}"
     );
 }
+
+/// What `admin` can make the default for its own database or role does not stop the next
+/// start of a kept data dir, nor lock `admin` out: the endpoint's sessions override database
+/// defaults with startup options, and every start resets `admin`'s connection limit.
+#[tokio::test]
+async fn admin_cannot_break_the_next_start_or_lock_itself_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EndpointOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let first = LocalEndpoint::start(opts.clone()).await.unwrap();
+    {
+        let pool = admin_pool(&first).await;
+        pool.get()
+            .await
+            .unwrap()
+            .batch_execute(
+                "ALTER DATABASE postgres SET default_transaction_read_only = on;
+                 ALTER DATABASE postgres SET lock_timeout = 1;
+                 ALTER ROLE admin CONNECTION LIMIT 0",
+            )
+            .await
+            .unwrap();
+    }
+    first.shutdown().await.unwrap();
+    let second = LocalEndpoint::start(opts).await.unwrap();
+    let superuser = second.postgres().admin_client().await.unwrap();
+    assert_eq!(
+        scalar(
+            &superuser,
+            "SELECT rolconnlimit::text FROM pg_roles WHERE rolname = 'admin'"
+        )
+        .await,
+        "-1"
+    );
+    // admin gets in again.
+    let pool = admin_pool(&second).await;
+    assert_eq!(
+        scalar(&pool.get().await.unwrap(), "SELECT current_user::text").await,
+        "admin"
+    );
+    drop(pool);
+    second.shutdown().await.unwrap();
+}
+
+/// A pool of the endpoint's `admin`, with tokens signed by its credentials.
+async fn admin_pool(ep: &LocalEndpoint) -> dsql_pgx::Pool {
+    dsql_pgx::Pool::new(&ep.conn_settings("admin"))
+        .await
+        .unwrap()
+}

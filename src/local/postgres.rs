@@ -62,6 +62,46 @@ fn server_max_connections(clients: u32) -> u32 {
 )]
 pub struct PostgresNotFound;
 
+/// The private server's Unix socket, and the postmaster that must be listening on it.
+///
+/// The socket lives in `pgdata/`, which the server's OS user owns: whatever is at that path
+/// when we connect could be another listener that user put there. [`Upstream::connect`]
+/// accepts only a socket whose peer (`SO_PEERCRED`, the process that called `listen`) is our
+/// postmaster.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    path: PathBuf,
+    pid: u32,
+}
+
+impl Upstream {
+    /// The socket at `path`, served by process `pid`.
+    pub fn new(path: impl Into<PathBuf>, pid: u32) -> Self {
+        Self {
+            path: path.into(),
+            pid,
+        }
+    }
+
+    /// Connects and checks that our postmaster is the peer.
+    pub async fn connect(&self) -> std::io::Result<tokio::net::UnixStream> {
+        let stream = tokio::net::UnixStream::connect(&self.path).await?;
+        let peer = stream.peer_cred()?.pid();
+        if peer != i32::try_from(self.pid).ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is served by process {}, not by our PostgreSQL (pid {}); refusing it",
+                    self.path.display(),
+                    peer.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
+                    self.pid
+                ),
+            ));
+        }
+        Ok(stream)
+    }
+}
+
 /// TCP listener settings: 127.0.0.1 only, TLS required, SCRAM password for every role.
 #[derive(Clone)]
 pub struct TcpTls {
@@ -275,6 +315,14 @@ fn may_search(owner: u32, group: u32, mode: u32, uid: Uid, groups: &[Gid]) -> bo
 
 fn command_as(program: PathBuf, user: Option<(Uid, Gid)>, cwd: &Path) -> Command {
     let mut cmd = Command::new(program);
+    // The server's OS user can read its environment (/proc/<pid>/environ): pass on only what
+    // PostgreSQL needs, never our secrets or AWS credentials.
+    cmd.env_clear();
+    for var in ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ"] {
+        if let Some(value) = std::env::var_os(var) {
+            cmd.env(var, value);
+        }
+    }
     cmd.current_dir(cwd);
     if let Some((uid, gid)) = user {
         cmd.uid(uid.as_raw()).gid(gid.as_raw());
@@ -333,6 +381,10 @@ fn sql_ident(s: &str) -> String {
 /// Run first on the superuser's own connection: nothing the database owner may set for its
 /// database (`ALTER DATABASE postgres SET role`, `search_path`) applies to what follows, and
 /// no object `admin` put in `public` can stand in for a built-in one.
+/// Startup options of the endpoint's own sessions: settings a database owner could have
+/// made the default for its database must not stop the setup or hang it.
+const SUPERUSER_SESSION_OPTIONS: &str = "-c default_transaction_read_only=off -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c idle_session_timeout=0";
+
 const SUPERUSER_SESSION_SQL: &str = "SET ROLE NONE; SET search_path = pg_catalog";
 
 /// Makes `admin` DSQL's administrator, no superuser, and closes the paths a CREATEROLE
@@ -351,7 +403,8 @@ DO $do$ BEGIN
     CREATE ROLE admin;
   END IF;
 END $do$;
-ALTER ROLE admin WITH LOGIN NOSUPERUSER CREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS;
+ALTER ROLE admin WITH LOGIN NOSUPERUSER CREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS
+  CONNECTION LIMIT -1 VALID UNTIL 'infinity';
 ALTER DATABASE postgres OWNER TO admin;
 ALTER SCHEMA public OWNER TO admin;
 UPDATE pg_authid SET rolsuper = true
@@ -692,6 +745,11 @@ impl PgServer {
         &self.superuser
     }
 
+    /// The socket and postmaster to connect to, while running.
+    pub fn upstream(&self) -> Option<Upstream> {
+        self.pid().map(|pid| Upstream::new(self.socket_path(), pid))
+    }
+
     /// PID of the postmaster, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -705,12 +763,20 @@ impl PgServer {
     }
 
     async fn client_as(&self, user: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let upstream = self
+            .upstream()
+            .context("the private PostgreSQL is not running")?;
+        let stream = upstream
+            .connect()
+            .await
+            .context("connecting to the private PostgreSQL over its Unix socket")?;
+        // Startup options outrank what the database owner may set for its database
+        // (`ALTER DATABASE postgres SET default_transaction_read_only = on`, ...).
         let (client, conn) = tokio_postgres::Config::new()
-            .host_path(&self.pgdata)
-            .port(self.unix_port)
             .user(user)
             .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
+            .options(SUPERUSER_SESSION_OPTIONS)
+            .connect_raw(stream, tokio_postgres::NoTls)
             .await
             .context("connecting to the private PostgreSQL over its Unix socket")?;
         tokio::spawn(async move {

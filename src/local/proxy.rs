@@ -402,7 +402,8 @@ impl LocalEndpoint {
         let shared = Arc::new(Shared::new(
             verifier,
             TlsAcceptor::from(Arc::new(tls)),
-            pg.socket_path(),
+            pg.upstream()
+                .context("the private PostgreSQL is not running")?,
             limits,
         ));
         let (stop, stop_rx) = watch::channel(false);

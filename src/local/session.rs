@@ -12,7 +12,6 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -25,7 +24,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::postgres::INTERNAL_SUPERUSER;
+use super::postgres::{INTERNAL_SUPERUSER, Upstream};
 use super::verify::TokenVerifier;
 use super::wire::{self, Boundaries, FirstPacket, Startup};
 
@@ -159,7 +158,7 @@ impl CancelBudget {
 pub(crate) struct Shared {
     pub(crate) verifier: TokenVerifier,
     pub(crate) acceptor: TlsAcceptor,
-    pub(crate) upstream: PathBuf,
+    pub(crate) upstream: Upstream,
     pub(crate) limits: Limits,
     bucket: Mutex<Bucket>,
     open: AtomicU32,
@@ -175,7 +174,7 @@ impl Shared {
     pub(crate) fn new(
         verifier: TokenVerifier,
         acceptor: TlsAcceptor,
-        upstream: PathBuf,
+        upstream: Upstream,
         limits: Limits,
     ) -> Self {
         let now = Instant::now();
@@ -458,7 +457,9 @@ async fn forward_cancel(shared: &Shared, peer: SocketAddr, packet: [u8; 16]) -> 
         tracing::debug!(%peer, "cancel request dropped: too many being forwarded");
         return Ok(());
     };
-    let mut up = UnixStream::connect(&shared.upstream)
+    let mut up = shared
+        .upstream
+        .connect()
         .await
         .context("connecting to PostgreSQL to forward a cancel request")?;
     up.write_all(&packet).await?;
@@ -633,7 +634,7 @@ async fn establish(
         return Ok(None);
     };
 
-    let mut upstream = match UnixStream::connect(&shared.upstream).await {
+    let mut upstream = match shared.upstream.connect().await {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::error!(%peer, "cannot reach the private PostgreSQL: {e}");
@@ -725,7 +726,7 @@ mod tests {
         Arc::new(Shared::new(
             TokenVerifier::new("localhost", "us-east-1"),
             TlsAcceptor::from(Arc::new(config)),
-            PathBuf::from("/nonexistent"),
+            Upstream::new("/nonexistent", 1),
             limits,
         ))
     }
