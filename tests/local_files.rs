@@ -626,3 +626,41 @@ async fn postgres_does_not_inherit_secrets_from_the_environment() {
     assert!(!environ.contains("AWS_"), "{environ}");
     stop(&mut child).await;
 }
+
+/// A data dir below a directory someone else owns (who could move it away and put their own
+/// in its place), or below one others may write that is not sticky, is refused before
+/// anything is made; below a sticky world-writable one (as in /tmp) it is fine.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_below_a_directory_others_control_is_refused() {
+    let (tmp, _) = fresh();
+    let parent = tmp.path().join("theirs");
+    std::fs::create_dir(&parent).unwrap();
+    set_mode(&parent, 0o777);
+    let data = parent.join("data");
+    assert_refused(
+        &data,
+        &format!(
+            "--data-dir {}: {} (owner {}, mode 777) can be changed by others, who could swap the data dir; choose a data dir whose parent directories only you or root can change",
+            data.display(),
+            parent.display(),
+            me()
+        ),
+    )
+    .await;
+    assert!(!data.exists(), "nothing created");
+    if geteuid().is_root() {
+        set_mode(&parent, 0o755);
+        let nobody = user("nobody");
+        nix::unistd::chown(&parent, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        assert_refused(
+            &data,
+            &format!(
+                "--data-dir {}: {} (owner nobody, mode 755) can be changed by its owner, who could swap the data dir; choose a data dir whose parent directories only you or root can change",
+                data.display(),
+                parent.display()
+            ),
+        )
+        .await;
+        assert!(!data.exists(), "nothing created");
+    }
+}

@@ -193,12 +193,55 @@ fn lstat(path: &Path) -> anyhow::Result<FileStat> {
     nix::sys::stat::lstat(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Refuses a data dir below a directory (or a link) that someone other than root or us could
+/// change: they could move the data dir away and put their own in its place between two of
+/// our path-based steps (PostgreSQL's `-D`, its socket, `hba_file`). A directory others may
+/// write is fine when it is sticky (as /tmp is): there nobody else can rename our entries.
+fn check_ancestors(path: &Path) -> anyhow::Result<()> {
+    let me = geteuid().as_raw();
+    let absolute =
+        std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let Some(existing) = absolute.ancestors().skip(1).find(|dir| dir.is_dir()) else {
+        return Ok(());
+    };
+    let canonical = std::fs::canonicalize(existing)
+        .with_context(|| format!("resolving {}", existing.display()))?;
+    // The path as given (links included, each checked where it is) and where it leads.
+    let literal = existing.ancestors().map(|p| (p, false));
+    let resolved = canonical.ancestors().map(|p| (p, true));
+    for (dir, follow) in literal.chain(resolved) {
+        let st = if follow {
+            nix::sys::stat::stat(dir)
+        } else {
+            nix::sys::stat::lstat(dir)
+        }
+        .with_context(|| format!("reading {}", dir.display()))?;
+        let mode = permissions(&st);
+        let trusted_owner = st.st_uid == 0 || st.st_uid == me;
+        let link = is_kind(&st, SFlag::S_IFLNK);
+        let open_to_others = !link && mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if !trusted_owner || open_to_others {
+            return Err(ConfigError(format!(
+                "--data-dir {}: {} (owner {}, mode {:o}) can be changed by {}, who could swap the data dir; choose a data dir whose parent directories only you or root can change",
+                path.display(),
+                dir.display(),
+                user_name(st.st_uid),
+                mode,
+                if trusted_owner { "others" } else { "its owner" },
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Opens the data directory at `path`, creating it (and missing parents, mode
 /// [`data_dir_mode`]) when it does not exist, and sets its mode to [`data_dir_mode`].
 ///
 /// Refused (exit 2): a symbolic link, not a directory, not ours, writable by group or
 /// others, or made by an earlier dsql-pgx, whose layout let the `postgres` OS user own it.
 pub fn open_data_dir(path: &Path) -> anyhow::Result<Dir> {
+    check_ancestors(path)?;
     let mode = data_dir_mode();
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut opened = nix::fcntl::open(path, flags, Mode::empty());
