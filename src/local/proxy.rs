@@ -575,12 +575,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    // Beyond the cap a socket is closed at once, before any TLS work.
-                    let Some(handshake) = shared.admit() else {
-                        tracing::debug!(%peer, cap = shared.handshake_cap(), "connection closed: too many handshakes in progress");
-                        drop(tcp);
-                        continue;
-                    };
+                    // At the cap, the oldest handshake in progress gives its slot up.
+                    let handshake = shared.admit();
                     let _ = tcp.set_nodelay(true);
                     connections.spawn(serve(shared.clone(), tcp, peer, handshake, stop.clone()));
                 }

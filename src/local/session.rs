@@ -3,23 +3,24 @@
 //! the private PostgreSQL until the connection's maximum age.
 //!
 //! What a client without a valid token can spend is bounded apart from what valid clients
-//! need: a handshake slot (at most [`Shared::handshake_cap`] at once, each for at most
-//! [`HANDSHAKE_TIMEOUT`]); the connection rate and the connection slots are taken only once
+//! need: a handshake slot (at most [`handshake_cap`] at once, each for at most
+//! [`HANDSHAKE_TIMEOUT`]; when all are taken, a new socket takes the oldest one's, so idle
+//! sockets held by a stranger cannot lock valid clients out); the connection rate and the connection slots are taken only once
 //! the token verified. Cancel requests are rate-limited per source address, forwarded only
 //! when they name an open connection, and a few at a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -126,31 +127,77 @@ impl Bucket {
 #[derive(Debug)]
 struct CancelBudget {
     sources: HashMap<IpAddr, Bucket>,
-    overflow: Bucket,
 }
 
 impl CancelBudget {
-    fn new(now: Instant) -> Self {
+    fn new(_now: Instant) -> Self {
         Self {
             sources: HashMap::new(),
-            overflow: Bucket::full(CANCEL_BURST, now),
         }
     }
 
-    /// Takes one cancel from `source`'s budget; `false` when it is spent.
+    /// Takes one cancel from `source`'s budget; `false` when it is spent. A new source
+    /// always gets a budget of its own: when [`MAX_CANCEL_SOURCES`] are tracked, the ones
+    /// whose budget is full again are dropped, else the one heard from least recently, so
+    /// sources that keep theirs spent cannot leave a newcomer without one.
     fn take(&mut self, source: IpAddr, now: Instant) -> bool {
         let (rate, burst) = (CANCEL_RATE_PER_SEC, CANCEL_BURST);
         if !self.sources.contains_key(&source) && self.sources.len() >= MAX_CANCEL_SOURCES {
             self.sources.retain(|_, b| !b.is_full(now, rate, burst));
+            if self.sources.len() >= MAX_CANCEL_SOURCES
+                && let Some(stalest) = self
+                    .sources
+                    .iter()
+                    .min_by_key(|(_, b)| b.last)
+                    .map(|(ip, _)| *ip)
+            {
+                self.sources.remove(&stalest);
+            }
         }
-        let bucket = if self.sources.len() < MAX_CANCEL_SOURCES {
-            self.sources
-                .entry(source)
-                .or_insert_with(|| Bucket::full(burst, now))
-        } else {
-            self.sources.get_mut(&source).unwrap_or(&mut self.overflow)
-        };
-        bucket.take(now, rate, burst)
+        self.sources
+            .entry(source)
+            .or_insert_with(|| Bucket::full(burst, now))
+            .take(now, rate, burst)
+    }
+}
+
+/// Sockets in their handshake, oldest first, each with a way to tell it to give up.
+#[derive(Debug)]
+struct Handshakes {
+    cap: usize,
+    next: AtomicU64,
+    waiting: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
+}
+
+impl Handshakes {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            next: AtomicU64::new(0),
+            waiting: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<()>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A socket let in for its handshake: its slot, and the news that a newer socket took it.
+pub(crate) struct Admitted {
+    slot: HandshakeSlot,
+    evicted: oneshot::Receiver<()>,
+}
+
+/// One handshake slot, given back when dropped (once the token verified, or the socket ends).
+struct HandshakeSlot {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.shared.handshakes.lock().remove(&self.id);
     }
 }
 
@@ -162,7 +209,7 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     bucket: Mutex<Bucket>,
     open: AtomicU32,
-    handshakes: Arc<Semaphore>,
+    handshakes: Handshakes,
     cancel_budget: Mutex<CancelBudget>,
     cancels_in_flight: Semaphore,
     /// BackendKeyData (process id, secret key) of every open relayed connection.
@@ -179,7 +226,7 @@ impl Shared {
     ) -> Self {
         let now = Instant::now();
         let bucket = Bucket::full(limits.burst, now);
-        let handshakes = Arc::new(Semaphore::new(handshake_cap(&limits) as usize));
+        let handshakes = Handshakes::new(handshake_cap(&limits) as usize);
         Self {
             verifier,
             acceptor,
@@ -195,15 +242,32 @@ impl Shared {
         }
     }
 
-    /// How many connections may be in their handshake at once.
-    pub(crate) fn handshake_cap(&self) -> u32 {
-        handshake_cap(&self.limits)
+    /// A handshake slot for a new socket. When all are taken, the oldest handshake in
+    /// progress is told to give its slot up (its socket is closed), and this one takes it.
+    pub(crate) fn admit(self: &Arc<Self>) -> Admitted {
+        let id = self.handshakes.next.fetch_add(1, Ordering::Relaxed);
+        let (evict, evicted) = oneshot::channel();
+        let mut waiting = self.handshakes.lock();
+        if waiting.len() >= self.handshakes.cap
+            && let Some((_, oldest)) = waiting.pop_first()
+        {
+            let _ = oldest.send(());
+        }
+        waiting.insert(id, evict);
+        drop(waiting);
+        Admitted {
+            slot: HandshakeSlot {
+                id,
+                shared: self.clone(),
+            },
+            evicted,
+        }
     }
 
-    /// A handshake slot for a new socket, or `None` when all are taken (the socket is then
-    /// closed at once, before any TLS work).
-    pub(crate) fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.handshakes.clone().try_acquire_owned().ok()
+    /// Handshakes in progress.
+    #[cfg(test)]
+    pub(crate) fn handshakes_in_progress(&self) -> usize {
+        self.handshakes.lock().len()
     }
 
     /// Records that the private PostgreSQL has exited: new clients get one FATAL 08006.
@@ -311,12 +375,13 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
-    handshake: OwnedSemaphorePermit,
+    admitted: Admitted,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let opened = Instant::now();
+    let Admitted { slot, mut evicted } = admitted;
     let established = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, establish(&shared, tcp, peer, handshake)) => match r {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, establish(&shared, tcp, peer, slot)) => match r {
             Ok(Ok(Some(e))) => e,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
@@ -328,6 +393,11 @@ pub(crate) async fn serve(
                 return;
             }
         },
+        // Only a send counts: the sender also goes away when the slot is given back.
+        Ok(()) = &mut evicted => {
+            tracing::debug!(%peer, "connection closed: its handshake slot went to a newer socket");
+            return;
+        }
         () = shutdown_signaled(&mut shutdown) => return,
     };
     let Established {
@@ -473,7 +543,7 @@ async fn establish(
     shared: &Arc<Shared>,
     mut tcp: TcpStream,
     peer: SocketAddr,
-    handshake: OwnedSemaphorePermit,
+    handshake: HandshakeSlot,
 ) -> anyhow::Result<Option<Established>> {
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await? == 0 {
@@ -796,16 +866,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn handshakes_are_capped_and_slots_come_back() {
+    async fn a_full_handshake_table_evicts_its_oldest_and_slots_come_back() {
         let s = shared(Limits {
             burst: 3,
             ..Limits::default()
         });
-        assert_eq!(s.handshake_cap(), MIN_HANDSHAKES);
-        let held: Vec<_> = (0..MIN_HANDSHAKES).map(|_| s.admit().unwrap()).collect();
-        assert!(s.admit().is_none());
+        let cap = handshake_cap(&s.limits) as usize;
+        assert_eq!(cap, MIN_HANDSHAKES as usize);
+        let mut held: Vec<_> = (0..cap).map(|_| s.admit()).collect();
+        assert_eq!(s.handshakes_in_progress(), cap);
+        let newest = s.admit();
+        assert_eq!(s.handshakes_in_progress(), cap, "still at the cap");
+        assert_eq!(
+            held[0].evicted.try_recv(),
+            Ok(()),
+            "the oldest is told to go"
+        );
+        assert!(held[1].evicted.try_recv().is_err(), "the next one stays");
         drop(held);
-        assert!(s.admit().is_some());
+        assert_eq!(s.handshakes_in_progress(), 1);
+        drop(newest);
+        assert_eq!(s.handshakes_in_progress(), 0);
         // A full burst of valid clients fits.
         assert_eq!(handshake_cap(&Limits::default()), 1000);
     }
@@ -823,7 +904,7 @@ mod tests {
         let (tcp, peer) = listener.accept().await.unwrap();
         let (_stop, stop_rx) = watch::channel(false);
         let started = Instant::now();
-        let handshake = s.admit().unwrap();
+        let handshake = s.admit();
         tokio::spawn(serve(s.clone(), tcp, peer, handshake, stop_rx));
         let mut buf = [0u8; 1];
         let n = client.read(&mut buf).await.unwrap_or(0);
@@ -834,8 +915,7 @@ mod tests {
             "{waited:?}"
         );
         // Its handshake slot is free again.
-        let all: Vec<_> = (0..s.handshake_cap()).map(|_| s.admit()).collect();
-        assert!(all.iter().all(Option::is_some));
+        assert_eq!(s.handshakes_in_progress(), 0);
     }
 
     #[tokio::test]
@@ -851,19 +931,25 @@ mod tests {
         assert!(budget.take(b, t), "another source is not starved");
         let later = t + Duration::from_secs(1);
         assert!(budget.take(a, later), "the budget refills");
-        // Many sources: the map stays bounded; beyond it, new ones share one bucket.
-        for i in 0..(MAX_CANCEL_SOURCES as u32 * 2) {
-            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            let _ = budget.take(ip, later);
+        // Many sources that keep their budgets spent: the map stays bounded, and a newcomer
+        // still gets a budget of its own (the source heard from least recently makes room).
+        for round in 0..2 {
+            for i in 0..(MAX_CANCEL_SOURCES as u32 + 10) {
+                let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+                let now = later + Duration::from_micros(u64::from(i) + round * 10_000);
+                for _ in 0..CANCEL_BURST {
+                    let _ = budget.take(ip, now);
+                }
+            }
         }
         assert!(budget.sources.len() <= MAX_CANCEL_SOURCES);
-        assert!(
-            !budget.take([192, 168, 0, 1].into(), later),
-            "the shared bucket is spent"
-        );
+        let newcomer: IpAddr = [192, 168, 0, 1].into();
+        let now = later + Duration::from_millis(30);
+        assert!(budget.take(newcomer, now), "a newcomer is not starved");
+        assert!(budget.sources.len() <= MAX_CANCEL_SOURCES);
         // Once the tracked sources have refilled, they are forgotten to make room.
         let much_later = later + Duration::from_secs(60);
-        assert!(budget.take([192, 168, 0, 1].into(), much_later));
+        assert!(budget.take([192, 168, 0, 2].into(), much_later));
         assert!(budget.sources.len() <= 3);
     }
 
