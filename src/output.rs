@@ -7,7 +7,8 @@
 use std::io::{self, IsTerminal, Write};
 
 use comfy_table::{ContentArrangement, Table, presets};
-use serde_json::{Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 
 use crate::cli::{Format, GlobalArgs};
 use crate::sql::{JsonKind, StatementResult};
@@ -92,12 +93,15 @@ impl Output {
                 self.write_delimited(out, result)?;
             }
             Format::Json => {
+                let keys = json_keys(&result.columns);
                 for row in &result.rows {
-                    let mut object = Map::new();
-                    for ((name, kind), value) in result.columns.iter().zip(&result.kinds).zip(row) {
-                        object.insert(name.clone(), json_value(*kind, value.as_deref()));
-                    }
-                    serde_json::to_writer(&mut *out, &Value::Object(object))?;
+                    let cells: Vec<JsonCell> = result
+                        .kinds
+                        .iter()
+                        .zip(row)
+                        .map(|(kind, value)| json_cell(*kind, value.as_deref()))
+                        .collect();
+                    serde_json::to_writer(&mut *out, &JsonRow(&keys, &cells))?;
                     writeln!(out)?;
                 }
             }
@@ -160,45 +164,94 @@ fn render_table(header: &[&str], rows: &[Vec<String>], terminal: bool) -> String
     table.to_string()
 }
 
-fn json_value(kind: JsonKind, text: Option<&str>) -> Value {
-    let Some(text) = text else {
-        return Value::Null;
-    };
-    match kind {
-        JsonKind::Bool => match text {
-            "t" | "true" => Value::Bool(true),
-            "f" | "false" => Value::Bool(false),
-            _ => Value::String(text.to_string()),
-        },
-        JsonKind::Number => {
-            if let Ok(int) = text.parse::<i64>() {
-                return Value::from(int);
+/// The JSON keys for a result's columns, in column order and all distinct.
+///
+/// A name that occurs once keeps it. The first column of a repeated name keeps the name, and
+/// each later one gets `name_2`, `name_3`, ...: the smallest suffix that is neither a real
+/// column name of this result nor a key already given, so a generated key never shadows a
+/// real column (`a, a, a_2` → `a`, `a_3`, `a_2`).
+pub fn json_keys(columns: &[String]) -> Vec<String> {
+    let real: std::collections::HashSet<&str> = columns.iter().map(String::as_str).collect();
+    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    columns
+        .iter()
+        .map(|name| {
+            if taken.insert(name.clone()) {
+                return name.clone();
             }
-            text.parse::<f64>()
-                .ok()
-                .filter(|_| plain_decimal_fits(text))
-                .and_then(serde_json::Number::from_f64)
-                .map_or_else(|| Value::String(text.to_string()), Value::Number)
+            let mut n = 2;
+            loop {
+                let key = format!("{name}_{n}");
+                if !real.contains(key.as_str()) && taken.insert(key.clone()) {
+                    return key;
+                }
+                n += 1;
+            }
+        })
+        .collect()
+}
+
+/// One row as a JSON object, keys in column order.
+struct JsonRow<'a>(&'a [String], &'a [JsonCell<'a>]);
+
+impl Serialize for JsonRow<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, cell) in self.0.iter().zip(self.1) {
+            map.serialize_entry(key, cell)?;
         }
-        JsonKind::Float => text
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map_or_else(|| Value::String(text.to_string()), Value::Number),
-        JsonKind::Json => {
-            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
-        }
-        JsonKind::Text => Value::String(text.to_string()),
+        map.end()
     }
 }
 
-/// A decimal is emitted as a JSON number only when f64 keeps every digit of it.
-fn plain_decimal_fits(text: &str) -> bool {
-    let digits = text.bytes().filter(u8::is_ascii_digit).count();
-    digits <= 15
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+/// One value of a row: numbers and json are the server's own text, never re-encoded.
+#[derive(Debug)]
+enum JsonCell<'a> {
+    Null,
+    Bool(bool),
+    Text(&'a str),
+    Raw(Box<RawValue>),
+}
+
+impl Serialize for JsonCell<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            JsonCell::Null => serializer.serialize_unit(),
+            JsonCell::Bool(b) => serializer.serialize_bool(*b),
+            JsonCell::Text(text) => serializer.serialize_str(text),
+            JsonCell::Raw(raw) => raw.serialize(serializer),
+        }
+    }
+}
+
+fn json_cell(kind: JsonKind, text: Option<&str>) -> JsonCell<'_> {
+    let Some(text) = text else {
+        return JsonCell::Null;
+    };
+    match kind {
+        JsonKind::Bool => match text {
+            "t" | "true" => JsonCell::Bool(true),
+            "f" | "false" => JsonCell::Bool(false),
+            _ => JsonCell::Text(text),
+        },
+        // Integers, numeric and floats: the server's digits, when they are a JSON number
+        // (NaN and ±Infinity are not, and stay strings).
+        JsonKind::Number | JsonKind::Float => {
+            let number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+            match RawValue::from_string(text.to_string()) {
+                Ok(raw) if number => JsonCell::Raw(raw),
+                _ => JsonCell::Text(text),
+            }
+        }
+        // The text of valid JSON has line breaks only between tokens (inside a string they
+        // would be escaped), so turning them into spaces keeps one row per line and changes
+        // no value.
+        JsonKind::Json => match RawValue::from_string(text.replace(['\n', '\r'], " ")) {
+            Ok(raw) => JsonCell::Raw(raw),
+            Err(_) => JsonCell::Text(text),
+        },
+        JsonKind::Text => JsonCell::Text(text),
+    }
 }
 
 /// Escapes tabs, newlines and backslashes for TSV.
@@ -290,44 +343,82 @@ mod tests {
         assert_eq!(escape_tsv("a\tb\nc\\d"), "a\\tb\\nc\\\\d");
     }
 
+    fn json(kind: JsonKind, text: Option<&str>) -> String {
+        serde_json::to_string(&json_cell(kind, text)).unwrap()
+    }
+
     #[test]
     fn json_values_follow_column_types() {
-        assert_eq!(json_value(JsonKind::Number, Some("42")), Value::from(42));
-        assert_eq!(
-            json_value(JsonKind::Number, Some("1.5")),
-            serde_json::json!(1.5)
-        );
-        assert_eq!(
-            json_value(JsonKind::Number, Some("12345678901234567890.123")),
-            Value::String("12345678901234567890.123".into())
-        );
-        assert_eq!(
-            json_value(JsonKind::Number, Some("NaN")),
-            Value::String("NaN".into())
-        );
-        // Floats are numbers whatever their exponent (the same column never mixes strings
-        // in), except what JSON has no number for.
-        for (text, number) in [("1e+20", 1e20), ("1e+300", 1e300), ("-1.5e-07", -1.5e-7)] {
-            assert_eq!(
-                json_value(JsonKind::Float, Some(text)),
-                serde_json::json!(number)
-            );
+        // Numbers keep the server's digits, whatever f64 would make of them.
+        for text in [
+            "42",
+            "-7",
+            "1.5",
+            "18446744073709551617",
+            "1.0000000000000000001",
+            "12345678901234567890.123",
+            "1e5",
+        ] {
+            assert_eq!(json(JsonKind::Number, Some(text)), text);
         }
+        for text in ["1e+20", "1e+300", "-1.5e-07", "0.1", "-0"] {
+            assert_eq!(json(JsonKind::Float, Some(text)), text);
+        }
+        // What JSON has no number for stays a string.
         for text in ["NaN", "Infinity", "-Infinity"] {
-            assert_eq!(
-                json_value(JsonKind::Float, Some(text)),
-                Value::String(text.into())
-            );
+            assert_eq!(json(JsonKind::Number, Some(text)), format!("\"{text}\""));
+            assert_eq!(json(JsonKind::Float, Some(text)), format!("\"{text}\""));
         }
-        assert_eq!(json_value(JsonKind::Bool, Some("t")), Value::Bool(true));
+        assert_eq!(json(JsonKind::Bool, Some("t")), "true");
+        assert_eq!(json(JsonKind::Bool, Some("f")), "false");
+        assert_eq!(json(JsonKind::Text, Some("t")), "\"t\"");
+        assert_eq!(json(JsonKind::Text, Some("42")), "\"42\"");
+        assert_eq!(json(JsonKind::Text, None), "null");
+        assert_eq!(json(JsonKind::Number, None), "null");
+    }
+
+    #[test]
+    fn json_values_are_the_servers_text() {
+        // Duplicate keys, key order and every digit survive; line breaks between tokens
+        // become spaces so a row stays on one line.
         assert_eq!(
-            json_value(JsonKind::Text, Some("t")),
-            Value::String("t".into())
+            json(JsonKind::Json, Some("{\"b\":1,\"a\":2,\"b\":3}")),
+            "{\"b\":1,\"a\":2,\"b\":3}"
         );
         assert_eq!(
-            json_value(JsonKind::Json, Some("{\"a\":1}")),
-            serde_json::json!({"a": 1})
+            json(JsonKind::Json, Some("{\"n\": 18446744073709551617}")),
+            "{\"n\": 18446744073709551617}"
         );
-        assert_eq!(json_value(JsonKind::Text, None), Value::Null);
+        assert_eq!(
+            json(JsonKind::Json, Some(" [1,\n\t\"a\\nb\"]\r\n")),
+            "[1, \t\"a\\nb\"]"
+        );
+        // Not JSON (it cannot come from a json column): a string, not broken output.
+        assert_eq!(json(JsonKind::Json, Some("{")), "\"{\"");
+    }
+
+    #[test]
+    fn json_keys_keep_every_column() {
+        let keys =
+            |names: &[&str]| json_keys(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        assert_eq!(keys(&["z", "y"]), ["z", "y"]);
+        assert_eq!(keys(&["a", "a", "a"]), ["a", "a_2", "a_3"]);
+        assert_eq!(keys(&["a", "a", "a_2"]), ["a", "a_3", "a_2"]);
+        assert_eq!(keys(&["a_2", "a", "a"]), ["a_2", "a", "a_3"]);
+        assert_eq!(
+            keys(&["a", "a", "a_2", "a_2"]),
+            ["a", "a_3", "a_2", "a_2_2"]
+        );
+        assert_eq!(keys(&["", ""]), ["", "_2"]);
+    }
+
+    #[test]
+    fn json_rows_keep_column_order() {
+        let keys = json_keys(&["z".to_string(), "y".to_string()]);
+        let cells = [json_cell(JsonKind::Number, Some("3")), JsonCell::Null];
+        assert_eq!(
+            serde_json::to_string(&JsonRow(&keys, &cells)).unwrap(),
+            "{\"z\":3,\"y\":null}"
+        );
     }
 }
