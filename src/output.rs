@@ -70,7 +70,10 @@ impl Output {
     ) -> anyhow::Result<()> {
         match self.format {
             Format::Table => {
-                if result.returned_rows {
+                if result.returned_rows && result.columns.is_empty() {
+                    // Zero columns (`select;`): psql's empty header rule, then the tag.
+                    writeln!(out, "--")?;
+                } else if result.returned_rows {
                     let header: Vec<&str> = result.columns.iter().map(String::as_str).collect();
                     let rows: Vec<Vec<String>> = result
                         .rows
@@ -110,6 +113,13 @@ impl Output {
     }
 
     fn write_delimited(&self, out: &mut dyn Write, result: &StatementResult) -> anyhow::Result<()> {
+        if result.columns.is_empty() {
+            // Zero columns: an empty header line and an empty line per row (the csv crate
+            // would write `""` for an empty record, which reads as one empty string).
+            let lines = result.rows.len() + usize::from(!self.no_header);
+            out.write_all("\n".repeat(lines).as_bytes())?;
+            return Ok(());
+        }
         let escape = |text: &str| -> String {
             let text = if self.format == Format::Tsv {
                 escape_tsv(text)
@@ -157,9 +167,9 @@ fn render_table(header: &[&str], rows: &[Vec<String>], terminal: bool) -> String
             .load_preset(presets::ASCII_MARKDOWN)
             .set_content_arrangement(ContentArrangement::Disabled);
     }
-    table.set_header(header.iter().map(|h| escape_control(h)));
+    table.set_header(header.iter().map(|h| escape_cell(h)));
     for row in rows {
-        table.add_row(row.iter().map(|cell| escape_control(cell)));
+        table.add_row(row.iter().map(|cell| escape_cell(cell)));
     }
     table.to_string()
 }
@@ -272,12 +282,22 @@ pub fn escape_tsv(text: &str) -> String {
 /// Makes control characters visible (`\x1b`, `\u{9b}`) so database text cannot drive the
 /// terminal. Newlines and tabs are kept.
 pub fn escape_control(text: &str) -> String {
-    if !text.chars().any(is_dangerous) {
+    escape_if(text, is_dangerous)
+}
+
+/// Escapes a table cell as [`escape_control`] does, tabs included (`\x09`): a tab would
+/// break the table's columns. Newlines are kept, as lines of the cell.
+fn escape_cell(text: &str) -> String {
+    escape_if(text, |c| c.is_control() && c != '\n')
+}
+
+fn escape_if(text: &str, escaped: impl Fn(char) -> bool) -> String {
+    if !text.chars().any(&escaped) {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if is_dangerous(c) {
+        if escaped(c) {
             if (c as u32) < 0x80 {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             } else {
@@ -336,6 +356,7 @@ mod tests {
         assert_eq!(escape_control("a\x1b[31mb"), "a\\x1b[31mb");
         assert_eq!(escape_control("line\nnext\tcol"), "line\nnext\tcol");
         assert_eq!(escape_control("\u{9b}x"), "\\u{9b}x");
+        assert_eq!(escape_cell("a\tb\nc\x1bd\u{9b}"), "a\\x09b\nc\\x1bd\\u{9b}");
     }
 
     #[test]

@@ -102,3 +102,64 @@ async fn json_floats_are_the_servers_shortest_text() {
          \"f\":\"-Infinity\"}\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_escape_tabs_like_other_control_characters() {
+    let pg = TestPg::start().await;
+    // A tab would break the columns; it shows as \x09 like ESC (\x1b); a newline stays a
+    // line of the cell.
+    assert_eq!(
+        query(
+            &pg,
+            "table",
+            "select E'a\\tb' as \"t\tx\", E'c\\x1b[31md' as e, E'one\\ntwo' as n"
+        )
+        .await,
+        concat!(
+            "| t\\x09x | e          | n   |\n",
+            "|--------|------------|-----|\n",
+            "| a\\x09b | c\\x1b[31md | one |\n",
+            "|        |            | two |\n",
+            "SELECT 1\n",
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_column_results_print_as_psql_does() {
+    let pg = TestPg::start().await;
+    // psql prints `--` (an empty header's rule) for zero columns; the tag follows as for any
+    // result.
+    assert_eq!(query(&pg, "table", "select").await, "--\nSELECT 1\n");
+    assert_eq!(
+        query(&pg, "table", "select from generate_series(1, 3)").await,
+        "--\nSELECT 3\n"
+    );
+    // csv and tsv: an empty header line and an empty line per row, not `""`.
+    for format in ["csv", "tsv"] {
+        assert_eq!(
+            query(&pg, format, "select from generate_series(1, 2)").await,
+            "\n\n\n",
+            "{format}"
+        );
+        assert_eq!(
+            query(&pg, format, "select 1 as a; select; select 2 as b").await,
+            "a\n1\n\n\n\n\nb\n2\n",
+            "{format}: results apart by one blank line as usual"
+        );
+    }
+    let out = run_plain(
+        &pg,
+        &[
+            "query",
+            "-q",
+            "--format",
+            "csv",
+            "--no-header",
+            "select from generate_series(1, 2)",
+        ],
+    )
+    .await;
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "\n\n");
+}
