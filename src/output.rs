@@ -314,6 +314,13 @@ fn is_dangerous(c: char) -> bool {
     c.is_control() && c != '\n' && c != '\t'
 }
 
+/// A duration for JSON: milliseconds rounded to three decimals (whole microseconds), so the
+/// number prints without float noise (`112.718`, not `112.71817100000001`). Keys that carry
+/// one end in `_ms`.
+pub fn json_millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// Formats a duration in milliseconds with one decimal, for tables.
 pub fn millis(d: std::time::Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
@@ -357,6 +364,14 @@ mod tests {
         assert_eq!(escape_control("line\nnext\tcol"), "line\nnext\tcol");
         assert_eq!(escape_control("\u{9b}x"), "\\u{9b}x");
         assert_eq!(escape_cell("a\tb\nc\x1bd\u{9b}"), "a\\x09b\nc\\x1bd\\u{9b}");
+    }
+
+    #[test]
+    fn json_durations_are_rounded_milliseconds() {
+        let d = std::time::Duration::from_nanos(112_718_171);
+        assert_eq!(serde_json::to_string(&json_millis(d)).unwrap(), "112.718");
+        let d = std::time::Duration::from_nanos(1_500);
+        assert_eq!(serde_json::to_string(&json_millis(d)).unwrap(), "0.002");
     }
 
     #[test]

@@ -301,7 +301,7 @@ pub async fn execute(
     result.kinds = kinds;
     result.tag = command_tag(statement, count, result.returned_rows);
     tracing::info!(
-        query_ms = started.elapsed().as_secs_f64() * 1000.0,
+        query_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         rows = result.rows.len(),
         "{}",
         result.tag
