@@ -9,6 +9,7 @@ use std::io::{self, IsTerminal, Write};
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
+use unicode_width::UnicodeWidthStr;
 
 use crate::cli::{Format, GlobalArgs};
 use crate::sql::{JsonKind, StatementResult};
@@ -24,8 +25,12 @@ pub struct Output {
     pub quiet: bool,
     /// Verbosity (0 = warnings only).
     pub verbose: u8,
+    /// Print result tables as records, one `column | value` line per column (psql's `\x`).
+    pub expanded: bool,
     stdout_tty: bool,
     stderr_tty: bool,
+    /// Columns of the terminal on stdout, when it is one and says.
+    stdout_width: Option<usize>,
 }
 
 impl Output {
@@ -36,8 +41,14 @@ impl Output {
             no_header: global.no_header,
             quiet: global.quiet,
             verbose: global.verbose,
+            expanded: false,
             stdout_tty: io::stdout().is_terminal(),
             stderr_tty: io::stderr().is_terminal(),
+            // What comfy-table arranges a boxed table to, so both agree on "too wide".
+            stdout_width: Table::new()
+                .width()
+                .filter(|&w| w > 0 && io::stdout().is_terminal())
+                .map(usize::from),
         }
     }
 
@@ -80,7 +91,15 @@ impl Output {
                         .iter()
                         .map(|row| row.iter().map(|v| v.clone().unwrap_or_default()).collect())
                         .collect();
-                    writeln!(out, "{}", self.table(&header, &rows))?;
+                    if self.expanded || self.too_wide(&header, &rows) {
+                        write!(
+                            out,
+                            "{}",
+                            render_expanded(&header, &rows, self.stdout_width)
+                        )?;
+                    } else {
+                        writeln!(out, "{}", self.table(&header, &rows))?;
+                    }
                 }
                 if !result.tag.is_empty() {
                     writeln!(out, "{}", result.tag)?;
@@ -110,6 +129,14 @@ impl Output {
             }
         }
         Ok(())
+    }
+
+    /// Whether a boxed table would be wider than the terminal (and so wrap its cells).
+    fn too_wide(&self, header: &[&str], rows: &[Vec<String>]) -> bool {
+        self.stdout_tty
+            && self
+                .stdout_width
+                .is_some_and(|width| boxed_width(header, rows) > width)
     }
 
     fn write_delimited(&self, out: &mut dyn Write, result: &StatementResult) -> anyhow::Result<()> {
@@ -153,6 +180,60 @@ impl Output {
         writer.flush()?;
         Ok(())
     }
+}
+
+/// The width of the boxed table unwrapped: each column's widest cell plus one space each side,
+/// and a border between and around the columns.
+fn boxed_width(header: &[&str], rows: &[Vec<String>]) -> usize {
+    let mut table = Table::new();
+    table.set_header(header.iter().map(|h| escape_cell(h)));
+    for row in rows {
+        table.add_row(row.iter().map(|cell| escape_cell(cell)));
+    }
+    let widths = table.column_max_content_widths();
+    widths.iter().map(|&w| usize::from(w) + 2).sum::<usize>() + widths.len() + 1
+}
+
+/// psql's expanded layout (`\x`): per row a `-[ RECORD n ]` rule, then one `name | value` line
+/// per column, names padded to the widest, further lines of a value under it. The rule is as
+/// wide as the widest line (as psql draws it), at most the terminal's width.
+fn render_expanded(header: &[&str], rows: &[Vec<String>], terminal: Option<usize>) -> String {
+    let names: Vec<String> = header.iter().map(|h| escape_cell(h)).collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape_cell(cell)).collect())
+        .collect();
+    let name_width = names.iter().map(|n| n.width()).max().unwrap_or(0);
+    let value_width = rows
+        .iter()
+        .flatten()
+        .flat_map(|value| value.split('\n'))
+        .map(UnicodeWidthStr::width)
+        .max()
+        .unwrap_or(0);
+    let mut rule_width = name_width + 3 + value_width;
+    if let Some(terminal) = terminal {
+        rule_width = rule_width.min(terminal);
+    }
+    let mut out = String::new();
+    for (number, row) in rows.iter().enumerate() {
+        let label = format!("-[ RECORD {} ]", number + 1);
+        let dashes = rule_width.saturating_sub(label.len());
+        out.push_str(&label);
+        out.push_str(&"-".repeat(dashes));
+        out.push('\n');
+        for (name, value) in names.iter().zip(row) {
+            for (i, line) in value.split('\n').enumerate() {
+                let name = if i == 0 { name.as_str() } else { "" };
+                out.push_str(name);
+                out.push_str(&" ".repeat(name_width - name.width()));
+                out.push_str(" | ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn render_table(header: &[&str], rows: &[Vec<String>], terminal: bool) -> String {
@@ -372,6 +453,51 @@ mod tests {
         assert_eq!(serde_json::to_string(&json_millis(d)).unwrap(), "112.718");
         let d = std::time::Duration::from_nanos(1_500);
         assert_eq!(serde_json::to_string(&json_millis(d)).unwrap(), "0.002");
+    }
+
+    #[test]
+    fn expanded_records_follow_psql() {
+        let rows = vec![
+            vec![
+                "1".to_string(),
+                "x".repeat(10),
+                "one\ntwo".to_string(),
+                String::new(),
+            ],
+            vec![
+                "2".to_string(),
+                "x".repeat(20),
+                "a\tb".to_string(),
+                "é".to_string(),
+            ],
+        ];
+        let header = ["n", "longer_name", "m", "z"];
+        assert_eq!(
+            render_expanded(&header, &rows, None),
+            concat!(
+                "-[ RECORD 1 ]---------------------\n",
+                "n           | 1\n",
+                "longer_name | xxxxxxxxxx\n",
+                "m           | one\n",
+                "            | two\n",
+                "z           | \n",
+                "-[ RECORD 2 ]---------------------\n",
+                "n           | 2\n",
+                "longer_name | xxxxxxxxxxxxxxxxxxxx\n",
+                "m           | a\\x09b\n",
+                "z           | é\n",
+            )
+        );
+        // The rule never outgrows the terminal, nor loses its label.
+        let out = render_expanded(&header, &rows, Some(20));
+        assert!(out.starts_with("-[ RECORD 1 ]-------\n"), "{out}");
+        let out = render_expanded(&["n"], &[vec!["1".into()]], Some(5));
+        assert_eq!(out, "-[ RECORD 1 ]\nn | 1\n");
+        // The boxed width is the drawn one: "│ ab │ défg │".
+        let (header, rows) = (["ab", "c"], [vec!["1".to_string(), "défg".to_string()]]);
+        assert_eq!(boxed_width(&header, &rows), 13);
+        let drawn = render_table(&header, &rows, true);
+        assert_eq!(drawn.lines().next().unwrap().chars().count(), 13, "{drawn}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use common::TestPg;
-use common::dsql::{assert_code, run_plain, stdout};
+use common::dsql::{assert_code, plain_flags, run_plain, stderr, stdout};
 
 /// `query -q --format FORMAT SQL`'s stdout, asserting exit 0.
 async fn query(pg: &TestPg, format: &str, sql: &str) -> String {
@@ -162,4 +162,125 @@ async fn zero_column_results_print_as_psql_does() {
     .await;
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expanded_prints_records_as_psql_x_does() {
+    let pg = TestPg::start().await;
+    let out = run_plain(
+        &pg,
+        &[
+            "query",
+            "-q",
+            "-x",
+            "select g as n, repeat('x', g * 10) as longer_name, E'one\\ntwo' as m, null as z \
+             from generate_series(1, 2) g; select 1 as a where false",
+        ],
+    )
+    .await;
+    assert_code(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        concat!(
+            "-[ RECORD 1 ]---------------------\n",
+            "n           | 1\n",
+            "longer_name | xxxxxxxxxx\n",
+            "m           | one\n",
+            "            | two\n",
+            "z           | \n",
+            "-[ RECORD 2 ]---------------------\n",
+            "n           | 2\n",
+            "longer_name | xxxxxxxxxxxxxxxxxxxx\n",
+            "m           | one\n",
+            "            | two\n",
+            "z           | \n",
+            "SELECT 2\n",
+            "SELECT 0\n",
+        )
+    );
+
+    // Records are a table layout: with another format the flag is a usage error.
+    let out = run_plain(&pg, &["query", "-x", "--format", "csv", "select 1"]).await;
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("--expanded lays out tables only"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `dsql-pgx query -q SQL` with stdout on an 80-column pseudo-terminal: what it shows.
+async fn query_on_terminal(pg: &TestPg, sql: &str) -> String {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("a pseudo-terminal");
+    let mut terminal = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Linux reports EIO on the master once no process holds the other side.
+        while let Ok(n @ 1..) = terminal.read(&mut buf) {
+            shown.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
+    });
+    let mut cmd = common::dsql::dsql_pgx_std();
+    cmd.env("PGPASSWORD", pg.password())
+        .env("PGSSLROOTCERT", pg.ca_path())
+        .args(["query", "-q", sql])
+        .args(plain_flags(pg))
+        .stdout(std::process::Stdio::from(pty.slave));
+    // SAFETY: setsid is async-signal-safe. In a session of its own the child has no
+    // controlling terminal, so its terminal size is its stdout's (80 columns), not that of
+    // whatever terminal runs the tests.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running dsql-pgx"))
+        .await
+        .unwrap();
+    let shown = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    assert_code(&out, 0);
+    shown
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_wider_than_the_terminal_prints_as_records() {
+    let pg = TestPg::start().await;
+    // Fits in 80 columns: boxed, as before.
+    let shown = query_on_terminal(&pg, "select 1 as n, E'a\\tb' as s").await;
+    assert_eq!(
+        shown,
+        concat!(
+            "╭───┬────────╮\n",
+            "│ n ┆ s      │\n",
+            "╞═══╪════════╡\n",
+            "│ 1 ┆ a\\x09b │\n",
+            "╰───┴────────╯\n",
+            "SELECT 1\n",
+        )
+    );
+    // 157 columns boxed: records instead of every cell wrapped, the rule cut at 80.
+    let shown = query_on_terminal(&pg, "select repeat('x', 60) as a, repeat('y', 90) as b").await;
+    assert_eq!(
+        shown,
+        format!(
+            "-[ RECORD 1 ]{}\na | {}\nb | {}\nSELECT 1\n",
+            "-".repeat(80 - 13),
+            "x".repeat(60),
+            "y".repeat(90)
+        )
+    );
 }
