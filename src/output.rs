@@ -123,8 +123,12 @@ impl Output {
                         .zip(row)
                         .map(|(kind, value)| json_cell(*kind, value.as_deref()))
                         .collect();
-                    serde_json::to_writer(&mut *out, &JsonRow(&keys, &cells))?;
-                    writeln!(out)?;
+                    let line = serde_json::to_string(&JsonRow(&keys, &cells))?;
+                    if self.stdout_tty {
+                        writeln!(out, "{}", escape_json_control(&line))?;
+                    } else {
+                        writeln!(out, "{line}")?;
+                    }
                 }
             }
         }
@@ -345,6 +349,26 @@ fn json_cell(kind: JsonKind, text: Option<&str>) -> JsonCell<'_> {
     }
 }
 
+/// Escapes, for a terminal, the control characters JSON lets through raw: DEL and C1
+/// (`\u{9b}` is CSI to some terminals) become `\u007f`, `\u009b`, the same string to a
+/// parser. serde_json already escapes the C0 controls, and outside strings JSON text has only
+/// whitespace, which stays.
+fn escape_json_control(line: &str) -> String {
+    let raw = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r');
+    if !line.chars().any(raw) {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len() + 12);
+    for c in line.chars() {
+        if raw(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Escapes tabs, newlines and backslashes for TSV.
 pub fn escape_tsv(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -498,6 +522,24 @@ mod tests {
         assert_eq!(boxed_width(&header, &rows), 13);
         let drawn = render_table(&header, &rows, true);
         assert_eq!(drawn.lines().next().unwrap().chars().count(), 13, "{drawn}");
+    }
+
+    #[test]
+    fn json_for_a_terminal_escapes_what_serde_json_lets_through() {
+        let keys = json_keys(&["s".to_string(), "j".to_string()]);
+        let cells = [
+            json_cell(JsonKind::Text, Some("a\x1b[31m\u{9b}2J\x7f\tb")),
+            json_cell(JsonKind::Json, Some("{\"k\":\t\"\u{9b}\"}")),
+        ];
+        let line = serde_json::to_string(&JsonRow(&keys, &cells)).unwrap();
+        let shown = escape_json_control(&line);
+        assert_eq!(
+            shown,
+            "{\"s\":\"a\\u001b[31m\\u009b2J\\u007f\\tb\",\"j\":{\"k\":\t\"\\u009b\"}}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        let original: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed, original, "the same values to a parser");
     }
 
     #[test]

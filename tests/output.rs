@@ -209,8 +209,8 @@ async fn expanded_prints_records_as_psql_x_does() {
     );
 }
 
-/// `dsql-pgx query -q SQL` with stdout on an 80-column pseudo-terminal: what it shows.
-async fn query_on_terminal(pg: &TestPg, sql: &str) -> String {
+/// `dsql-pgx query -q ARGS` with stdout on an 80-column pseudo-terminal: what it shows.
+async fn query_on_terminal(pg: &TestPg, args: &[&str]) -> String {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     let size = nix::pty::Winsize {
@@ -233,7 +233,8 @@ async fn query_on_terminal(pg: &TestPg, sql: &str) -> String {
     let mut cmd = common::dsql::dsql_pgx_std();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
-        .args(["query", "-q", sql])
+        .args(["query", "-q"])
+        .args(args)
         .args(plain_flags(pg))
         .stdout(std::process::Stdio::from(pty.slave));
     // SAFETY: setsid is async-signal-safe. In a session of its own the child has no
@@ -260,7 +261,7 @@ async fn query_on_terminal(pg: &TestPg, sql: &str) -> String {
 async fn a_table_wider_than_the_terminal_prints_as_records() {
     let pg = TestPg::start().await;
     // Fits in 80 columns: boxed, as before.
-    let shown = query_on_terminal(&pg, "select 1 as n, E'a\\tb' as s").await;
+    let shown = query_on_terminal(&pg, &["select 1 as n, E'a\\tb' as s"]).await;
     assert_eq!(
         shown,
         concat!(
@@ -273,7 +274,8 @@ async fn a_table_wider_than_the_terminal_prints_as_records() {
         )
     );
     // 157 columns boxed: records instead of every cell wrapped, the rule cut at 80.
-    let shown = query_on_terminal(&pg, "select repeat('x', 60) as a, repeat('y', 90) as b").await;
+    let shown =
+        query_on_terminal(&pg, &["select repeat('x', 60) as a, repeat('y', 90) as b"]).await;
     assert_eq!(
         shown,
         format!(
@@ -282,5 +284,25 @@ async fn a_table_wider_than_the_terminal_prints_as_records() {
             "x".repeat(60),
             "y".repeat(90)
         )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_on_a_terminal_escapes_every_control_character() {
+    let pg = TestPg::start().await;
+    // serde_json escapes ESC; DEL and C1 (U+009B is CSI to some terminals) it writes raw.
+    let shown = query_on_terminal(
+        &pg,
+        &[
+            "--format",
+            "json",
+            "select E'a\\x1b[31m' || chr(155) || '2J' || chr(127) as s, \
+             ('{\"k\": \"' || chr(155) || '\"}')::json as j",
+        ],
+    )
+    .await;
+    assert_eq!(
+        shown,
+        "{\"s\":\"a\\u001b[31m\\u009b2J\\u007f\",\"j\":{\"k\": \"\\u009b\"}}\n"
     );
 }
