@@ -2,7 +2,10 @@
 //!
 //! Whether stdout and stderr are terminals is decided once, in [`Output::new`]. Tables are
 //! boxed on a terminal and a stable plain layout when piped; control characters from the
-//! database are escaped before they reach a terminal. Output knows nothing about tokens.
+//! database are escaped before they reach a terminal. A result wider than the terminal
+//! prints as records (psql's `\x`) rather than wrapping. JSON loses nothing: keys in column
+//! order and all distinct, numbers and json values written as the server's own text. Output
+//! knows nothing about tokens.
 
 use std::io::{self, IsTerminal, Write};
 
@@ -44,11 +47,9 @@ impl Output {
             expanded: false,
             stdout_tty: io::stdout().is_terminal(),
             stderr_tty: io::stderr().is_terminal(),
-            // What comfy-table arranges a boxed table to, so both agree on "too wide".
-            stdout_width: Table::new()
-                .width()
-                .filter(|&w| w > 0 && io::stdout().is_terminal())
-                .map(usize::from),
+            // The width comfy-table arranges a boxed table to (`None` unless stdout is a
+            // terminal), so both agree on "too wide".
+            stdout_width: Table::new().width().filter(|&w| w > 0).map(usize::from),
         }
     }
 
@@ -137,10 +138,8 @@ impl Output {
 
     /// Whether a boxed table would be wider than the terminal (and so wrap its cells).
     fn too_wide(&self, header: &[&str], rows: &[Vec<String>]) -> bool {
-        self.stdout_tty
-            && self
-                .stdout_width
-                .is_some_and(|width| boxed_width(header, rows) > width)
+        self.stdout_width
+            .is_some_and(|width| boxed_width(header, rows) > width)
     }
 
     fn write_delimited(&self, out: &mut dyn Write, result: &StatementResult) -> anyhow::Result<()> {
