@@ -67,6 +67,8 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up on a new connection (token, TCP, TLS, auth) after this long')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format for data on stdout')
             [CompletionResult]::new('--transaction', '--transaction', [CompletionResultType]::ParameterName, 'Run all statements in one transaction (BEGIN ... COMMIT), retried as a whole')
+            [CompletionResult]::new('-x', '-x', [CompletionResultType]::ParameterName, 'Print each row as a record of `column | value` lines, as psql''s `\x` does')
+            [CompletionResult]::new('--expanded', '--expanded', [CompletionResultType]::ParameterName, 'Print each row as a record of `column | value` lines, as psql''s `\x` does')
             [CompletionResult]::new('--no-retry', '--no-retry', [CompletionResultType]::ParameterName, 'Never retry conflicts')
             [CompletionResult]::new('--local', '--local', [CompletionResultType]::ParameterName, 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)')
             [CompletionResult]::new('--iam', '--iam', [CompletionResultType]::ParameterName, 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]')

@@ -511,7 +511,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__query)
-            opts="-f -v -q -h -V --file --transaction --retries --retry-base --retry-max --no-retry --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-f -x -v -q -h -V --file --transaction --expanded --retries --retry-base --retry-max --no-retry --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -63,6 +63,8 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand --connect-timeout 'Give up on a new connection (token, TCP, TLS, auth) after this long'
             cand --format 'Output format for data on stdout'
             cand --transaction 'Run all statements in one transaction (BEGIN ... COMMIT), retried as a whole'
+            cand -x 'Print each row as a record of `column | value` lines, as psql''s `\x` does'
+            cand --expanded 'Print each row as a record of `column | value` lines, as psql''s `\x` does'
             cand --no-retry 'Never retry conflicts'
             cand --local 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
             cand --iam 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'

@@ -69,6 +69,7 @@ csv\t'Comma-separated values (RFC 4180), header row first'
 tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
 json\t'JSON: one object per row for `query`, one document for other commands'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l transaction -d 'Run all statements in one transaction (BEGIN ... COMMIT), retried as a whole'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s x -l expanded -d 'Print each row as a record of `column | value` lines, as psql\'s `\\x` does'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l no-retry -d 'Never retry conflicts'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l local -d 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l iam -d 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'

@@ -288,6 +288,13 @@ pub struct QueryArgs {
     #[arg(long)]
     pub transaction: bool,
 
+    /// Print each row as a record of `column | value` lines, as psql's `\x` does.
+    ///
+    /// Tables only. Without it, a result wider than the terminal is printed so too, rather
+    /// than wrapped.
+    #[arg(short = 'x', long)]
+    pub expanded: bool,
+
     #[command(flatten)]
     pub retry: RetryArgs,
 

@@ -154,23 +154,24 @@ pub enum RefreshError {
     Connect(#[source] PoolError),
 }
 
-/// How long each phase of opening a connection took.
+/// How long each phase of opening a connection took (in JSON: `token_ms`, ..., milliseconds
+/// rounded to microseconds).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ConnectTiming {
     /// Token signing (including credential resolution when not cached).
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(rename = "token_ms", serialize_with = "ser_ms")]
     pub token: Duration,
     /// TCP connect (including name resolution).
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(rename = "tcp_ms", serialize_with = "ser_ms")]
     pub tcp: Duration,
     /// TLS handshake.
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(rename = "tls_ms", serialize_with = "ser_ms")]
     pub tls: Duration,
     /// Startup, authentication and the session-id query.
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(rename = "auth_ms", serialize_with = "ser_ms")]
     pub auth: Duration,
     /// All of it.
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(rename = "total_ms", serialize_with = "ser_ms")]
     pub total: Duration,
 }
 

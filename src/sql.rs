@@ -195,14 +195,15 @@ pub fn command_tag(statement: &str, rows: u64, returned_rows: bool) -> String {
 pub enum JsonKind {
     /// A JSON string.
     Text,
-    /// A JSON number: an integer, or a numeric (kept as a string if f64 cannot hold it).
+    /// A JSON number written with the server's digits: an integer or a numeric (NaN and
+    /// ±Infinity, which JSON has no number for, stay strings).
     Number,
-    /// A JSON number from float4/float8, whose text round-trips; NaN and ±Infinity, which
-    /// JSON has no number for, stay strings.
+    /// A JSON number from float4/float8, written with the server's shortest round-trip
+    /// text; NaN and ±Infinity stay strings.
     Float,
     /// `true` / `false`.
     Bool,
-    /// Embedded JSON (json, jsonb).
+    /// Embedded JSON (json, jsonb), written as the server's text.
     Json,
 }
 
@@ -300,7 +301,7 @@ pub async fn execute(
     result.kinds = kinds;
     result.tag = command_tag(statement, count, result.returned_rows);
     tracing::info!(
-        query_ms = started.elapsed().as_secs_f64() * 1000.0,
+        query_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         rows = result.rows.len(),
         "{}",
         result.tag

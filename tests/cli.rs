@@ -215,6 +215,14 @@ async fn tls_verification_follows_sslmode() {
     assert_code(&out, 0);
 }
 
+/// A JSON duration: a number of milliseconds with at most three decimals, no float noise.
+fn assert_millis(value: &serde_json::Value) {
+    let text = value.to_string();
+    assert!(value.is_number(), "{text}");
+    let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(decimals <= 3 && !text.contains('e'), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_shows_distinct_connections_and_statistics() {
     let pg = TestPg::start().await;
@@ -238,7 +246,20 @@ async fn connect_shows_distinct_connections_and_statistics() {
                 .unwrap()
                 .starts_with(char::is_numeric)
         );
-        assert!(conn["timing"]["total"].as_f64().unwrap() > 0.0);
+        // Durations: milliseconds rounded to microseconds, the unit in the key.
+        let timing = conn["timing"].as_object().expect("timing");
+        let keys: Vec<&str> = timing.keys().map(String::as_str).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            ["auth_ms", "tcp_ms", "tls_ms", "token_ms", "total_ms"],
+            "{conn}"
+        );
+        for value in timing.values() {
+            assert_millis(value);
+        }
+        assert!(conn["timing"]["total_ms"].as_f64().unwrap() > 0.0);
     }
     // Exactly the connections asked for, numbered as opened.
     assert_eq!(doc["pool"]["opened"], 3, "{doc}");
@@ -299,6 +320,7 @@ async fn iam_through_the_local_endpoint() {
     for conn in doc["connections"].as_array().unwrap() {
         assert_eq!(conn["alpn"], true);
         assert!(conn["token_signed_at"].is_string());
+        assert_millis(&conn["token_age_ms"]);
         assert_eq!(conn["session_id"].as_str().unwrap().len(), 26);
     }
 

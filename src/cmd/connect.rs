@@ -59,11 +59,7 @@ pub async fn run(args: ConnectArgs, out: &Output) -> anyhow::Result<()> {
             .unwrap_or_default();
         let info = conn.info();
         let token_age_ms = info.token_signed_at.map(|signed| {
-            SystemTime::now()
-                .duration_since(signed)
-                .unwrap_or_default()
-                .as_secs_f64()
-                * 1000.0
+            output::json_millis(SystemTime::now().duration_since(signed).unwrap_or_default())
         });
         rows.push(ConnectionJson {
             info,

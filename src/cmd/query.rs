@@ -49,6 +49,15 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
     if statements.is_empty() {
         return Err(ConfigError("no SQL statement to run".into()).into());
     }
+    if args.expanded && out.format != crate::cli::Format::Table {
+        return Err(ConfigError(
+            "--expanded lays out tables only; drop it or use --format table".into(),
+        )
+        .into());
+    }
+    let mut out = out.clone();
+    out.expanded = args.expanded;
+    let out = &out;
     let policy = settings::retry(&args.retry)?;
     // From here Ctrl-C and SIGTERM stop the query, also while a `--local` endpoint starts.
     let mut stop = StopSignal::new()?;
