@@ -514,9 +514,10 @@ pub struct LocalArgs {
 
     /// Refuse connections beyond this many (SQLSTATE 53300).
     ///
-    /// At most 500 (also for 0): the private PostgreSQL is sized for this limit, so a client
-    /// beyond it gets DSQL's 53300 from the endpoint, never PostgreSQL's own refusal.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    /// DSQL allows 10,000; the local endpoint at most 500 (a larger value, or 0, is capped with
+    /// a warning): the private PostgreSQL is sized for this limit, so a client beyond it gets
+    /// DSQL's 53300 from the endpoint, never PostgreSQL's own refusal.
+    #[arg(long, default_value_t = 500, value_name = "N")]
     pub max_connections: u32,
 
     /// New connections per second before refusing (SQLSTATE 53400).

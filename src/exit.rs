@@ -207,14 +207,22 @@ fn first_line(text: &str) -> String {
 pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> String {
     use clap::error::{ContextKind, ContextValue};
     let mut line = clap_message(error);
-    // The variable that can also set a bad value; an unknown flag has none.
+    let sub = args
+        .iter()
+        .skip(1)
+        .find(|a| cmd.get_subcommands().any(|s| s.get_name() == a.as_str()));
+    // The variable that can also set a bad value (in the subcommand that was run); an unknown
+    // flag has none.
     let bad_value = matches!(
         error.kind(),
         clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation
     );
     if bad_value && let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
         let long = arg.split([' ', '=']).next().unwrap_or_default();
-        if let Some(var) = env_of(cmd, long.trim_start_matches("--")) {
+        let scope = sub
+            .and_then(|name| cmd.find_subcommand(name))
+            .unwrap_or(cmd);
+        if let Some(var) = env_of(scope, long.trim_start_matches("--")) {
             let quoted = format!("'{arg}'");
             line = line.replacen(&quoted, &format!("{quoted} (or {var})"), 1);
         }
@@ -229,10 +237,6 @@ pub fn usage_line(error: &clap::Error, cmd: &clap::Command, args: &[String]) -> 
             line = format!("{line} ({tip})");
         }
     }
-    let sub = args
-        .iter()
-        .skip(1)
-        .find(|a| cmd.get_subcommands().any(|s| s.get_name() == a.as_str()));
     match sub {
         Some(sub) => format!("{line}; see 'dsql-pgx {sub} --help'"),
         None => format!("{line}; see 'dsql-pgx --help'"),

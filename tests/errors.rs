@@ -190,6 +190,14 @@ const CASES: &[Case] = &[
         fragment: "database \"other\" does not exist (SQLSTATE 3D000)",
     },
     Case {
+        name: "a bad value names only the variable of its own command",
+        at: At::Nowhere,
+        args: &["local", "--port", "99999"],
+        env: &[],
+        code: 2,
+        fragment: "invalid value '99999' for '--port <PORT>': 99999 is not in 0..=65535; see 'dsql-pgx local --help'",
+    },
+    Case {
         name: "an empty variable counts as unset",
         at: At::Nowhere,
         args: &[
@@ -1171,7 +1179,7 @@ async fn local_warns_of_a_low_fd_limit_and_exits_3_when_postgres_dies() {
     let lines: Vec<&str> = err.lines().collect();
     assert!(
         lines.iter().any(|l| l.contains(
-            "the open-file limit (512) allows about 0 of the 500 connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections"
+            "the open-file limit (512) allows about 0 of the 500 connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections or --burst (the handshakes in progress at once)"
         )),
         "{err}"
     );

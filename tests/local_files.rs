@@ -453,6 +453,23 @@ async fn local_removes_temporary_dirs_left_by_killed_runs() {
     .unwrap();
     // Being created: no lock yet, or a lock without a pid yet.
     let no_lock = plant("dsql-pgx-local-nolock", None);
+    // Left long ago without a lock (a run stopped while its PostgreSQL still wrote there).
+    let old_unlocked = plant("dsql-pgx-local-oldnol", None);
+    std::fs::create_dir_all(old_unlocked.join("pgdata/base")).unwrap();
+    let hour_ago = nix::sys::time::TimeSpec::from_duration(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            - Duration::from_secs(3600),
+    );
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &old_unlocked,
+        &hour_ago,
+        &hour_ago,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
     let no_pid = plant("dsql-pgx-local-nopid1", Some(""));
     // Not ours to judge: another prefix; a link to a dead-looking dir.
     let other = plant("other-prefix-dead01", Some("4194304\n"));
@@ -476,6 +493,10 @@ async fn local_removes_temporary_dirs_left_by_killed_runs() {
     assert_eq!(stdout(&out), "1\n");
 
     assert!(!dead.exists(), "the dead run's dir was not removed");
+    assert!(
+        !old_unlocked.exists(),
+        "a dir without a lock for an hour was not removed"
+    );
     assert_eq!(
         std::fs::read_to_string(outside.join("precious")).unwrap(),
         "keep me\n"
@@ -663,4 +684,109 @@ async fn a_data_dir_below_a_directory_others_control_is_refused() {
         .await;
         assert!(!data.exists(), "nothing created");
     }
+}
+
+/// SIGTERM while initdb runs in a `--local` start stops initdb and the server processes it
+/// runs before the temporary dir is removed, so nothing is left (before, initdb went on
+/// writing into the removed dir and left a `pgdata/` behind that no later run removed).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_initdb_leaves_no_temporary_dir() {
+    let (tmp, _) = fresh();
+    let temp = tmp.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+    set_mode(&temp, 0o755);
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
+    cmd.env("TMPDIR", &temp)
+        .args(["query", "--local", "select 1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    // initdb's bootstrap server is at work once pgdata/base/1 (template1) exists, and
+    // initdb is done once postgres.log appears (the server proper starts).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let initdb_running = loop {
+        assert!(std::time::Instant::now() < deadline, "initdb never ran");
+        assert!(child.try_wait().unwrap().is_none(), "exited early");
+        let dirs: Vec<_> = std::fs::read_dir(&temp).unwrap().flatten().collect();
+        if let Some(dir) = dirs.first()
+            && dir.path().join("pgdata/base/1").exists()
+        {
+            break !dir.path().join("postgres.log").exists();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    // No initdb or server process of that start outlives it (they would write on).
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&*temp.to_string_lossy()))
+        .collect();
+    assert!(survivors.is_empty(), "still running: {survivors:?}");
+    let left: Vec<_> = std::fs::read_dir(&temp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind: {left:?} (initdb was running: {initdb_running})"
+    );
+}
+
+/// A relative `--data-dir` is made absolute, so the printed exports (PGSSLROOTCERT) work from
+/// any directory; a `--max-connections` above what the endpoint takes is capped with a warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_data_dir_prints_absolute_paths() {
+    use tokio::io::AsyncBufReadExt as _;
+    let (tmp, _) = fresh();
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
+    cmd.current_dir(tmp.path())
+        .args([
+            "local",
+            "--port",
+            "0",
+            "--max-connections",
+            "9000",
+            "--data-dir",
+            "rel/dd",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut exports = String::new();
+    while !exports.contains("export ") {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(60), lines.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "local exited early");
+        exports.push_str(&line);
+    }
+    let real = std::fs::canonicalize(tmp.path()).unwrap();
+    let want = format!("PGSSLROOTCERT={}/rel/dd/ca.pem ", real.display());
+    assert!(exports.contains(&want), "{exports}");
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).await.unwrap();
+    assert_eq!(
+        first,
+        "dsql-pgx local: warning: --max-connections 9000 is capped at 500, what the private PostgreSQL is sized for\n"
+    );
+    stop(&mut child).await;
 }

@@ -102,6 +102,13 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         Some(path) => Some(files::read_secret_file(path, "--secret-access-key-file")?),
         None => args.secret_access_key.clone(),
     };
+    let cap = crate::local::postgres::MAX_CLIENT_CONNECTIONS;
+    if (args.max_connections == 0 || args.max_connections > cap) && !out.quiet {
+        crate::exit::diag!(
+            "dsql-pgx local: warning: --max-connections {} is capped at {cap}, what the private PostgreSQL is sized for",
+            args.max_connections
+        );
+    }
     let starting = LocalEndpoint::start(EndpointOptions {
         listen,
         data_dir,

@@ -618,7 +618,18 @@ fn remove_if_dead(parent: &OwnedFd, name: &CStr, lock_name: &str) -> nix::Result
         Mode::empty(),
     ) {
         Ok(fd) => fd,
-        // Being created (the lock comes right after the directory), or not one of ours.
+        // Being created (the lock comes right after the directory), unless that was long
+        // ago: then a run was stopped while its PostgreSQL still wrote in it, and the lock
+        // went before the rest.
+        Err(Errno::ENOENT) if unlocked_for_long(&opened) => {
+            remove_tree(&dir, 0)?;
+            if fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|now| same_file(&st, &now))
+            {
+                unlinkat(parent, name, UnlinkatFlags::RemoveDir)?;
+            }
+            return Ok(true);
+        }
         Err(Errno::ENOENT | Errno::ELOOP) => return Ok(false),
         Err(e) => return Err(e),
     };
@@ -643,6 +654,18 @@ fn remove_if_dead(parent: &OwnedFd, name: &CStr, lock_name: &str) -> nix::Result
     }
     drop(lock);
     Ok(true)
+}
+
+/// How long a temporary data dir may go without its lock file before it counts as dead.
+const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether a directory was last changed longer than [`UNLOCKED_GRACE`] ago.
+fn unlocked_for_long(st: &FileStat) -> bool {
+    let changed = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0));
+    std::time::SystemTime::now()
+        .duration_since(changed)
+        .is_ok_and(|age| age > UNLOCKED_GRACE)
 }
 
 /// Empties the directory `dir` through descriptors, never following a link.

@@ -313,6 +313,24 @@ fn may_search(owner: u32, group: u32, mode: u32, uid: Uid, groups: &[Gid]) -> bo
     mode & bit != 0
 }
 
+/// Kills a process group (a child started with `process_group(0)` and what it started) when
+/// dropped, and waits (briefly) until it is gone.
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let Some(pgid) = self.0 else {
+            return;
+        };
+        let group = Pid::from_raw(pgid);
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while nix::sys::signal::killpg(group, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 fn command_as(program: PathBuf, user: Option<(Uid, Gid)>, cwd: &Path) -> Command {
     let mut cmd = Command::new(program);
     // The server's OS user can read its environment (/proc/<pid>/environ): pass on only what
@@ -324,6 +342,9 @@ fn command_as(program: PathBuf, user: Option<(Uid, Gid)>, cwd: &Path) -> Command
         }
     }
     cmd.current_dir(cwd);
+    // A process group of its own: a terminal's Ctrl-C goes to dsql-pgx, which stops the
+    // server itself, not to initdb or the server halfway through.
+    cmd.process_group(0);
     if let Some((uid, gid)) = user {
         cmd.uid(uid.as_raw()).gid(gid.as_raw());
     }
@@ -465,26 +486,31 @@ impl PgServer {
             let bin2 = bin_dir.clone();
             let pgdata2 = pgdata.clone();
             let superuser = opts.superuser.clone();
-            tokio::task::spawn_blocking(move || {
-                let out = command_as(bin2.join("initdb"), user, &data_dir2)
-                    .arg("-D")
-                    .arg(&pgdata2)
-                    .args(["-U", &superuser, "--auth-local=trust", "--auth-host=reject"])
-                    .args(["-E", "UTF8", "--locale=C", "--no-sync"])
-                    .stdin(Stdio::null())
-                    .output()
-                    .context("running initdb")?;
-                if !out.status.success() {
-                    bail!(
-                        "initdb failed ({}): {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
-                Ok(())
-            })
-            .await
-            .context("initdb task")??;
+            // Killed, with the server processes it runs, if this start is dropped (a signal
+            // during `local`'s start), so nothing writes into a data dir being removed.
+            let mut initdb =
+                tokio::process::Command::from(command_as(bin2.join("initdb"), user, &data_dir2));
+            let child = initdb
+                .arg("-D")
+                .arg(&pgdata2)
+                .args(["-U", &superuser, "--auth-local=trust", "--auth-host=reject"])
+                .args(["-E", "UTF8", "--locale=C", "--no-sync"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("running initdb")?;
+            let mut group = KillGroupOnDrop(child.id().and_then(|id| i32::try_from(id).ok()));
+            let out = child.wait_with_output().await.context("running initdb")?;
+            group.0 = None; // initdb is done: nothing left to kill
+            if !out.status.success() {
+                bail!(
+                    "initdb failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
 
         let (tcp_port, unix_port) = match &opts.tcp {

@@ -327,6 +327,9 @@ impl LocalEndpoint {
     pub async fn start(opts: EndpointOptions) -> anyhow::Result<LocalEndpoint> {
         let (temp_dir, data_dir) = match &opts.data_dir {
             Some(dir) => {
+                // Absolute, so the exports (PGSSLROOTCERT) work from any directory.
+                let dir = &std::path::absolute(dir)
+                    .with_context(|| format!("resolving {}", dir.display()))?;
                 check_data_dir(dir)?;
                 (None, files::open_data_dir(dir)?)
             }
@@ -550,7 +553,7 @@ fn fd_shortfall(available: u64, limits: &Limits) -> Option<String> {
     }
     let reachable = available.saturating_sub(fixed) / 2;
     Some(format!(
-        "the open-file limit ({available}) allows about {reachable} of the {max} connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections"
+        "the open-file limit ({available}) allows about {reachable} of the {max} connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections or --burst (the handshakes in progress at once)"
     ))
 }
 
@@ -710,7 +713,7 @@ mod tests {
         let warning = fd_shortfall(1024, &limits).unwrap();
         assert_eq!(
             warning,
-            "the open-file limit (1024) allows about 0 of the 10000 connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections"
+            "the open-file limit (1024) allows about 0 of the 10000 connections --max-connections advertises; raise it (ulimit -n) or lower --max-connections or --burst (the handshakes in progress at once)"
         );
         let small = Limits {
             max_connections: 100,
