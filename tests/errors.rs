@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::dsql::{
     assert_code, dsql_pgx, dsql_pgx_std, output, plain_flags, run_at, stderr, stdout,
+    stop_with_sigterm,
 };
 use common::{TestEndpoint, TestPg};
 
@@ -578,45 +579,9 @@ async fn spawn_local(dir: &Path) -> (tokio::process::Child, Vec<(String, String)
 async fn spawn_local_with(
     mut cmd: tokio::process::Command,
 ) -> (tokio::process::Child, Vec<(String, String)>) {
-    use tokio::io::AsyncBufReadExt as _;
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    // A freshly copied binary can be briefly "busy": a process another test forks at that
-    // moment holds the copy's write descriptor until it execs. Linux's answer is to retry.
-    let mut tries = 0;
-    let mut child = loop {
-        match cmd.spawn() {
-            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            spawned => break spawned.unwrap(),
-        }
-    };
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut exports = String::new();
-    while !exports.contains("export ") {
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(30), lines.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "local exited early");
-        exports.push_str(&line);
-    }
-    let env = exports
-        .lines()
-        .find(|l| l.starts_with("export "))
-        .unwrap()
-        .trim_start_matches("export ")
-        .split(' ')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_string(), v.trim_matches('\'').to_string())
-        })
-        .collect();
-    (child, env)
+    cmd.stderr(Stdio::null());
+    let (child, exports) = common::dsql::spawn_local(cmd).await;
+    (child, common::dsql::exported(&exports))
 }
 
 /// The postmaster's PID, from `postmaster.pid` in the endpoint's data dir.
@@ -654,20 +619,6 @@ async fn assert_serves_admin(env: Vec<(String, String)>) {
     let out = output(query).await;
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "admin\n");
-}
-
-/// Sends SIGTERM and expects a clean exit (0) within 30 s.
-async fn stop_with_sigterm(child: &mut tokio::process::Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -34,6 +34,15 @@ fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
 }
 
+/// A fresh directory (0755) to point TMPDIR at, inside a temporary dir kept alive by the guard.
+fn fresh_tmpdir() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, _) = fresh();
+    let temp = tmp.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+    set_mode(&temp, 0o755);
+    (tmp, temp)
+}
+
 /// A data dir `tmp/data` (0700) in a fresh temporary dir that `postgres` can traverse.
 fn fresh() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -282,39 +291,13 @@ async fn a_secret_access_key_file_must_be_private_and_not_a_link() {
 
 /// Starts `local` with `args` and waits for the exports it prints.
 async fn spawn_local(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt as _;
     let mut cmd = tokio::process::Command::from(dsql_pgx_std());
-    cmd.arg("local")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut exports = String::new();
-    while !exports.contains("export ") {
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(60), lines.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "local exited early");
-        exports.push_str(&line);
-    }
-    (child, exports)
+    cmd.arg("local").args(args).stderr(Stdio::null());
+    common::dsql::spawn_local(cmd).await
 }
 
 async fn stop(child: &mut tokio::process::Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    common::dsql::stop_with_sigterm(child).await;
 }
 
 /// After a start: the data dir is ours (0700, 0711 as root), every state file ours with
@@ -574,10 +557,7 @@ async fn a_tmpdir_postgres_cannot_enter_is_named_as_tmpdir() {
 /// leaving the dir (credentials, CA key) behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_the_start_of_local_stops_it_cleanly() {
-    let (tmp, _) = fresh();
-    let temp = tmp.path().join("tmp");
-    std::fs::create_dir(&temp).unwrap();
-    set_mode(&temp, 0o755);
+    let (_tmp, temp) = fresh_tmpdir();
     let mut cmd = tokio::process::Command::from(dsql_pgx_std());
     cmd.env("TMPDIR", &temp)
         .args(["local", "--port", "0"])
@@ -606,7 +586,6 @@ async fn sigterm_during_the_start_of_local_stops_it_cleanly() {
 /// PATH and the locale, never the secret access key or AWS credentials of the caller.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_does_not_inherit_secrets_from_the_environment() {
-    use tokio::io::AsyncBufReadExt as _;
     let (_tmp, data) = fresh();
     let mut cmd = tokio::process::Command::from(dsql_pgx_std());
     cmd.env(
@@ -623,21 +602,8 @@ async fn postgres_does_not_inherit_secrets_from_the_environment() {
         "--data-dir",
     ])
     .arg(&data)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut exports = String::new();
-    while !exports.contains("export ") {
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(60), lines.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "local exited early");
-        exports.push_str(&line);
-    }
+    .stderr(Stdio::null());
+    let (mut child, _) = common::dsql::spawn_local(cmd).await;
     let pid_file = std::fs::read_to_string(data.join("pgdata/postmaster.pid")).unwrap();
     let pid = pid_file.lines().next().unwrap().trim();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
@@ -691,10 +657,7 @@ async fn a_data_dir_below_a_directory_others_control_is_refused() {
 /// writing into the removed dir and left a `pgdata/` behind that no later run removed).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_initdb_leaves_no_temporary_dir() {
-    let (tmp, _) = fresh();
-    let temp = tmp.path().join("tmp");
-    std::fs::create_dir(&temp).unwrap();
-    set_mode(&temp, 0o755);
+    let (_tmp, temp) = fresh_tmpdir();
     let mut cmd = tokio::process::Command::from(dsql_pgx_std());
     cmd.env("TMPDIR", &temp)
         .args(["query", "--local", "select 1"])
@@ -716,15 +679,7 @@ async fn sigterm_during_initdb_leaves_no_temporary_dir() {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = common::dsql::sigterm(&mut child).await;
     assert_eq!(status.code(), Some(130), "{status:?}");
     // No initdb or server process of that start outlives it (they would write on).
     let survivors: Vec<String> = std::fs::read_dir("/proc")
@@ -763,21 +718,8 @@ async fn a_relative_data_dir_prints_absolute_paths() {
             "--data-dir",
             "rel/dd",
         ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut exports = String::new();
-    while !exports.contains("export ") {
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(60), lines.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "local exited early");
-        exports.push_str(&line);
-    }
+        .stderr(Stdio::piped());
+    let (mut child, exports) = common::dsql::spawn_local(cmd).await;
     let real = std::fs::canonicalize(tmp.path()).unwrap();
     let want = format!("PGSSLROOTCERT={}/rel/dd/ca.pem ", real.display());
     assert!(exports.contains(&want), "{exports}");

@@ -221,3 +221,68 @@ impl ProvideCredentials for FlakyCredentials {
         })
     }
 }
+
+/// Spawns a prepared `dsql-pgx local` command (stdout piped here; stderr as the caller set
+/// it) and waits, at most 60 s, for the lines it prints up to the `export` line.
+pub async fn spawn_local(mut cmd: tokio::process::Command) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    // A freshly copied binary can be briefly "busy": a process another test forks at that
+    // moment holds the copy's write descriptor until it execs. Linux's answer is to retry.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            spawned => break spawned.unwrap(),
+        }
+    };
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut exports = String::new();
+    while !exports.contains("export ") {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(60), lines.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "local exited early");
+        exports.push_str(&line);
+    }
+    (child, exports)
+}
+
+/// The variables of the `export` line `local` prints.
+pub fn exported(exports: &str) -> Vec<(String, String)> {
+    exports
+        .lines()
+        .find(|l| l.starts_with("export "))
+        .unwrap()
+        .trim_start_matches("export ")
+        .split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.trim_matches('\'').to_string())
+        })
+        .collect()
+}
+
+/// Sends SIGTERM and returns how the process ended, within 30 s.
+pub async fn sigterm(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the process ends within 30 s of SIGTERM")
+        .unwrap()
+}
+
+/// Sends SIGTERM and expects a clean exit (0) within 30 s.
+pub async fn stop_with_sigterm(child: &mut tokio::process::Child) {
+    let status = sigterm(child).await;
+    assert!(status.success(), "{status:?}");
+}
