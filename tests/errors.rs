@@ -199,6 +199,20 @@ const CASES: &[Case] = &[
         fragment: "invalid value '99999' for '--port <PORT>': 99999 is not in 0..=65535; see 'dsql-pgx local --help'",
     },
     Case {
+        name: "a data dir too long for PostgreSQL's socket path",
+        at: At::Nowhere,
+        args: &[
+            "local",
+            "--port",
+            "0",
+            "--data-dir",
+            "/nonexistent/dsql-pgx-test-a-data-dir-whose-socket-path-would-not-fit-in-a-unix-socket-address",
+        ],
+        env: &[],
+        code: 2,
+        fragment: "is too long: PostgreSQL's socket there, pgdata/.s.PGSQL.5432, would take 115 bytes of a Unix socket path's 107; choose a shorter path",
+    },
+    Case {
         name: "an empty variable counts as unset",
         at: At::Nowhere,
         args: &[

@@ -31,7 +31,7 @@ use crate::settings::ConfigError;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Socket port used when there is no TCP listener (only the socket file name uses it).
-const DEFAULT_UNIX_PORT: u16 = 5432;
+pub(crate) const DEFAULT_UNIX_PORT: u16 = 5432;
 
 /// The bootstrap superuser of a DSQL-like server (`dsql_mimic`), the one initdb creates. Only
 /// the endpoint reaches it, over the Unix socket: the endpoint refuses client startups for
@@ -233,6 +233,27 @@ fn server_user() -> anyhow::Result<Option<User>> {
             "running as root, PostgreSQL must run as the `postgres` OS user, which does not exist; create it (e.g. useradd --system postgres) or run as a normal user",
         )?;
     Ok(Some(user))
+}
+
+/// Longest path of a Unix socket (`sun_path` holds 108 bytes, the last one a NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Refuses a data dir whose server socket (`<data_dir>/pgdata/.s.PGSQL.<port>`) would be
+/// too long for a Unix socket path, with one short line; `what` names it for the user
+/// (`--data-dir`, the temporary directory). Call it before anything is made there.
+pub fn check_socket_path(data_dir: &Path, port: u16, what: &str) -> anyhow::Result<()> {
+    let socket = data_dir
+        .join(files::PGDATA)
+        .join(format!(".s.PGSQL.{port}"));
+    let length = socket.as_os_str().len();
+    if length <= MAX_SOCKET_PATH {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "{what} {} is too long: PostgreSQL's socket there, pgdata/.s.PGSQL.{port}, would take {length} bytes of a Unix socket path's {MAX_SOCKET_PATH}; choose a shorter path",
+        crate::settings::shown(&data_dir.to_string_lossy())
+    ))
+    .into())
 }
 
 /// Checks that PostgreSQL, when it runs as another OS user (as root: `postgres`), can enter
@@ -475,6 +496,14 @@ impl PgServer {
             check_reachable(&opts.data_dir, account)?;
         }
         let user = account.map(|u| (u.uid, u.gid));
+        let socket_port = opts.tcp.as_ref().map_or(DEFAULT_UNIX_PORT, |tcp| {
+            if tcp.port == 0 { u16::MAX } else { tcp.port }
+        });
+        check_socket_path(
+            &std::path::absolute(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone()),
+            socket_port,
+            "data dir",
+        )?;
         // Ours (0700, or 0711 as root); only pgdata/ in it belongs to the server's user.
         let dir = files::open_data_dir(&opts.data_dir)?;
         let data_dir = fs::canonicalize(dir.path())

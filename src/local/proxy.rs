@@ -29,7 +29,8 @@ use tokio_rustls::TlsAcceptor;
 use super::certs::LocalCa;
 use super::files::{self, Dir};
 use super::postgres::{
-    MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir, check_temp_parent,
+    DEFAULT_UNIX_PORT, MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir,
+    check_socket_path, check_temp_parent,
 };
 pub use super::session::Limits;
 use super::session::{Shared, handshake_cap, serve, shutdown_signaled};
@@ -330,11 +331,19 @@ impl LocalEndpoint {
                 // Absolute, so the exports (PGSSLROOTCERT) work from any directory.
                 let dir = &std::path::absolute(dir)
                     .with_context(|| format!("resolving {}", dir.display()))?;
+                check_socket_path(dir, DEFAULT_UNIX_PORT, "--data-dir")?;
                 check_data_dir(dir)?;
                 (None, files::open_data_dir(dir)?)
             }
             None => {
                 let parent = std::env::temp_dir();
+                // The name tempfile makes: the prefix and six random characters.
+                let example = parent.join(format!("{TEMP_PREFIX}XXXXXX"));
+                check_socket_path(
+                    &example,
+                    DEFAULT_UNIX_PORT,
+                    "the temporary directory (TMPDIR)",
+                )?;
                 check_temp_parent(&parent)?;
                 let swept = parent.clone();
                 let removed = tokio::task::spawn_blocking(move || {
