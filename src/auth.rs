@@ -19,7 +19,47 @@ use aws_types::SdkConfig;
 use tokio::sync::Mutex;
 use tracing::instrument::WithSubscriber as _;
 
-use crate::settings::Target;
+use crate::error::shown;
+
+/// The built-in role that needs a `DbConnectAdmin` token; every other role gets `DbConnect`.
+pub const ADMIN_USER: &str = "admin";
+/// The longest token lifetime DSQL accepts (one week).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Who a token is signed for and with what.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Target {
+    /// The endpoint host name tokens are signed for (and TLS verifies).
+    pub endpoint: String,
+    /// The AWS region tokens are signed for.
+    pub region: String,
+    /// The database role.
+    pub user: String,
+    /// Where AWS credentials come from.
+    pub credentials: CredentialSource,
+    /// How long a token stays valid for opening connections.
+    pub token_expires_in: Duration,
+}
+
+impl Target {
+    /// Whether this role needs a `DbConnectAdmin` token.
+    pub fn is_admin(&self) -> bool {
+        self.user == ADMIN_USER
+    }
+}
+
+/// Whether tokens can be signed for `name` and TLS can verify it: a DNS host name as rustls
+/// checks a server name (letters, digits, `-` and `_` in dot-separated labels of at most 63
+/// characters, 253 in all) or an IPv4 address. `@`, `#`, `:`, `/`, spaces and the like are not
+/// part of a host name; an IPv6 address cannot stand as a token's host unbracketed.
+pub fn is_host_name(name: &str) -> bool {
+    use rustls_pki_types::{IpAddr, ServerName};
+    matches!(
+        ServerName::try_from(name),
+        Ok(ServerName::DnsName(_) | ServerName::IpAddress(IpAddr::V4(_)))
+    )
+}
 
 /// Credentials closer than this to expiry are resolved again before signing.
 const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -94,7 +134,7 @@ pub enum Action {
 impl Action {
     /// The action for a role: admin exactly when the user is `admin`.
     pub fn for_user(user: &str) -> Action {
-        if user == crate::settings::ADMIN_USER {
+        if user == ADMIN_USER {
             Action::DbConnectAdmin
         } else {
             Action::DbConnect
@@ -287,10 +327,10 @@ impl TokenSigner {
     ) -> Result<Token, AuthError> {
         // The SDK panics on a name a URL cannot hold (`a:b`, `a/b`), and a token for a name
         // that is not a host is no use to anyone: settings refuse these, and so does the signer.
-        if !crate::settings::is_host_name(&self.hostname) {
+        if !is_host_name(&self.hostname) {
             return Err(AuthError::Unusable(format!(
                 "{} is not a host name to sign for",
-                crate::settings::shown(&self.hostname)
+                shown(&self.hostname)
             )));
         }
         check_token_size(&self.hostname, &self.region, &credentials)?;

@@ -16,12 +16,12 @@
 //! it there on Unix), so no socket opened later can become one of them.
 
 use std::error::Error as StdError;
-use std::fmt::Write as _;
 use std::io::{self, Write as _};
 
 use crate::auth::AuthError;
-use crate::pool::{ConnectError, PoolError, RefreshError};
-use crate::settings::ConfigError;
+pub use crate::error::chain;
+use crate::error::{ConfigError, Error, chain_with};
+use crate::pool::ConnectError;
 
 /// The documented exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,42 +98,123 @@ pub fn classify(error: &anyhow::Error) -> Exit {
         {
             return Exit::Usage;
         }
-        if let Some(e) = auth_error(cause) {
+        let library = cause
+            .downcast_ref::<Error>()
+            .or_else(|| cause.downcast_ref::<Box<Error>>().map(|e| &**e));
+        if let Some(e) = library {
             return match e {
-                AuthError::NoCredentials(_) | AuthError::Unusable(_) => Exit::Usage,
-                AuthError::Sign(_) => Exit::Connect,
+                Error::Config(_) => Exit::Usage,
+                Error::Credentials(e) => auth_exit(e),
+                Error::RetriesExhausted { .. } => Exit::Conflict,
+                Error::Db(e) => db_exit(e),
+                _ => Exit::Connect,
             };
         }
-        if let Some(PoolError::Config(_)) = cause.downcast_ref::<PoolError>() {
-            return Exit::Usage;
+        if let Some(e) = cause.downcast_ref::<AuthError>() {
+            return auth_exit(e);
         }
-        if cause.is::<PoolError>() || cause.is::<ConnectError>() || cause.is::<RefreshError>() {
-            return Exit::Connect;
-        }
-        if cause.is::<crate::retry::RetriesExhausted>() {
-            return Exit::Conflict;
+        if let Some(e) = cause.downcast_ref::<ConnectError>() {
+            return match e {
+                ConnectError::Auth(e) => auth_exit(e),
+                _ => Exit::Connect,
+            };
         }
         if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() {
-            return match e.code().map(|c| c.code()) {
-                Some(code) if is_connection_class(code) => Exit::Connect,
-                Some(_) => Exit::Sql,
-                None => Exit::Connect,
-            };
+            return db_exit(e);
         }
     }
     Exit::Usage
 }
 
-/// The credential or signing error behind `cause`, also when a pool or connect error wraps it
-/// transparently (its `source` then skips the [`AuthError`] itself).
-fn auth_error<'a>(cause: &'a (dyn StdError + 'static)) -> Option<&'a AuthError> {
-    let connect = match cause.downcast_ref::<PoolError>() {
-        Some(PoolError::Connect(connect)) => Some(&**connect),
-        _ => cause.downcast_ref::<ConnectError>(),
-    };
-    match connect {
-        Some(ConnectError::Auth(e)) => Some(e),
-        _ => cause.downcast_ref::<AuthError>(),
+/// Missing or unusable credentials are the user's to fix; a failed signature is not.
+fn auth_exit(error: &AuthError) -> Exit {
+    match error {
+        AuthError::NoCredentials(_) | AuthError::Unusable(_) => Exit::Usage,
+        AuthError::Sign(_) => Exit::Connect,
+    }
+}
+
+fn db_exit(error: &tokio_postgres::Error) -> Exit {
+    match error.code().map(|c| c.code()) {
+        Some(code) if is_connection_class(code) => Exit::Connect,
+        Some(_) => Exit::Sql,
+        None => Exit::Connect,
+    }
+}
+
+/// A library error's text with our flags named: the library's messages name its own
+/// settings (`PoolSettings::max_size`), the binary's name `--max-conns`.
+fn with_flags(cause: &(dyn StdError + 'static)) -> Option<String> {
+    let library = cause
+        .downcast_ref::<Error>()
+        .or_else(|| cause.downcast_ref::<Box<Error>>().map(|e| &**e));
+    if let Some(error) = library {
+        return match error {
+            Error::Connect(e) | Error::Tls(e) | Error::Authentication(e) => connect_text(e),
+            Error::Credentials(e) => auth_text(e),
+            Error::PoolTimeout(waited) => Some(format!(
+                "no pooled connection became free within {}; raise the pool's size (--max-conns, PoolSettings::max_size)",
+                humantime::format_duration(*waited)
+            )),
+            Error::RetriesExhausted { attempts, .. } => Some(format!(
+                "optimistic-concurrency conflict persisted after {attempts} attempt(s); allow more retries (--retries, RetryPolicy::retries) or reduce contention"
+            )),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<ConnectError>() {
+        return connect_text(e);
+    }
+    if let Some(e) = cause.downcast_ref::<AuthError>() {
+        return auth_text(e);
+    }
+    if let Some(e) = cause.downcast_ref::<crate::tls::TlsError>()
+        && e.is_certificate()
+    {
+        return Some(format!(
+            "{}; pass the server's CA with --ca-file (or PGSSLROOTCERT)",
+            e.summary()
+        ));
+    }
+    if let Some(crate::retry::RetryError::<Error>::Exhausted { attempts, .. }) =
+        cause.downcast_ref::<crate::retry::RetryError<Error>>()
+    {
+        return Some(format!(
+            "optimistic-concurrency conflict persisted after {attempts} attempt(s); allow more retries (--retries, RetryPolicy::retries) or reduce contention"
+        ));
+    }
+    None
+}
+
+fn connect_text(error: &ConnectError) -> Option<String> {
+    match error {
+        ConnectError::Timeout {
+            addr,
+            timeout,
+            phase,
+        } => Some(format!(
+            "connecting to {addr} timed out after {} (during {}); check the host, port and network, or raise --connect-timeout",
+            humantime::format_duration(*timeout),
+            phase.step()
+        )),
+        ConnectError::Rejected {
+            addr, hint, error, ..
+        } => Some(format!(
+            "connection to {addr} failed: {}{}",
+            chain_with(error, &with_flags),
+            hint.text("--user")
+        )),
+        ConnectError::Auth(e) => auth_text(e),
+        _ => None,
+    }
+}
+
+fn auth_text(error: &AuthError) -> Option<String> {
+    match error {
+        AuthError::NoCredentials(_) => Some(
+            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, pick a profile with --profile or AWS_PROFILE, or run `aws sso login`".to_string(),
+        ),
+        _ => None,
     }
 }
 
@@ -154,51 +235,6 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
                 .downcast_ref::<serde_json::Error>()
                 .is_some_and(|e| e.io_error_kind() == Some(io::ErrorKind::BrokenPipe))
     })
-}
-
-/// The cause chain on one line, `outer: inner: innermost`, with database errors rendered
-/// from their fields (SQLSTATE, message, then DETAIL and HINT on their own lines).
-pub fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut line = String::new();
-    let mut extra = String::new();
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    let mut last = String::new();
-    while let Some(cause) = current {
-        let text = if let Some(db) = cause.downcast_ref::<tokio_postgres::error::DbError>() {
-            current = None;
-            render_db_error(db, &mut extra)
-        } else if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>()
-            && let Some(db) = pg.as_db_error()
-        {
-            current = None;
-            render_db_error(db, &mut extra)
-        } else {
-            current = cause.source();
-            first_line(&cause.to_string())
-        };
-        // Some errors repeat their source's text; print each piece once.
-        if !text.is_empty() && !last.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-        last = text;
-    }
-    line + &extra
-}
-
-/// The first line of a message (some SDK errors list every provider they tried on the
-/// lines after; `-vv` logs those).
-fn first_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default().trim_end();
-    let line = line.strip_suffix("Attempted:").unwrap_or(line);
-    let line = line.trim_end_matches([' ', ':']);
-    // A sentence's full stop goes (the chain joins pieces with ": "); an ellipsis stays.
-    match line.strip_suffix('.') {
-        Some(rest) if !rest.ends_with('.') => rest.to_string(),
-        _ => line.to_string(),
-    }
 }
 
 /// A clap usage error on one line: the message, the possible values and any "a similar
@@ -274,21 +310,6 @@ fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
     }
 }
 
-fn render_db_error(db: &tokio_postgres::error::DbError, extra: &mut String) -> String {
-    let mut text = format!("{} (SQLSTATE {}", db.message(), db.code().code());
-    if let Some(tokio_postgres::error::ErrorPosition::Original(position)) = db.position() {
-        let _ = write!(text, ", at character {position}");
-    }
-    text.push(')');
-    if let Some(detail) = db.detail() {
-        let _ = write!(extra, "\n  DETAIL: {detail}");
-    }
-    if let Some(hint) = db.hint() {
-        let _ = write!(extra, "\n  HINT: {hint}");
-    }
-    text
-}
-
 /// Prints the error once, as `dsql-pgx: error: ...`, and returns its exit code.
 pub fn report(error: &anyhow::Error) -> Exit {
     if is_broken_pipe(error) {
@@ -298,7 +319,7 @@ pub fn report(error: &anyhow::Error) -> Exit {
     let root: &(dyn StdError + 'static) = error.as_ref();
     eprint(format_args!(
         "dsql-pgx: error: {}\n",
-        crate::output::escape_control(&chain(root))
+        crate::output::escape_control(&chain_with(root, &with_flags))
     ));
     exit
 }
@@ -321,16 +342,44 @@ mod tests {
         let missing = || AuthError::NoCredentials("no provider".into());
         let wrapped = [
             anyhow::Error::new(missing()),
-            anyhow::Error::new(ConnectError::Auth(missing())),
-            anyhow::Error::new(PoolError::Connect(Arc::new(ConnectError::Auth(missing()))))
-                .context("opening the pool"),
+            anyhow::Error::new(ConnectError::Auth(Arc::new(missing()))),
+            anyhow::Error::new(Error::from(missing())).context("opening the pool"),
+            anyhow::Error::new(Error::from_connect(Arc::new(ConnectError::Auth(Arc::new(
+                missing(),
+            ))))),
         ];
         for e in wrapped {
             assert_eq!(classify(&e), Exit::Usage, "{e:#}");
+            let root: &(dyn StdError + 'static) = e.as_ref();
+            let line = chain_with(root, &with_flags);
+            assert!(line.contains("--profile or AWS_PROFILE"), "{line}");
         }
-        let signing = ConnectError::Auth(AuthError::Sign("clock".into()));
-        let e = anyhow::Error::new(PoolError::Connect(Arc::new(signing)));
-        assert_eq!(classify(&e), Exit::Connect);
+        let signing = Error::from(AuthError::Sign("clock".into()));
+        assert_eq!(classify(&anyhow::Error::new(signing)), Exit::Connect);
+    }
+
+    #[test]
+    fn the_binary_names_its_flags_where_the_library_names_settings() {
+        let timeout = Error::PoolTimeout(std::time::Duration::from_secs(2));
+        assert!(timeout.to_string().contains("PoolSettings::max_size"));
+        assert!(!timeout.to_string().contains("--max-conns"));
+        assert!(
+            with_flags(&timeout)
+                .unwrap()
+                .contains("(--max-conns, PoolSettings::max_size)")
+        );
+        let slow = Error::from_connect(Arc::new(ConnectError::Timeout {
+            addr: "h:1".into(),
+            timeout: std::time::Duration::from_secs(1),
+            phase: crate::pool::ConnectPhase::Tls,
+        }));
+        assert!(matches!(slow, Error::Connect(_)));
+        assert!(!slow.to_string().contains("--connect-timeout"), "{slow}");
+        assert_eq!(
+            with_flags(&slow).unwrap(),
+            "connecting to h:1 timed out after 1s (during TLS and authentication); check the \
+             host, port and network, or raise --connect-timeout"
+        );
     }
 
     #[test]
@@ -364,16 +413,6 @@ mod tests {
             line(&["dsql-pgx", "bench", "--bogus"]),
             "unexpected argument '--bogus' found; see 'dsql-pgx bench --help'"
         );
-    }
-
-    #[test]
-    fn first_lines_lose_a_full_stop_but_keep_an_ellipsis() {
-        assert_eq!(
-            first_line("cannot connect.\nretried 3 times"),
-            "cannot connect"
-        );
-        assert_eq!(first_line("no provider: Attempted:"), "no provider");
-        assert_eq!(first_line("without $1, $2, ..."), "without $1, $2, ...");
     }
 
     #[test]

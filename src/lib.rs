@@ -1,35 +1,74 @@
 //! dsql-pgx: reach Amazon Aurora DSQL from a shell, a script or a Rust program.
 //!
-//! The binary is a thin layer over this library; a Rust program can build the same
-//! token-refreshing [`Pool`] from [`settings::ConnSettings`].
+//! The library signs IAM auth tokens, opens verified TLS connections and keeps a
+//! self-refreshing [`Pool`] that retires its connections before DSQL's one-hour limit; its
+//! [`retry`] re-runs optimistic-concurrency conflicts. Settings come from a builder, a
+//! `postgres://` URL or the environment:
+//!
+//! ```no_run
+//! # async fn demo() -> dsql_pgx::Result<()> {
+//! use dsql_pgx::{ConnSettings, Pool};
+//! let settings: ConnSettings =
+//!     "postgres://admin@abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws/postgres".parse()?;
+//! let pool = Pool::new(&settings).await?;
+//! let _refresher = pool.spawn_refresher(std::time::Duration::from_secs(15 * 60));
+//! let row = pool.get().await?.query_one("select sys.current_session_id()", &[]).await?;
+//! println!("session {}", row.get::<_, String>(0));
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! - `cli` (default): the `dsql-pgx` binary (clap, tables, csv, logging); implies `local`.
+//! - `local` (default): [`local::LocalEndpoint`], a DSQL-compatible endpoint that checks IAM
+//!   tokens for real in front of a private PostgreSQL, for tests without an AWS account.
+//!
+//! With `default-features = false` the crate is the core alone: settings, signing, TLS, the
+//! pool and retry.
 //!
 //! # Layout
 //!
-//! Data flows one way: cli → settings → auth/tls → pool → command → output.
+//! Imports point one way: the core never reaches into the front, and within the core each
+//! module uses only those listed above it.
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`cli`] | every clap type |
-//! | [`settings`] | flags and environment → validated settings, once |
-//! | [`auth`] | credentials, token signing, the credential cache |
-//! | [`tls`] | the rustls configuration and the TLS connector |
-//! | [`pool`] | the bb8 manager, connection registry, refresh, statistics |
-//! | [`latency`] | latency samples and percentiles, for the commands that measure |
-//! | [`retry`] | optimistic-concurrency conflict detection and retry |
-//! | [`sql`] | splitting SQL into statements, running them, command tags |
-//! | [`output`] | tables, csv, tsv, json, terminal detection, escaping |
-//! | [`exit`] | exit codes and error reporting |
-//! | [`cmd`] | one module per subcommand |
-//! | [`local`] | the local DSQL-compatible endpoint and its private PostgreSQL |
+//! | layer | module | owns |
+//! |---|---|---|
+//! | core | [`error`] | [`Error`], [`ConfigError`](error::ConfigError), cause chains on one line |
+//! | core | [`auth`] | credentials, token signing, the credential cache, the token target |
+//! | core | [`settings`] | the builder, URLs and the environment → validated settings, once |
+//! | core | [`tls`] | the rustls configuration and the TLS connector |
+//! | core | [`pool`] | the bb8 manager, connection registry, refresh, statistics |
+//! | core | [`retry`] | optimistic-concurrency conflict detection and retry |
+//! | core | [`latency`] | latency samples and percentiles, for the commands that measure |
+//! | core | [`sql`] | splitting SQL into statements, running them, command tags |
+//! | `local` | [`local`] | the local DSQL-compatible endpoint and its private PostgreSQL |
+//! | front | `cli` | every clap type; `cli::resolve`: flags and environment → settings |
+//! | front | `output` | tables, csv, tsv, json, terminal detection, escaping |
+//! | front | `exit` | exit codes and error reporting, with the flags named |
+//! | front | `cmd` | one module per subcommand |
+//!
+//! Data flows cli → settings → auth/tls → pool → command → output. The front modules are the
+//! binary's, not part of the library's API.
 
 #![warn(missing_debug_implementations)]
+#![deny(missing_docs)]
 
 pub mod auth;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cmd;
+pub mod error;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod exit;
 pub mod latency;
+#[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod output;
 pub mod pool;
 pub mod retry;
@@ -39,14 +78,19 @@ pub mod tls;
 
 /// The AWS credential types a program needs for [`auth::CredentialSource::Provider`].
 pub use aws_credential_types;
+pub use error::{Error, Result};
 pub use pool::Pool;
+pub use settings::ConnSettings;
 /// The driver underneath, re-exported so a program can name its types (`Row`, `Error`,
 /// `types::ToSql`) without depending on a matching version itself.
 pub use tokio_postgres;
 
+#[cfg(feature = "cli")]
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "cli")]
 use crate::cli::{Cli, Command};
+#[cfg(feature = "cli")]
 use crate::output::Output;
 
 /// Runs a parsed command line. Errors are returned, not printed: the caller prints once.
@@ -58,6 +102,8 @@ use crate::output::Output;
 /// `bench --threads N` starts N-1 more threads, each with a one-thread runtime and a pool
 /// of its own (as pgbench's `-j`); `local` serves many clients, doing TLS for each, so it
 /// uses a worker per core.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(&cli);
     let out = Output::new(&cli.global);
@@ -80,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(cmd::dispatch(cli.command, &out))
 }
 
+#[cfg(feature = "cli")]
 fn init_tracing(cli: &Cli) {
     let default = if cli.global.quiet {
         "error"

@@ -14,11 +14,15 @@
 
 use std::time::Duration;
 
-use crate::pool::{Pool, PooledConn};
 use rand::RngExt;
+use tokio_postgres::error::SqlState;
+
+use crate::error::Error;
+use crate::pool::{Pool, PooledConn};
 
 /// How conflicts are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0 = never retry).
     pub retries: u32,
@@ -55,36 +59,102 @@ impl RetryPolicy {
     }
 }
 
+/// Which optimistic-concurrency conflict DSQL reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConflictKind {
+    /// `OC000`: data the transaction read or wrote changed.
+    Data,
+    /// `OC001`: the schema changed.
+    Schema,
+    /// SQLSTATE 40001 without an `OC` code (plain PostgreSQL's serialization failure).
+    Serialization,
+}
+
+impl ConflictKind {
+    /// `OC000`, `OC001`, or `None` for a bare serialization failure.
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            ConflictKind::Data => Some("OC000"),
+            ConflictKind::Schema => Some("OC001"),
+            ConflictKind::Serialization => None,
+        }
+    }
+}
+
 /// A recognised optimistic-concurrency conflict.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Conflict {
     /// The SQLSTATE (normally 40001).
     pub sqlstate: String,
     /// `OC000`, `OC001`, or `None` when only the SQLSTATE said so.
     pub code: Option<&'static str>,
+    /// The same as a kind.
+    pub kind: ConflictKind,
 }
 
 /// Classifies a server error: `Some` for a conflict worth retrying.
 pub fn conflict(error: &tokio_postgres::Error) -> Option<Conflict> {
     let db = error.as_db_error()?;
     let message = db.message();
-    let code = ["OC000", "OC001"].into_iter().find(|c| message.contains(c));
-    let sqlstate = db.code().code();
-    (sqlstate == "40001" || code.is_some()).then(|| Conflict {
-        sqlstate: sqlstate.to_string(),
-        code,
+    let kind = [ConflictKind::Data, ConflictKind::Schema]
+        .into_iter()
+        .find(|k| k.code().is_some_and(|c| message.contains(c)));
+    let serialization = *db.code() == SqlState::T_R_SERIALIZATION_FAILURE;
+    (serialization || kind.is_some()).then(|| {
+        let kind = kind.unwrap_or(ConflictKind::Serialization);
+        Conflict {
+            sqlstate: db.code().code().to_string(),
+            code: kind.code(),
+            kind,
+        }
     })
 }
 
-fn conflict_in(error: &anyhow::Error) -> Option<Conflict> {
-    error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<tokio_postgres::Error>())
-        .and_then(conflict)
+/// An error that may be an optimistic-concurrency conflict: what a unit of work can fail with.
+pub trait MaybeConflict {
+    /// The conflict, if this is one.
+    fn conflict(&self) -> Option<Conflict>;
+}
+
+impl MaybeConflict for tokio_postgres::Error {
+    fn conflict(&self) -> Option<Conflict> {
+        conflict(self)
+    }
+}
+
+impl MaybeConflict for Error {
+    fn conflict(&self) -> Option<Conflict> {
+        match self {
+            Error::Db(e) => conflict(e),
+            _ => None,
+        }
+    }
+}
+
+impl MaybeConflict for Box<dyn std::error::Error + Send + Sync> {
+    fn conflict(&self) -> Option<Conflict> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self.as_ref());
+        while let Some(error) = cause {
+            if let Some(found) = error
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(conflict)
+            {
+                return Some(found);
+            }
+            if let Some(found) = error.downcast_ref::<Error>().and_then(Error::conflict) {
+                return Some(found);
+            }
+            cause = error.source();
+        }
+        None
+    }
 }
 
 /// One retry about to happen.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RetryEvent {
     /// The attempt that failed (1-based).
     pub attempt: u32,
@@ -96,42 +166,70 @@ pub struct RetryEvent {
     pub wait: Duration,
 }
 
-/// Conflicts persisted through every retry.
+/// Why [`run_with`] gave up, over the unit's own error type `E`.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "optimistic-concurrency conflict persisted after {attempts} attempt(s); allow more retries (--retries, RetryPolicy::retries) or reduce contention"
-)]
-pub struct RetriesExhausted {
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last conflict.
-    #[source]
-    pub last: anyhow::Error,
+#[non_exhaustive]
+pub enum RetryError<E> {
+    /// No connection could be checked out.
+    #[error(transparent)]
+    Pool(Error),
+    /// Conflicts outlasted the policy.
+    #[error(
+        "optimistic-concurrency conflict persisted after {attempts} attempt(s); allow more retries (RetryPolicy::retries) or reduce contention"
+    )]
+    Exhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last conflict.
+        conflict: Conflict,
+        /// The unit's last error.
+        #[source]
+        last: E,
+    },
+    /// The unit failed with something other than a conflict (never retried).
+    #[error(transparent)]
+    Unit(E),
+}
+
+impl From<RetryError<Error>> for Error {
+    fn from(error: RetryError<Error>) -> Error {
+        match error {
+            RetryError::Pool(e) | RetryError::Unit(e) => e,
+            RetryError::Exhausted {
+                attempts,
+                conflict,
+                last,
+            } => Error::RetriesExhausted {
+                attempts,
+                kind: conflict.kind,
+                last: Box::new(last),
+            },
+        }
+    }
 }
 
 /// Runs `unit` with conflict retry. With `transaction`, the unit runs between `BEGIN` and
 /// `COMMIT` (a conflict at commit re-runs it from the start). `on_retry` sees each retry.
 ///
-/// The error is an [`anyhow::Error`] holding one of three things, told apart by downcasting:
-/// a [`crate::pool::PoolError`] (no connection could be checked out), [`RetriesExhausted`]
-/// (conflicts outlasted the policy; the last conflict is its source), or the unit's own error
-/// (a [`tokio_postgres::Error`] for a database error), which is never retried.
+/// The error is the pool's (no connection could be checked out), the unit's own (never
+/// retried; [`Error::Db`] for a database error), or [`Error::RetriesExhausted`] when
+/// conflicts outlasted the policy. [`run_with`] is the same over an error type of the
+/// caller's.
 ///
 /// ```no_run
 /// # async fn demo(pool: dsql_pgx::Pool) {
-/// use dsql_pgx::retry::{self, RetriesExhausted, RetryPolicy};
+/// use dsql_pgx::retry::{self, RetryPolicy};
 /// let outcome = retry::run(&pool, &RetryPolicy::default(), true, &mut |_| {}, async |tx| {
 ///     Ok(tx.execute("update t set v = v + 1 where id = 1", &[]).await?)
 /// })
 /// .await;
 /// match outcome {
 ///     Ok(rows) => println!("updated {rows}"),
-///     Err(e) if e.is::<RetriesExhausted>() => eprintln!("too much contention: {e:#}"),
-///     Err(e) if e.is::<dsql_pgx::pool::PoolError>() => eprintln!("no connection: {e:#}"),
-///     Err(e) => match e.downcast_ref::<dsql_pgx::tokio_postgres::Error>().and_then(|e| e.code()) {
-///         Some(code) => eprintln!("SQLSTATE {}: {e:#}", code.code()),
-///         None => eprintln!("{e:#}"),
-///     },
+///     Err(dsql_pgx::Error::RetriesExhausted { attempts, .. }) => {
+///         eprintln!("too much contention after {attempts} attempts")
+///     }
+///     Err(e) if e.sqlstate().is_some() => eprintln!("SQLSTATE {}: {e}", e.sqlstate().unwrap().code()),
+///     Err(e) => eprintln!("{}", dsql_pgx::error::chain(&e)),
 /// }
 /// # }
 /// ```
@@ -140,12 +238,27 @@ pub async fn run<T>(
     policy: &RetryPolicy,
     transaction: bool,
     on_retry: &mut (dyn FnMut(&RetryEvent) + Send),
-    mut unit: impl AsyncFnMut(&PooledConn) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+    unit: impl AsyncFnMut(&PooledConn) -> Result<T, Error>,
+) -> Result<T, Error> {
+    Ok(run_with(pool, policy, transaction, on_retry, unit).await?)
+}
+
+/// [`run`] over the unit's own error type: anything a driver error converts into that can
+/// say whether it is a conflict ([`MaybeConflict`]).
+pub async fn run_with<T, E>(
+    pool: &Pool,
+    policy: &RetryPolicy,
+    transaction: bool,
+    on_retry: &mut (dyn FnMut(&RetryEvent) + Send),
+    mut unit: impl AsyncFnMut(&PooledConn) -> Result<T, E>,
+) -> Result<T, RetryError<E>>
+where
+    E: From<tokio_postgres::Error> + MaybeConflict,
+{
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let conn = pool.get().await?;
+        let conn = pool.get().await.map_err(RetryError::Pool)?;
         let result = if transaction {
             in_transaction(&conn, &mut unit).await
         } else {
@@ -156,15 +269,15 @@ pub async fn run<T>(
             Err(error) => error,
         };
         drop(conn);
-        let Some(conflict) = conflict_in(&error) else {
-            return Err(error);
+        let Some(conflict) = error.conflict() else {
+            return Err(RetryError::Unit(error));
         };
         if attempt > policy.retries {
-            return Err(RetriesExhausted {
+            return Err(RetryError::Exhausted {
                 attempts: attempt,
+                conflict,
                 last: error,
-            }
-            .into());
+            });
         }
         let wait = policy.delay(attempt);
         on_retry(&RetryEvent {
@@ -177,10 +290,10 @@ pub async fn run<T>(
     }
 }
 
-async fn in_transaction<T>(
+async fn in_transaction<T, E: From<tokio_postgres::Error>>(
     client: &PooledConn,
-    unit: &mut impl AsyncFnMut(&PooledConn) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+    unit: &mut impl AsyncFnMut(&PooledConn) -> Result<T, E>,
+) -> Result<T, E> {
     // Marked until COMMIT or ROLLBACK answers: if this future is dropped in between, the
     // pool closes the connection rather than hand the open transaction to the next user.
     client.mark_transaction(true);
@@ -205,7 +318,7 @@ async fn in_transaction<T>(
 /// Runs `unit` in a transaction with the default policy: the library's OCC helper.
 ///
 /// ```no_run
-/// # async fn demo(pool: dsql_pgx::Pool) -> anyhow::Result<()> {
+/// # async fn demo(pool: dsql_pgx::Pool) -> dsql_pgx::Result<()> {
 /// let moved = dsql_pgx::retry::transaction(&pool, async |tx| {
 ///     tx.execute("update accounts set balance = balance - 10 where id = 1", &[]).await?;
 ///     Ok(tx.execute("update accounts set balance = balance + 10 where id = 2", &[]).await?)
@@ -215,8 +328,8 @@ async fn in_transaction<T>(
 /// ```
 pub async fn transaction<T>(
     pool: &Pool,
-    unit: impl AsyncFnMut(&PooledConn) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+    unit: impl AsyncFnMut(&PooledConn) -> Result<T, Error>,
+) -> Result<T, Error> {
     run(pool, &RetryPolicy::default(), true, &mut |_| {}, unit).await
 }
 

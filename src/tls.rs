@@ -22,8 +22,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsConnect};
 
-use crate::cli::SslMode;
-use crate::settings::{ConfigError, Tls};
+use crate::settings::{ConfigError, SslMode, Tls};
 
 /// The ALPN protocol name PostgreSQL 17 direct TLS requires.
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -49,14 +48,25 @@ pub struct TlsInfo {
 
 /// A certificate or handshake failure, naming the host and the trusted CA set.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{message}{}", if *.certificate { "; pass the server's CA as a CA file (sslrootcert)" } else { "" })]
 pub struct TlsError {
     message: String,
+    certificate: bool,
     // Kept for callers that inspect it; its text is already part of `message`.
     source: io::Error,
 }
 
 impl TlsError {
+    /// What failed, without advice.
+    pub fn summary(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the server's certificate was rejected (rather than the handshake failing).
+    pub fn is_certificate(&self) -> bool {
+        self.certificate
+    }
+
     /// The underlying I/O error from the handshake.
     pub fn io_error(&self) -> &io::Error {
         &self.source
@@ -93,7 +103,7 @@ impl TlsConnector {
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
                     .with_no_client_auth(),
-                "no verification (--sslmode require)".to_string(),
+                "no verification (sslmode require)".to_string(),
             ),
             SslMode::VerifyFull => {
                 let (store, roots) = match &tls.ca_file {
@@ -180,12 +190,7 @@ fn parse_server_name(name: &str) -> Result<ServerName<'static>, ConfigError> {
 }
 
 fn load_ca_file(path: &Path) -> Result<RootCertStore, ConfigError> {
-    let fail = |why: String| {
-        ConfigError(format!(
-            "--ca-file (or PGSSLROOTCERT) {}: {why}",
-            path.display()
-        ))
-    };
+    let fail = |why: String| ConfigError(format!("CA file {}: {why}", path.display()));
     let mut store = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(e.to_string()))? {
         let cert = cert.map_err(|e| fail(e.to_string()))?;
@@ -230,9 +235,13 @@ where
                 .connector
                 .connect(self.server_name, stream)
                 .await
-                .map_err(|source| TlsError {
-                    message: describe_failure(&source, &host, &self.roots),
-                    source,
+                .map_err(|source| {
+                    let (message, certificate) = describe_failure(&source, &host, &self.roots);
+                    TlsError {
+                        message,
+                        certificate,
+                        source,
+                    }
                 })?;
             let (_, session) = stream.get_ref();
             let version = match session.protocol_version() {
@@ -259,7 +268,8 @@ fn server_name_text(name: &ServerName<'_>) -> String {
     }
 }
 
-fn describe_failure(error: &io::Error, host: &str, roots: &str) -> String {
+/// The failure in words, and whether it was the certificate.
+fn describe_failure(error: &io::Error, host: &str, roots: &str) -> (String, bool) {
     let rustls_error = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -275,12 +285,13 @@ fn describe_failure(error: &io::Error, host: &str, roots: &str) -> String {
                 | rustls::CertificateError::ExpiredContext { .. } => "it has expired".to_string(),
                 other => format!("{other:?}"),
             };
-            format!(
-                "TLS certificate of {host} was rejected by {roots}: {why}; pass the server's CA with --ca-file (or PGSSLROOTCERT)"
+            (
+                format!("TLS certificate of {host} was rejected by {roots}: {why}"),
+                true,
             )
         }
-        Some(other) => format!("TLS handshake with {host} failed: {other}"),
-        None => format!("TLS handshake with {host} failed: {error}"),
+        Some(other) => (format!("TLS handshake with {host} failed: {other}"), false),
+        None => (format!("TLS handshake with {host} failed: {error}"), false),
     }
 }
 
@@ -376,7 +387,7 @@ impl ServerCertVerifier for NoVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::SslNegotiation;
+    use crate::settings::SslNegotiation;
 
     fn tls(mode: SslMode, ca_file: Option<&Path>) -> Tls {
         Tls {

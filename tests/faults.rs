@@ -14,7 +14,6 @@ use dsql_pgx::Pool;
 use dsql_pgx::local::Limits;
 use dsql_pgx::local::verify::TokenVerifier;
 use dsql_pgx::local::wire::{self, FirstPacket, Startup};
-use dsql_pgx::pool::RefreshError;
 use proptest::prelude::*;
 use tokio::task::JoinHandle;
 
@@ -247,7 +246,10 @@ async fn signing_failing_mid_run_leaves_open_connections_serving() {
 
     credentials.set(false);
     let error = pool.refresh().await.expect_err("signing must fail");
-    assert!(matches!(error, RefreshError::Sign(_)), "{error:?}");
+    assert!(
+        matches!(error, dsql_pgx::Error::Credentials(_)),
+        "{error:?}"
+    );
     let during = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let tally = load.finish().await;
@@ -604,7 +606,7 @@ async fn with_the_server_gone_refresh_fails_and_checkouts_say_why() {
         let started = Instant::now();
         let error = pool.get().await.expect_err("no server, no connection");
         assert!(
-            matches!(error, dsql_pgx::pool::PoolError::Connect(_)),
+            matches!(error, dsql_pgx::Error::Connect(_)),
             "checkout {attempt}: {error}"
         );
         assert!(
@@ -620,7 +622,7 @@ async fn with_the_server_gone_refresh_fails_and_checkouts_say_why() {
     // A refresh that cannot open a single fresh connection is an error, not a report of none.
     let refreshed = pool.refresh().await;
     assert!(
-        matches!(refreshed, Err(RefreshError::Connect(_))),
+        matches!(refreshed, Err(dsql_pgx::Error::Connect(_))),
         "{refreshed:?}"
     );
     pg.start_server().await;

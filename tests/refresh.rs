@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dsql_pgx::Pool;
-use dsql_pgx::pool::RefreshError;
 
 use common::TestEndpoint;
 use common::dsql::{FlakyCredentials, assert_code, dsql_pgx, output, stdout};
@@ -269,7 +268,10 @@ async fn a_refresh_while_signing_fails_keeps_serving() {
 
     credentials.set(false);
     let error = pool.refresh().await.expect_err("signing must fail");
-    assert!(matches!(error, RefreshError::Sign(_)), "{error:?}");
+    assert!(
+        matches!(error, dsql_pgx::Error::Credentials(_)),
+        "{error:?}"
+    );
     assert_eq!(pool.generation(), generation, "nothing retired");
     for _ in 0..10 {
         session_id(&pool).await;

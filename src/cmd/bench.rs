@@ -22,11 +22,13 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Statement;
 
+use crate::cli::resolve;
 use crate::cli::{BenchArgs, Format};
+use crate::error::{ConfigError, Error};
 use crate::latency::Latencies;
 use crate::output::{self, Output};
-use crate::pool::{ConnectError, Pool, PoolError, PoolStats};
-use crate::settings::{self, ConfigError, ConnSettings};
+use crate::pool::{ConnectError, Pool, PoolStats};
+use crate::settings::ConnSettings;
 
 use super::Session;
 
@@ -38,7 +40,7 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 /// Why one benchmark query failed.
 enum Failure {
-    Pool(PoolError),
+    Pool(Error),
     Query(tokio_postgres::Error),
 }
 
@@ -54,22 +56,24 @@ impl Failure {
                     "driver error".into()
                 }
             }),
-            Failure::Pool(PoolError::Connect(e)) => match &**e {
-                ConnectError::Rejected { error, .. } => {
-                    db_code(error).unwrap_or_else(|| "connect: rejected".into())
+            Failure::Pool(Error::Connect(e) | Error::Tls(e) | Error::Authentication(e)) => {
+                match &**e {
+                    ConnectError::Rejected { error, .. } => {
+                        db_code(error).unwrap_or_else(|| "connect: rejected".into())
+                    }
+                    ConnectError::Session { source, .. } => {
+                        db_code(source).unwrap_or_else(|| "connect: session id".into())
+                    }
+                    ConnectError::Tcp { .. } => "connect: unreachable".into(),
+                    ConnectError::Timeout { .. } => "connect: timed out".into(),
+                    ConnectError::Auth(_) => "connect: signing failed".into(),
+                    _ => "connect: closed".into(),
                 }
-                ConnectError::Session { source, .. } => {
-                    db_code(source).unwrap_or_else(|| "connect: session id".into())
-                }
-                ConnectError::Tcp { .. } => "connect: unreachable".into(),
-                ConnectError::Timeout { .. } => "connect: timed out".into(),
-                ConnectError::Auth(_) => "connect: signing failed".into(),
-                ConnectError::Retired | ConnectError::Closed | ConnectError::Expired => {
-                    "connect: closed".into()
-                }
-            },
-            Failure::Pool(PoolError::Timeout(_)) => "pool: timed out".into(),
-            Failure::Pool(PoolError::Config(_)) => "pool: configuration".into(),
+            }
+            Failure::Pool(Error::Credentials(_)) => "connect: signing failed".into(),
+            Failure::Pool(Error::PoolTimeout(_)) => "pool: timed out".into(),
+            Failure::Pool(Error::Config(_)) => "pool: configuration".into(),
+            Failure::Pool(_) => "pool: error".into(),
         }
     }
 
@@ -389,8 +393,8 @@ fn split(clients: u32, threads: u32) -> Vec<u32> {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
-    let duration = settings::duration(&args.duration, "--duration", None)?;
-    let warmup = settings::duration(&args.warmup, "--warmup", None)?;
+    let duration = resolve::duration(&args.duration, "--duration", None)?;
+    let warmup = resolve::duration(&args.warmup, "--warmup", None)?;
     if duration.is_zero() {
         return Err(ConfigError("--duration must be longer than 0s".into()).into());
     }
@@ -405,7 +409,7 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     }
     let refresh_every = match &args.refresh_every {
         Some(text) => {
-            let every = settings::duration(text, "--refresh-every", None)?;
+            let every = resolve::duration(text, "--refresh-every", None)?;
             if every < Duration::from_millis(100) {
                 return Err(ConfigError("--refresh-every must be at least 100ms".into()).into());
             }
@@ -663,10 +667,11 @@ mod tests {
 
     #[test]
     fn pool_failures_are_keyed_by_kind() {
-        let timeout = Failure::Pool(PoolError::Timeout(Duration::from_secs(1)));
+        let timeout = Failure::Pool(Error::PoolTimeout(Duration::from_secs(1)));
         assert_eq!(timeout.key(), "pool: timed out");
-        let unreachable = Failure::Pool(PoolError::Connect(Arc::new(ConnectError::Tcp {
+        let unreachable = Failure::Pool(Error::Connect(Arc::new(ConnectError::Tcp {
             addr: "127.0.0.1:1".into(),
+            phase: crate::pool::ConnectPhase::Tcp,
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         })));
         assert_eq!(unreachable.key(), "connect: unreachable");

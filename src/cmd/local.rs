@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::StopSignal;
+use crate::cli::resolve::{self, Destination};
 use crate::cli::{Format, LocalArgs};
 use crate::exit::{Exit, Failed};
 use crate::local::{EndpointOptions, Limits, LocalEndpoint, files};
 use crate::output::Output;
-use crate::settings::{self, ConfigError, ConnSettings, Destination};
+use crate::settings::{self, ConfigError, ConnSettings};
 
 #[derive(Serialize)]
 struct ClientEnv<'a> {
@@ -85,7 +86,7 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         .into());
     }
     let max_connection_age =
-        settings::duration(&args.max_connection_age, "--max-connection-age", None)?;
+        resolve::duration(&args.max_connection_age, "--max-connection-age", None)?;
     if max_connection_age.is_zero() {
         return Err(ConfigError(format!(
             "--max-connection-age must be above 0, got {}",

@@ -13,11 +13,12 @@ pub mod token;
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::cli::resolve::{self, ProcessEnv};
 use crate::cli::{Command, ConnArgs, Format};
 use crate::exit::Interrupted;
 use crate::output::Output;
 use crate::pool::Pool;
-use crate::settings::{self, ConfigError, ConnSettings, ProcessEnv};
+use crate::settings::{ConfigError, ConnSettings};
 
 /// Runs a subcommand on the current runtime.
 pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
@@ -105,7 +106,7 @@ impl Session {
     /// Validates the flags, starts a local endpoint if asked, and opens the pool with
     /// `min_idle` connections (`None` keeps the configured minimum).
     pub async fn open(args: &ConnArgs, min_idle: Option<u32>) -> anyhow::Result<Session> {
-        let destination = settings::destination(args, &ProcessEnv)?;
+        let destination = resolve::destination(args, &ProcessEnv)?;
         let (mut settings, local) = local::ephemeral(destination).await?;
         if let Some(min_idle) = min_idle {
             settings.pool.min_idle = min_idle.min(settings.pool.max_size);

@@ -9,10 +9,11 @@ use tokio_postgres::{CancelToken, Client};
 use crate::pool::PooledConn;
 
 use crate::cli::QueryArgs;
+use crate::cli::resolve;
 use crate::exit::Interrupted;
 use crate::output::{self, Output};
 use crate::retry::{self, RetryEvent};
-use crate::settings::{self, ConfigError};
+use crate::settings::ConfigError;
 use crate::sql::{self, StatementResult};
 
 use super::{Session, StopSignal};
@@ -58,7 +59,7 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
     let mut out = out.clone();
     out.expanded = args.expanded;
     let out = &out;
-    let policy = settings::retry(&args.retry)?;
+    let policy = resolve::retry(&args.retry)?;
     // From here Ctrl-C and SIGTERM stop the query, also while a `--local` endpoint starts.
     let mut stop = StopSignal::new()?;
     // A one-shot query opens only the connection it uses.

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::cli::resolve;
 use crate::cli::{Format, RefreshDemoArgs};
 use crate::exit::{Exit, Failed};
 use crate::latency::percentile_ms;
 use crate::output::{self, Output};
 use crate::pool::{Pool, PoolStats};
-use crate::settings::{self, ConfigError};
+use crate::settings::ConfigError;
 
 use super::{Session, StopSignal};
 
@@ -95,7 +96,7 @@ async fn worker(pool: Pool, tally: Arc<Mutex<Tally>>, stop: Arc<AtomicBool>) {
 
 /// Runs the demo until `--refreshes`, `--duration` or Ctrl-C.
 pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
-    let refresh = settings::refresh(&args.refresh)?;
+    let refresh = resolve::refresh(&args.refresh)?;
     if !refresh.enabled {
         return Err(ConfigError(
             "refresh-demo shows the periodic refresh: drop --refresh false (or DB_REFRESH_TOKEN=false)".into(),
@@ -103,14 +104,14 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
         .into());
     }
     let interval = match &args.interval {
-        Some(text) => settings::duration(text, "--interval", None)?,
+        Some(text) => resolve::duration(text, "--interval", None)?,
         None => refresh.interval,
     };
     if interval < Duration::from_millis(100) {
         return Err(ConfigError("--interval must be at least 100ms".into()).into());
     }
     let deadline = match &args.duration {
-        Some(text) => Some(Instant::now() + settings::duration(text, "--duration", None)?),
+        Some(text) => Some(Instant::now() + resolve::duration(text, "--duration", None)?),
         None => None,
     };
     if args.workers == 0 {

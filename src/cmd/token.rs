@@ -10,9 +10,10 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
 use crate::auth::{Action, TokenSigner};
+use crate::cli::resolve::{self, ProcessEnv};
 use crate::cli::{AddressArgs, Format, TokenArgs};
 use crate::output::Output;
-use crate::settings::{self, ConfigError, ProcessEnv};
+use crate::settings::{self, ConfigError};
 
 /// What stays literal in a URL component: RFC 3986's unreserved characters.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -70,7 +71,7 @@ fn connection_url(
 
 /// Signs and prints one token.
 pub async fn run(args: TokenArgs, out: &Output) -> anyhow::Result<()> {
-    let target = settings::target(&args.target, &ProcessEnv)?;
+    let target = resolve::target(&args.target, &ProcessEnv)?;
     let action = if args.admin {
         Action::DbConnectAdmin
     } else {

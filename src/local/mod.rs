@@ -10,6 +10,8 @@
 //!   the wire-protocol pieces in [`wire`].
 
 pub mod certs;
+// Some helpers serve only `dsql-pgx local` (the `cli` feature).
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub(crate) mod files;
 pub mod postgres;
 pub mod proxy;

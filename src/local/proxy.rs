@@ -37,7 +37,8 @@ use super::session::{Shared, handshake_cap, serve, shutdown_signaled};
 use super::verify::TokenVerifier;
 use crate::auth::{CredentialSource, Secret};
 use crate::settings::{
-    Auth, ConfigError, ConnSettings, PoolSettings, SslMode, SslNegotiation, Target, Tls,
+    Auth, ConfigError, ConnSettings, DEFAULT_APPLICATION_NAME, DEFAULT_TOKEN_LIFETIME,
+    PoolSettings, SslMode, SslNegotiation, Target, Tls,
 };
 
 /// How long shutdown waits for connections to say goodbye.
@@ -309,7 +310,7 @@ impl LocalEndpoint {
                     access_key_id: self.access_key_id().to_string(),
                     secret_access_key: Secret::new(self.secret_access_key()),
                 },
-                token_expires_in: Duration::from_secs(15 * 60),
+                token_expires_in: DEFAULT_TOKEN_LIFETIME,
             },
             host: self.local_addr().ip().to_string(),
             port: self.port(),
@@ -321,6 +322,7 @@ impl LocalEndpoint {
                 negotiation: SslNegotiation::Postgres,
             },
             pool: PoolSettings::default(),
+            application_name: DEFAULT_APPLICATION_NAME.to_string(),
         }
     }
 
@@ -382,7 +384,7 @@ impl LocalEndpoint {
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert_der], cert.key_der)
         .context("TLS server certificate")?;
-        tls.alpn_protocols = vec![b"postgresql".to_vec()];
+        tls.alpn_protocols = vec![crate::tls::ALPN_POSTGRESQL.to_vec()];
 
         let limits = capped_limits(&opts.limits);
         raise_open_file_limit(&limits);

@@ -10,8 +10,8 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 
+use dsql_pgx::ConnSettings;
 use dsql_pgx::auth::{CredentialSource, Secret};
-use dsql_pgx::settings::{Auth, ConnSettings, PoolSettings, SslMode, SslNegotiation, Target, Tls};
 
 use super::{TestEndpoint, TestPg};
 
@@ -149,25 +149,15 @@ impl TestPg {
     /// Library settings that reach this PostgreSQL as its superuser with the password, TLS
     /// verified against its CA.
     pub fn settings(&self) -> ConnSettings {
-        ConnSettings {
-            target: Target {
-                endpoint: self.host().to_string(),
-                region: "us-east-1".to_string(),
-                user: self.user().to_string(),
-                credentials: CredentialSource::DefaultChain { profile: None },
-                token_expires_in: Duration::from_secs(900),
-            },
-            host: "127.0.0.1".to_string(),
-            port: self.port(),
-            database: "postgres".to_string(),
-            auth: Auth::Password(Some(Secret::new(self.password()))),
-            tls: Tls {
-                mode: SslMode::VerifyFull,
-                ca_file: Some(self.ca_path().to_path_buf()),
-                negotiation: SslNegotiation::Postgres,
-            },
-            pool: PoolSettings::default(),
-        }
+        ConnSettings::builder(self.host())
+            .region("us-east-1")
+            .user(self.user())
+            .host("127.0.0.1")
+            .port(self.port())
+            .password(Some(Secret::new(self.password())))
+            .ca_file(self.ca_path())
+            .build()
+            .expect("the test server's settings are valid")
     }
 }
 

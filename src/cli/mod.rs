@@ -1,14 +1,18 @@
 //! Every clap type: the command line as the user types it.
 //!
-//! These structs hold raw, syntactically valid values only. Cross-flag rules, environment
-//! fallbacks with more than one variable, and range checks live in [`crate::settings`], which
-//! turns them into validated settings ([`crate::settings::ConnSettings`] and friends) once.
+//! These structs hold raw, syntactically valid values only. [`resolve`] adds the environment
+//! fallbacks with more than one variable and turns them into validated settings
+//! ([`crate::ConnSettings`] and friends) once, through the library's builder, which checks
+//! every rule. The `ValueEnum`s here map onto the library's plain enums.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
+
+pub mod resolve;
+
+pub use crate::settings::parse_duration;
 
 /// Reach Amazon Aurora DSQL from a shell, a script or a Rust program.
 ///
@@ -541,15 +545,16 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
-/// Parses a duration the way every duration flag does: humantime (`90s`, `15m`, `1h30m`)
-/// or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+/// Parses `argv` as [`command`] does, with no environment variable read: unit tests do not
+/// depend on the shell they run in.
+#[cfg(test)]
+pub(crate) fn parse_isolated(argv: &[&str]) -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    fn no_env(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|arg| arg.env(None)).mut_subcommands(no_env)
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. 90s, 15m, 1h or seconds"))
+    let cmd = no_env(<Cli as clap::CommandFactory>::command());
+    Cli::from_arg_matches(&cmd.try_get_matches_from(argv)?)
 }
 
 #[cfg(test)]
@@ -563,19 +568,6 @@ mod tests {
     }
 
     #[test]
-    fn durations_accept_humantime_and_seconds() {
-        assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
-        assert!(
-            parse_duration("soon")
-                .unwrap_err()
-                .contains("invalid duration")
-        );
-        assert!(parse_duration("-3").is_err());
-    }
-
-    #[test]
     fn command_names_are_what_the_user_types() {
         for sub in command().get_subcommands() {
             let name = sub.get_name();
@@ -585,7 +577,8 @@ mod tests {
                 &[]
             };
             let argv = ["dsql-pgx", name].into_iter().chain(extra.iter().copied());
-            let cli = Cli::try_parse_from(argv).unwrap();
+            let argv: Vec<&str> = argv.collect();
+            let cli = parse_isolated(&argv).unwrap();
             assert_eq!(cli.command.name(), name);
         }
     }

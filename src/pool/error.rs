@@ -1,0 +1,227 @@
+//! Why a connection could not be opened, and in which phase.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::auth::{ADMIN_USER, Action, AuthError};
+use crate::error::chain;
+use crate::tls::TlsError;
+
+/// Where opening a connection stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectPhase {
+    /// Resolving credentials and signing the token.
+    Token,
+    /// Resolving the host name.
+    Dns,
+    /// The TCP connect.
+    Tcp,
+    /// The TLS handshake.
+    Tls,
+    /// The PostgreSQL startup (parameters, the database).
+    Startup,
+    /// Authentication: the server checking the token or password.
+    Auth,
+    /// Reading the session id once connected.
+    Session,
+}
+
+impl fmt::Display for ConnectPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectPhase::Token => "token signing",
+            ConnectPhase::Dns => "name resolution",
+            ConnectPhase::Tcp => "TCP connect",
+            ConnectPhase::Tls => "TLS",
+            ConnectPhase::Startup => "startup",
+            ConnectPhase::Auth => "authentication",
+            ConnectPhase::Session => "session id query",
+        })
+    }
+}
+
+impl ConnectPhase {
+    /// The phase as a time-out names it: TLS, startup and authentication run as one step.
+    pub(crate) fn step(self) -> String {
+        match self {
+            ConnectPhase::Tls | ConnectPhase::Startup | ConnectPhase::Auth => {
+                "TLS and authentication".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Advice added to a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Hint {
+    /// None.
+    None,
+    /// An IAM token was refused.
+    IamRefused,
+    /// A startup parameter is not on DSQL's allow-list.
+    AllowList,
+}
+
+impl Hint {
+    /// The advice, `user` naming how the role is set.
+    pub fn text(self, user: &str) -> String {
+        match self {
+            Hint::None => String::new(),
+            Hint::IamRefused => format!(
+                "; check the system clock, the AWS credentials and region, and that {user} matches \
+                 the role the IAM identity may use ({ADMIN_USER} gets a {} token, other roles {})",
+                Action::DbConnectAdmin.as_str(),
+                Action::DbConnect.as_str()
+            ),
+            Hint::AllowList => "; a startup parameter is not on DSQL's allow-list".to_string(),
+        }
+    }
+}
+
+/// Why a new connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The token could not be signed.
+    #[error(transparent)]
+    Auth(Arc<AuthError>),
+    /// Name resolution or the TCP connect failed.
+    #[error("cannot reach {addr}")]
+    Tcp {
+        /// host:port
+        addr: String,
+        /// [`ConnectPhase::Dns`] or [`ConnectPhase::Tcp`].
+        phase: ConnectPhase,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// A phase did not finish within the connect timeout.
+    #[error("connecting to {addr} timed out after {} (during {}); check the host, port and network, or raise the connect timeout", humantime::format_duration(*timeout), phase.step())]
+    Timeout {
+        /// host:port
+        addr: String,
+        /// The configured timeout.
+        timeout: Duration,
+        /// Which phase was running.
+        phase: ConnectPhase,
+    },
+    /// TLS, the PostgreSQL startup or authentication failed.
+    #[error("connection to {addr} failed: {}{}", chain(error), hint.text("the user"))]
+    Rejected {
+        /// host:port
+        addr: String,
+        /// [`ConnectPhase::Tls`], [`ConnectPhase::Auth`] (SQLSTATE class 28) or
+        /// [`ConnectPhase::Startup`].
+        phase: ConnectPhase,
+        /// Advice, for authentication failures and allow-list refusals.
+        hint: Hint,
+        /// The driver's error (already part of the message, so not a `source`).
+        error: tokio_postgres::Error,
+    },
+    /// The connection opened but identifying its session failed.
+    #[error("cannot read the session id on {addr}")]
+    Session {
+        /// host:port
+        addr: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// An idle connection belongs to an older generation (internal: it is closed and replaced).
+    #[doc(hidden)]
+    #[error("connection retired by a refresh")]
+    Retired,
+    /// An idle connection was found closed (internal: it is closed and replaced).
+    #[doc(hidden)]
+    #[error("connection closed")]
+    Closed,
+    /// An idle connection reached its maximum lifetime (internal: it is closed and replaced).
+    #[doc(hidden)]
+    #[error("connection reached its maximum lifetime")]
+    Expired,
+}
+
+impl ConnectError {
+    /// Where opening the connection stopped.
+    pub fn phase(&self) -> ConnectPhase {
+        match self {
+            ConnectError::Auth(_) => ConnectPhase::Token,
+            ConnectError::Tcp { phase, .. }
+            | ConnectError::Timeout { phase, .. }
+            | ConnectError::Rejected { phase, .. } => *phase,
+            ConnectError::Session { .. } => ConnectPhase::Session,
+            ConnectError::Retired | ConnectError::Closed | ConnectError::Expired => {
+                ConnectPhase::Startup
+            }
+        }
+    }
+
+    /// The TLS failure, when the handshake or the certificate was the problem.
+    pub fn tls_error(&self) -> Option<&TlsError> {
+        match self {
+            ConnectError::Rejected { error, .. } => {
+                std::error::Error::source(error)?.downcast_ref::<TlsError>()
+            }
+            _ => None,
+        }
+    }
+
+    /// The driver's error, for a refusal or a failed session query.
+    pub fn driver_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            ConnectError::Rejected { error, .. } => Some(error),
+            ConnectError::Session { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE the server refused with, if it did.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        self.driver_error().and_then(tokio_postgres::Error::code)
+    }
+
+    /// The server refused the connection for a limit that lifts by itself: too many
+    /// connections (SQLSTATE 53300) or too many new connections per second (53400).
+    /// Worth retrying after a pause, unlike authentication, TLS or configuration errors.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, ConnectError::Rejected { .. })
+            && matches!(
+                self.sqlstate(),
+                Some(&SqlState::TOO_MANY_CONNECTIONS | &SqlState::CONFIGURATION_LIMIT_EXCEEDED)
+            )
+    }
+
+    /// Sorts a driver error from connecting: TLS, authentication (class 28) or startup.
+    pub(super) fn rejected(addr: &str, iam: bool, error: tokio_postgres::Error) -> ConnectError {
+        let code = error.code().map(SqlState::code).unwrap_or_default();
+        let tls = std::error::Error::source(&error).is_some_and(|e| e.is::<TlsError>());
+        let phase = if tls {
+            ConnectPhase::Tls
+        } else if code.starts_with("28") {
+            ConnectPhase::Auth
+        } else {
+            ConnectPhase::Startup
+        };
+        let hint = if iam && phase == ConnectPhase::Auth {
+            Hint::IamRefused
+        } else if error.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) {
+            Hint::AllowList
+        } else {
+            Hint::None
+        };
+        ConnectError::Rejected {
+            addr: addr.to_string(),
+            phase,
+            hint,
+            error,
+        }
+    }
+}
