@@ -219,7 +219,11 @@ fn auth_text(error: &AuthError) -> Option<String> {
 }
 
 fn is_connection_class(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("28") || code.starts_with("53") || code == "57P01"
+    // Connection exceptions, authorization, insufficient resources, and the server going away.
+    ["08", "28", "53"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == tokio_postgres::error::SqlState::ADMIN_SHUTDOWN.code()
 }
 
 /// Whether the error is only a closed stdout (`dsql-pgx query ... | head -1`).

@@ -20,7 +20,7 @@
 //! # Features
 //!
 //! - `cli` (default): the `dsql-pgx` binary (clap, tables, csv, logging); implies `local`.
-//! - `local` (default): [`local::LocalEndpoint`], a DSQL-compatible endpoint that checks IAM
+//! - `local` (default): `local::LocalEndpoint`, a DSQL-compatible endpoint that checks IAM
 //!   tokens for real in front of a private PostgreSQL, for tests without an AWS account.
 //!
 //! With `default-features = false` the crate is the core alone: settings, signing, TLS, the
@@ -41,7 +41,7 @@
 //! | core | [`retry`] | optimistic-concurrency conflict detection and retry |
 //! | core | [`latency`] | latency samples and percentiles, for the commands that measure |
 //! | core | [`sql`] | splitting SQL into statements, running them, command tags |
-//! | `local` | [`local`] | the local DSQL-compatible endpoint and its private PostgreSQL |
+//! | `local` | `local` | the local DSQL-compatible endpoint and its private PostgreSQL |
 //! | front | `cli` | every clap type; `cli::resolve`: flags and environment → settings |
 //! | front | `output` | tables, csv, tsv, json, terminal detection, escaping |
 //! | front | `exit` | exit codes and error reporting, with the flags named |

@@ -487,7 +487,7 @@ impl PgServer {
     /// it exits: start it from a thread that outlives it, such as the one running
     /// `block_on` or a Tokio worker, not from a short-lived `spawn_blocking` thread.
     pub async fn start(opts: PgOptions) -> anyhow::Result<PgServer> {
-        if opts.dsql_mimic && opts.superuser == "admin" {
+        if opts.dsql_mimic && opts.superuser == crate::auth::ADMIN_USER {
             bail!("a DSQL-like server needs a bootstrap superuser other than admin");
         }
         let bin_dir = find_bin_dir()?;

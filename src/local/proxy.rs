@@ -3,7 +3,7 @@
 //!
 //! State lives in a data directory: `credentials` (0600, generated on first use),
 //! `ca.pem`/`ca.key` (the local CA, reused across restarts while it fits) and `pgdata/`,
-//! all reached through [`files`](super::files), which refuses a directory or file that
+//! all reached through `files`, which refuses a directory or file that
 //! anyone else could have planted or changed. One endpoint uses a data directory at a
 //! time: it holds a lock on `dsql-pgx-local.lock` there. Temporary data directories
 //! (`--local`) that a killed run left behind are removed by the next one.

@@ -578,7 +578,7 @@ async fn establish(
     let (alpn_ok, sni) = {
         let conn = tls.get_ref().1;
         (
-            conn.alpn_protocol() == Some(b"postgresql".as_slice()),
+            conn.alpn_protocol() == Some(crate::tls::ALPN_POSTGRESQL),
             conn.server_name().map(str::to_owned),
         )
     };

@@ -18,7 +18,7 @@ use aws_sigv4::sign::v4;
 use subtle::ConstantTimeEq as _;
 
 /// Longest accepted expiry, in seconds (one week).
-pub const MAX_EXPIRES_SECS: u64 = 604_800;
+pub const MAX_EXPIRES_SECS: u64 = crate::auth::MAX_TOKEN_LIFETIME.as_secs();
 /// How far in the future `X-Amz-Date` may be (clock skew allowance).
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
 /// Longest token accepted at all; real ones are well under 4 KiB even with a session token.
@@ -338,11 +338,7 @@ impl TokenVerifier {
         let signed_headers = required(p.signed_headers, "X-Amz-SignedHeaders")?;
         let signature = required(p.signature, "X-Amz-Signature")?;
 
-        let expected_action = if user == "admin" {
-            "DbConnectAdmin"
-        } else {
-            "DbConnect"
-        };
+        let expected_action = crate::auth::Action::for_user(user).as_str();
         if action != expected_action {
             return Err(VerifyError::WrongAction {
                 user: shown(user),

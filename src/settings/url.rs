@@ -35,8 +35,12 @@ const PARAMS: &[&str] = &[
 impl FromStr for ConnSettings {
     type Err = crate::Error;
 
-    /// Parses a `postgres://` URL (see the [module](self) for its parameters). Reads no
-    /// environment.
+    /// Parses `postgres://[user@]host[:port][/database][?param=value&...]`, host a full
+    /// endpoint or a bare cluster id. Parameters: `region`, `profile`, `tokenDurationSecs`,
+    /// `applicationName` (or `application_name`), `maxConnections`, `minConnections`,
+    /// `maxLifetimeSecs`, `idleTimeoutSecs`, and libpq's `sslmode`, `sslnegotiation`,
+    /// `sslrootcert` and `connect_timeout` (seconds). A password in the URL and an unknown
+    /// parameter are refused. Reads no environment.
     ///
     /// ```
     /// let s: dsql_pgx::ConnSettings =
