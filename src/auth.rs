@@ -19,12 +19,9 @@ use aws_types::SdkConfig;
 use tokio::sync::Mutex;
 use tracing::instrument::WithSubscriber as _;
 
+pub use crate::dsql::{ADMIN_USER, Action, MAX_TOKEN_LIFETIME};
+pub use crate::error::AuthError;
 use crate::error::shown;
-
-/// The built-in role that needs a `DbConnectAdmin` token; every other role gets `DbConnect`.
-pub const ADMIN_USER: &str = "admin";
-/// The longest token lifetime DSQL accepts (one week).
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Who a token is signed for and with what.
 #[derive(Debug, Clone)]
@@ -120,50 +117,6 @@ impl fmt::Debug for CredentialSource {
             Self::Provider(_) => f.write_str("Provider(..)"),
         }
     }
-}
-
-/// The two token kinds DSQL knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// For any role but `admin`.
-    DbConnect,
-    /// For the built-in `admin` role.
-    DbConnectAdmin,
-}
-
-impl Action {
-    /// The action for a role: admin exactly when the user is `admin`.
-    pub fn for_user(user: &str) -> Action {
-        if user == ADMIN_USER {
-            Action::DbConnectAdmin
-        } else {
-            Action::DbConnect
-        }
-    }
-
-    /// The `Action` query parameter's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::DbConnect => "DbConnect",
-            Action::DbConnectAdmin => "DbConnectAdmin",
-        }
-    }
-}
-
-/// Why a token could not be signed.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// No credentials could be resolved.
-    #[error(
-        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, pick a profile with --profile or AWS_PROFILE, or run `aws sso login`"
-    )]
-    NoCredentials(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The credentials resolved but cannot make a token (one far too long to be a URL).
-    #[error("the AWS credentials cannot sign a token: {0}")]
-    Unusable(String),
-    /// Signing itself failed.
-    #[error("cannot sign an auth token")]
-    Sign(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The longest URI the SDK's HTTP types accept (`http::Uri`: `u16::MAX - 1` bytes); it

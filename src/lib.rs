@@ -60,6 +60,7 @@ pub mod cli;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cmd;
+pub mod dsql;
 pub mod error;
 #[cfg(feature = "cli")]
 #[doc(hidden)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rand::RngExt;
 use tokio_postgres::error::SqlState;
 
+pub use crate::error::ConflictKind;
 use crate::error::Error;
 use crate::pool::{Pool, PooledConn};
 
@@ -56,29 +57,6 @@ impl RetryPolicy {
             return ceiling;
         }
         Duration::from_nanos(rand::rng().random_range(0..=ceiling.as_nanos() as u64))
-    }
-}
-
-/// Which optimistic-concurrency conflict DSQL reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConflictKind {
-    /// `OC000`: data the transaction read or wrote changed.
-    Data,
-    /// `OC001`: the schema changed.
-    Schema,
-    /// SQLSTATE 40001 without an `OC` code (plain PostgreSQL's serialization failure).
-    Serialization,
-}
-
-impl ConflictKind {
-    /// `OC000`, `OC001`, or `None` for a bare serialization failure.
-    pub fn code(self) -> Option<&'static str> {
-        match self {
-            ConflictKind::Data => Some("OC000"),
-            ConflictKind::Schema => Some("OC001"),
-            ConflictKind::Serialization => None,
-        }
     }
 }
 

@@ -22,6 +22,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsConnect};
 
+pub use crate::error::TlsError;
 use crate::settings::{ConfigError, SslMode, Tls};
 
 /// The ALPN protocol name PostgreSQL 17 direct TLS requires.
@@ -44,33 +45,6 @@ pub struct TlsInfo {
     pub handshake: Duration,
     /// Whether ALPN `postgresql` was agreed.
     pub alpn: bool,
-}
-
-/// A certificate or handshake failure, naming the host and the trusted CA set.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}{}", if *.certificate { "; pass the server's CA as a CA file (sslrootcert)" } else { "" })]
-pub struct TlsError {
-    message: String,
-    certificate: bool,
-    // Kept for callers that inspect it; its text is already part of `message`.
-    source: io::Error,
-}
-
-impl TlsError {
-    /// What failed, without advice.
-    pub fn summary(&self) -> &str {
-        &self.message
-    }
-
-    /// Whether the server's certificate was rejected (rather than the handshake failing).
-    pub fn is_certificate(&self) -> bool {
-        self.certificate
-    }
-
-    /// The underlying I/O error from the handshake.
-    pub fn io_error(&self) -> &io::Error {
-        &self.source
-    }
 }
 
 /// Builds connectors for one endpoint.

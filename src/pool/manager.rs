@@ -3,40 +3,15 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 
 use tokio_postgres::Client;
 
-use super::ConnectError;
-use super::open::Opener;
-use super::registry::{ConnInfo, ConnMeta, Shared, lock};
+use super::open::{Opener, PgConn};
+use super::registry::{ConnInfo, Shared};
+use crate::error::ConnectError;
 use crate::error::chain;
-
-/// A physical connection owned by the pool. Dereferences to a tokio-postgres [`Client`].
-pub struct PgConn {
-    pub(super) client: Client,
-    pub(super) meta: Arc<ConnMeta>,
-    pub(super) shared: Weak<Shared>,
-}
-
-impl fmt::Debug for PgConn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgConn")
-            .field("number", &self.meta.number)
-            .field("session_id", &self.meta.session_id)
-            .field("generation", &self.meta.generation)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for PgConn {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.upgrade() {
-            lock(&shared.registry).remove(&self.meta.number);
-        }
-    }
-}
 
 /// The bb8 manager: opens connections and retires those of older generations.
 pub struct Manager {

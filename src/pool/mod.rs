@@ -26,7 +26,6 @@
 //! # Ok(()) }
 //! ```
 
-mod error;
 mod manager;
 mod open;
 mod refresh;
@@ -42,14 +41,15 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use self::error::{ConnectError, ConnectPhase, Hint};
 use self::manager::RecordErrors;
-pub use self::manager::{Manager, PgConn, PooledConn};
+pub use self::manager::{Manager, PooledConn};
+pub use self::open::PgConn;
 use self::open::{Opener, Password};
-pub use self::refresh::{RefreshReport, Refresher};
-pub use self::registry::{ConnInfo, ConnectTiming, PoolStats};
+pub use self::refresh::Refresher;
+pub use self::registry::{ConnInfo, ConnectTiming, PoolStats, RefreshReport};
 use self::registry::{Shared, lock, ms};
 use crate::auth::{Action, TokenSigner};
+pub use crate::error::{ConnectError, ConnectPhase, Hint};
 use crate::error::{Error, Result};
 use crate::settings::{Auth, ConfigError, ConnSettings, SslMode, SslNegotiation};
 use crate::tls::TlsConnector;

@@ -1,8 +1,9 @@
 //! Opening one physical connection: sign, resolve, TCP, TLS, startup, session id, each
 //! phase timed and bounded by the connect timeout.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
@@ -10,12 +11,36 @@ use tokio::time::timeout_at;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::manager::PgConn;
 use super::registry::{ConnMeta, ConnectTiming, Shared, lock, ms};
-use super::{ConnectError, ConnectPhase};
 use crate::auth::{Action, Secret, TokenSigner};
 use crate::error::chain;
+use crate::error::{ConnectError, ConnectPhase};
 use crate::tls::TlsConnector;
+
+/// A physical connection owned by the pool. Dereferences to a tokio-postgres [`Client`].
+pub struct PgConn {
+    pub(super) client: Client,
+    pub(super) meta: Arc<ConnMeta>,
+    pub(super) shared: Weak<Shared>,
+}
+
+impl fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConn")
+            .field("number", &self.meta.number)
+            .field("session_id", &self.meta.session_id)
+            .field("generation", &self.meta.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            lock(&shared.registry).remove(&self.meta.number);
+        }
+    }
+}
 
 /// The first pause before connecting again after the server refused for a limit.
 const LIMIT_BACKOFF_FIRST: Duration = Duration::from_millis(50);

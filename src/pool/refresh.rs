@@ -6,32 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::Pool;
-use super::registry::{lock, ms};
+use super::registry::{RefreshReport, lock, ms};
 use crate::error::{Error, chain};
 
 /// How long one sweep checkout in a refresh waits before letting busy users retire the
 /// remaining old idle connections.
 const SWEEP_WAIT: Duration = Duration::from_millis(50);
-
-/// What one refresh did.
-#[derive(Debug, Clone, Serialize)]
-#[non_exhaustive]
-pub struct RefreshReport {
-    /// The new generation.
-    pub generation: u64,
-    /// Session IDs open before the refresh (all retired).
-    pub retired: Vec<String>,
-    /// Session IDs of the fresh generation right after it.
-    pub opened: Vec<String>,
-    /// Session IDs present both before and after (must be empty).
-    pub overlap: Vec<String>,
-    /// Time the refresh took, in milliseconds.
-    pub took_ms: f64,
-}
 
 impl Pool {
     /// Replaces every connection: re-resolves credentials, proves a token can be signed,

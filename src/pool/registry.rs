@@ -8,8 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::ConnectError;
-use super::refresh::RefreshReport;
+use crate::error::ConnectError;
 use crate::settings::PoolSettings;
 use crate::tls::TlsInfo;
 
@@ -210,6 +209,22 @@ impl PoolStats {
                 wait_ms: a.wait_ms + b.wait_ms,
             })
     }
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct RefreshReport {
+    /// The new generation.
+    pub generation: u64,
+    /// Session IDs open before the refresh (all retired).
+    pub retired: Vec<String>,
+    /// Session IDs of the fresh generation right after it.
+    pub opened: Vec<String>,
+    /// Session IDs present both before and after (must be empty).
+    pub overlap: Vec<String>,
+    /// Time the refresh took, in milliseconds.
+    pub took_ms: f64,
 }
 
 pub(super) fn ms(d: Duration) -> f64 {

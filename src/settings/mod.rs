@@ -29,7 +29,7 @@ pub use crate::error::ConfigError;
 pub(crate) use crate::error::shown;
 
 /// DSQL closes every connection after an hour; the pool must retire them before that.
-pub const DSQL_MAX_CONNECTION_AGE: Duration = Duration::from_secs(60 * 60);
+pub const DSQL_MAX_CONNECTION_AGE: Duration = crate::dsql::MAX_CONNECTION_AGE;
 /// The token lifetime when none is given.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// The port when none is given.

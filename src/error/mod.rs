@@ -1,5 +1,9 @@
 //! The library's errors, and how a cause chain is written on one line.
 //!
+//! Every error type lives here, below the modules that raise them, so that imports point one
+//! way: `auth` raises [`AuthError`], `tls` [`TlsError`], `pool` [`ConnectError`], `retry`
+//! reports a [`ConflictKind`].
+//!
 //! [`Error`] is what every fallible public function returns. A configuration problem is a
 //! [`ConfigError`]; the others carry what went wrong where (the connect phase, the server's
 //! SQLSTATE, the attempts an optimistic-concurrency retry made). [`chain`] renders any error
@@ -12,9 +16,48 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::auth::AuthError;
-pub use crate::pool::{ConnectError, ConnectPhase};
-pub use crate::retry::ConflictKind;
+mod connect;
+
+pub use self::connect::{ConnectError, ConnectPhase, Hint, TlsError};
+
+/// Why a token could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials could be resolved.
+    #[error(
+        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, pick a profile with --profile or AWS_PROFILE, or run `aws sso login`"
+    )]
+    NoCredentials(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The credentials resolved but cannot make a token (one far too long to be a URL).
+    #[error("the AWS credentials cannot sign a token: {0}")]
+    Unusable(String),
+    /// Signing itself failed.
+    #[error("cannot sign an auth token")]
+    Sign(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Which optimistic-concurrency conflict DSQL reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConflictKind {
+    /// `OC000`: data the transaction read or wrote changed.
+    Data,
+    /// `OC001`: the schema changed.
+    Schema,
+    /// SQLSTATE 40001 without an `OC` code (plain PostgreSQL's serialization failure).
+    Serialization,
+}
+
+impl ConflictKind {
+    /// `OC000`, `OC001`, or `None` for a bare serialization failure.
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            ConflictKind::Data => Some("OC000"),
+            ConflictKind::Schema => Some("OC001"),
+            ConflictKind::Serialization => None,
+        }
+    }
+}
 
 /// What the library's fallible functions return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,4 +1,4 @@
-//! Why a connection could not be opened, and in which phase.
+//! Why a connection could not be opened, and in which phase; why TLS failed.
 
 use std::fmt;
 use std::io;
@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::auth::{ADMIN_USER, Action, AuthError};
-use crate::error::chain;
-use crate::tls::TlsError;
+use super::{AuthError, chain};
+use crate::dsql::{ADMIN_USER, Action};
 
 /// Where opening a connection stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +199,7 @@ impl ConnectError {
     }
 
     /// Sorts a driver error from connecting: TLS, authentication (class 28) or startup.
-    pub(super) fn rejected(addr: &str, iam: bool, error: tokio_postgres::Error) -> ConnectError {
+    pub(crate) fn rejected(addr: &str, iam: bool, error: tokio_postgres::Error) -> ConnectError {
         let code = error.code().map(SqlState::code).unwrap_or_default();
         let tls = std::error::Error::source(&error).is_some_and(|e| e.is::<TlsError>());
         let phase = if tls {
@@ -223,5 +222,32 @@ impl ConnectError {
             hint,
             error,
         }
+    }
+}
+
+/// A certificate or handshake failure, naming the host and the trusted CA set.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", if *.certificate { "; pass the server's CA as a CA file (sslrootcert)" } else { "" })]
+pub struct TlsError {
+    pub(crate) message: String,
+    pub(crate) certificate: bool,
+    // Kept for callers that inspect it; its text is already part of `message`.
+    pub(crate) source: io::Error,
+}
+
+impl TlsError {
+    /// What failed, without advice.
+    pub fn summary(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the server's certificate was rejected (rather than the handshake failing).
+    pub fn is_certificate(&self) -> bool {
+        self.certificate
+    }
+
+    /// The underlying I/O error from the handshake.
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
     }
 }
