@@ -343,6 +343,13 @@ impl TestEndpoint {
             .advance(by);
     }
 
+    /// A handle on the endpoint's manual clock, for a task that steps it.
+    pub fn manual_clock(&self) -> ManualClock {
+        self.clock
+            .clone()
+            .expect("an endpoint started with start_stepped")
+    }
+
     /// The endpoint's wall-clock time: the system's, or its manual clock's.
     pub fn now(&self) -> SystemTime {
         self.clock
