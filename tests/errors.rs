@@ -442,7 +442,21 @@ async fn a_conflict_is_retried_until_it_succeeds() {
         "select v from acct where id = 1; update acct set v = v + 10 where id = 1",
     ]);
     let cli = tokio::spawn(output(cmd));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let superuser = ep.admin_client().await;
+    common::eventually(
+        "the CLI's update waits for the held row",
+        Duration::from_secs(30),
+        || async {
+            let waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock'";
+            superuser
+                .query_one(waiting, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
     holder.batch_execute("commit").await.unwrap();
     let out = cli.await.unwrap();
     assert_code(&out, 0);
@@ -502,7 +516,7 @@ async fn a_unique_violation_is_not_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_closed_pipe_ends_quietly() {
     let pg = TestPg::start().await;
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    let mut cmd = dsql_pgx_std();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
         .args([
@@ -534,9 +548,8 @@ async fn a_closed_pipe_ends_quietly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_cancels_the_running_query_and_exits_130() {
     let ep = TestEndpoint::start().await;
-    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
     cmd.envs(ep.env())
-        .env_remove("RUST_LOG")
         .args(["query", "select pg_sleep(60)"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -584,7 +597,7 @@ async fn ctrl_c_cancels_the_running_query_and_exits_130() {
 /// Starts `dsql-pgx local` on a free port with its data in `dir`; returns the process and
 /// the environment it printed, as a user's `eval` would set it.
 async fn spawn_local(dir: &Path) -> (tokio::process::Child, Vec<(String, String)>) {
-    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
     cmd.args(["local", "--port", "0", "--data-dir"]).arg(dir);
     spawn_local_with(cmd).await
 }
@@ -680,8 +693,8 @@ async fn local_runs_postgres_as_a_normal_user() {
     let bin_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = bin_dir.path().join("dsql-pgx");
-    std::fs::copy(assert_cmd::cargo::cargo_bin("dsql-pgx"), &bin).unwrap();
-    let mut cmd = tokio::process::Command::new(&bin);
+    std::fs::copy(env!("CARGO_BIN_EXE_dsql-pgx"), &bin).unwrap();
+    let mut cmd = tokio::process::Command::from(common::dsql::scrubbed(&bin));
     cmd.args(["local", "--port", "0", "--data-dir"])
         .arg(dir.path());
     let euid = nix::unistd::geteuid();

@@ -227,6 +227,26 @@ mod tests {
     use super::super::fixtures::*;
     use super::*;
 
+    /// Parsing needs no key, user or clock, and reads every part the check uses.
+    #[test]
+    fn a_token_reads_into_its_parts() {
+        let t = Token::parse(KAT).unwrap();
+        assert_eq!(t.host, HOST);
+        assert_eq!(t.action, "DbConnect");
+        assert_eq!(t.access_key_id, "akid");
+        assert_eq!(t.region, "us-east-1");
+        assert_eq!(t.signed_at, t0());
+        assert_eq!(t.expires_secs, 450);
+        assert!(t.signature.starts_with("f5f2ad76"));
+        assert_eq!(t.security_token, None);
+        // A format fault is found before any check: here with a wrong action for the user too.
+        let bad_date = KAT_ADMIN.replace("X-Amz-Date=20240827T000000Z", "X-Amz-Date=2024");
+        assert_eq!(
+            kat_verifier().verify("r", &bad_date, None, t0()),
+            Err(VerifyError::BadDate)
+        );
+    }
+
     #[test]
     fn amz_dates_parse_strictly() {
         assert_eq!(parse_amz_date("20240827T000000Z"), Some(t0()));
