@@ -442,19 +442,11 @@ async fn a_conflict_is_retried_until_it_succeeds() {
         "select v from acct where id = 1; update acct set v = v + 10 where id = 1",
     ]);
     let cli = tokio::spawn(output(cmd));
-    let superuser = ep.admin_client().await;
-    common::eventually(
+    ep.wait_for_sessions(
         "the CLI's update waits for the held row",
+        "wait_event_type = 'Lock'",
+        1,
         Duration::from_secs(30),
-        || async {
-            let waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock'";
-            superuser
-                .query_one(waiting, &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        },
     )
     .await;
     holder.batch_execute("commit").await.unwrap();
@@ -555,19 +547,10 @@ async fn ctrl_c_cancels_the_running_query_and_exits_130() {
         .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    let admin = ep.admin_client().await;
-    let running = "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the query never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let running = "query = 'select pg_sleep(60)' and state = 'active'";
+    let started = "the query started";
+    ep.wait_for_sessions(started, running, 1, Duration::from_secs(10))
+        .await;
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
@@ -581,17 +564,9 @@ async fn ctrl_c_cancels_the_running_query_and_exits_130() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("dsql-pgx: error: interrupted"));
     // The cancel reached the server: the backend is no longer sleeping.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while admin
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        != 0
-    {
-        assert!(Instant::now() < deadline, "the query was not cancelled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cancelled = "the query was cancelled";
+    ep.wait_for_sessions(cancelled, running, 0, Duration::from_secs(5))
+        .await;
 }
 
 /// Starts `dsql-pgx local` on a free port with its data in `dir`; returns the process and

@@ -201,21 +201,12 @@ async fn a_connection_the_server_closed_while_idle_is_never_handed_out() {
     // The endpoint closes the idle connection at its age limit; the pool's own lifetime
     // (55 minutes, on the real clock) has not run out, so only the closed socket tells.
     ep.advance(age);
-    let admin = ep.admin_client().await;
-    eventually(
-        "the endpoint closes both",
-        Duration::from_secs(10),
-        || async {
-            let clients = "select count(*) from pg_stat_activity where usename = 'admin'";
-            canary.is_closed()
-                && admin
-                    .query_one(clients, &[])
-                    .await
-                    .unwrap()
-                    .get::<_, i64>(0)
-                    == 0
-        },
-    )
+    let gone = "the endpoint closes both";
+    ep.wait_for_sessions(gone, "usename = 'admin'", 0, Duration::from_secs(10))
+        .await;
+    eventually(gone, Duration::from_secs(10), || async {
+        canary.is_closed()
+    })
     .await;
     let conn = pool.get().await.unwrap();
     conn.query_one("select 1::int4", &[])

@@ -634,17 +634,9 @@ async fn cancel_a_sleep(ep: &TestEndpoint) {
         let client = ep.connect("admin").await.unwrap();
         let cancel = client.cancel_token();
         let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-        let admin = ep.admin_client().await;
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'";
-        eventually("the query runs", Duration::from_secs(10), || async {
-            admin
-                .query_one(waiting, &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        })
-        .await;
+        let running = "query = 'SELECT pg_sleep(30)'";
+        ep.wait_for_sessions("the query runs", running, 1, Duration::from_secs(10))
+            .await;
         cancel.cancel_query(ep.tls(false)).await.unwrap();
         let err = tokio::time::timeout(Duration::from_secs(10), query)
             .await
@@ -703,12 +695,12 @@ async fn a_streaming_result_ends_with_57p01_at_the_maximum_age() {
 
 /// Waits until [`stream_until_error`]'s query runs on the private PostgreSQL.
 async fn wait_until_streaming(ep: &TestEndpoint) {
-    let admin = ep.admin_client().await;
-    let active = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'select repeat%'";
-    eventually(
+    let active = "query LIKE 'select repeat%'";
+    ep.wait_for_sessions(
         "the result is streaming",
+        active,
+        1,
         Duration::from_secs(10),
-        || async { admin.query_one(active, &[]).await.unwrap().get::<_, i64>(0) == 1 },
     )
     .await;
 }

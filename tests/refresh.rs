@@ -204,20 +204,12 @@ async fn a_query_spanning_a_refresh_completes_and_its_connection_retires() {
         let result = conn.simple_query("select pg_sleep(2)").await.map(drop);
         (result, conn)
     });
-    let admin = ep.admin_client().await;
-    eventually(
+    let running = "query = 'select pg_sleep(2)'";
+    ep.wait_for_sessions(
         "the query is in flight",
+        running,
+        1,
         Duration::from_secs(10),
-        || async {
-            let running =
-                "select count(*) from pg_stat_activity where query = 'select pg_sleep(2)'";
-            admin
-                .query_one(running, &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        },
     )
     .await;
     let report = pool.refresh().await.unwrap();

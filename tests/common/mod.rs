@@ -469,6 +469,18 @@ impl TestEndpoint {
             .expect("admin client")
     }
 
+    /// Waits, at most `within`, until `count` sessions of the private PostgreSQL match
+    /// `filter`, a condition on `pg_stat_activity` (`query = 'select pg_sleep(60)'`,
+    /// `wait_event_type = 'Lock'`); fails the test naming `what` otherwise.
+    pub async fn wait_for_sessions(&self, what: &str, filter: &str, count: i64, within: Duration) {
+        let admin = self.admin_client().await;
+        let sql = format!("select count(*) from pg_stat_activity where {filter}");
+        eventually(what, within, || async {
+            admin.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) == count
+        })
+        .await;
+    }
+
     /// Shuts the endpoint down cleanly.
     pub async fn stop(mut self) {
         if let Some(ep) = self.endpoint.take() {
