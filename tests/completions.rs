@@ -1,5 +1,7 @@
 //! The committed completion scripts are exactly what the code generates.
 
+mod common;
+
 use clap_complete::Shell;
 use dsql_pgx::cmd::completions::{file_name, script};
 
@@ -34,8 +36,7 @@ fn committed_completions_are_in_sync() {
 #[test]
 fn the_binary_prints_the_same_scripts() {
     for shell in SHELLS {
-        let out = assert_cmd::Command::cargo_bin("dsql-pgx")
-            .unwrap()
+        let out = common::dsql::dsql_pgx()
             .args(["completions", &shell.to_string()])
             .output()
             .unwrap();

@@ -442,7 +442,13 @@ async fn a_conflict_is_retried_until_it_succeeds() {
         "select v from acct where id = 1; update acct set v = v + 10 where id = 1",
     ]);
     let cli = tokio::spawn(output(cmd));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    ep.wait_for_sessions(
+        "the CLI's update waits for the held row",
+        "wait_event_type = 'Lock'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
     holder.batch_execute("commit").await.unwrap();
     let out = cli.await.unwrap();
     assert_code(&out, 0);
@@ -502,7 +508,7 @@ async fn a_unique_violation_is_not_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_closed_pipe_ends_quietly() {
     let pg = TestPg::start().await;
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    let mut cmd = dsql_pgx_std();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
         .args([
@@ -534,27 +540,17 @@ async fn a_closed_pipe_ends_quietly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_cancels_the_running_query_and_exits_130() {
     let ep = TestEndpoint::start().await;
-    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
     cmd.envs(ep.env())
-        .env_remove("RUST_LOG")
         .args(["query", "select pg_sleep(60)"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    let admin = ep.admin_client().await;
-    let running = "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the query never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let running = "query = 'select pg_sleep(60)' and state = 'active'";
+    let started = "the query started";
+    ep.wait_for_sessions(started, running, 1, Duration::from_secs(10))
+        .await;
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
@@ -568,23 +564,15 @@ async fn ctrl_c_cancels_the_running_query_and_exits_130() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("dsql-pgx: error: interrupted"));
     // The cancel reached the server: the backend is no longer sleeping.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while admin
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        != 0
-    {
-        assert!(Instant::now() < deadline, "the query was not cancelled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cancelled = "the query was cancelled";
+    ep.wait_for_sessions(cancelled, running, 0, Duration::from_secs(5))
+        .await;
 }
 
 /// Starts `dsql-pgx local` on a free port with its data in `dir`; returns the process and
 /// the environment it printed, as a user's `eval` would set it.
 async fn spawn_local(dir: &Path) -> (tokio::process::Child, Vec<(String, String)>) {
-    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("dsql-pgx"));
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
     cmd.args(["local", "--port", "0", "--data-dir"]).arg(dir);
     spawn_local_with(cmd).await
 }
@@ -680,8 +668,8 @@ async fn local_runs_postgres_as_a_normal_user() {
     let bin_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = bin_dir.path().join("dsql-pgx");
-    std::fs::copy(assert_cmd::cargo::cargo_bin("dsql-pgx"), &bin).unwrap();
-    let mut cmd = tokio::process::Command::new(&bin);
+    std::fs::copy(env!("CARGO_BIN_EXE_dsql-pgx"), &bin).unwrap();
+    let mut cmd = tokio::process::Command::from(common::dsql::scrubbed(&bin));
     cmd.args(["local", "--port", "0", "--data-dir"])
         .arg(dir.path());
     let euid = nix::unistd::geteuid();

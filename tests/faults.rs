@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +17,7 @@ use proptest::prelude::*;
 use tokio::task::JoinHandle;
 
 use common::dsql::{FlakyCredentials, assert_code, run_at, stderr, stdout};
-use common::{TestEndpoint, TestPg};
+use common::{TestEndpoint, TestPg, eventually, session_ids as ids};
 
 /// What the workers saw: when each query succeeded, and when and how each one failed.
 #[derive(Debug, Default)]
@@ -81,13 +80,6 @@ async fn worker(pool: Pool, stop: Arc<AtomicBool>) -> Tally {
     tally
 }
 
-fn ids(pool: &Pool) -> BTreeSet<String> {
-    pool.connections()
-        .into_iter()
-        .map(|c| c.session_id)
-        .collect()
-}
-
 fn code(error: &tokio_postgres::Error) -> String {
     error
         .code()
@@ -105,12 +97,21 @@ async fn postgres_restarted_under_load_errors_are_counted_and_the_pool_recovers(
     let pool = Pool::new(&settings).await.unwrap();
     let before = ids(&pool);
     let load = Load::start(&pool, 8);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the load runs", Duration::from_secs(30), || async {
+        pool.stats().gets >= 50
+    })
+    .await;
 
     pg.stop_server().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        "the pool sees the server go",
+        Duration::from_secs(30),
+        || async { pool.stats().closed_broken >= 1 },
+    )
+    .await;
     pg.start_server().await;
     let back = Instant::now();
+    // Not a wait for a condition: the window in which no query may fail.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let tally = load.finish().await;
 
@@ -140,20 +141,27 @@ async fn postgres_restarted_under_load_errors_are_counted_and_the_pool_recovers(
     pg.stop().await;
 }
 
+/// The pool's lifetime below the endpoint's age limit (as the default 55 minutes is below
+/// DSQL's 60): connections are replaced before the endpoint closes any in use. The margin
+/// (0.6 s against 3 s) is wide enough for a query stalled on a loaded machine.
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_reaching_the_endpoint_age_limit_are_replaced_without_failed_queries() {
     let ep = TestEndpoint::start_with(Limits {
-        max_connection_age: Duration::from_secs(1),
+        max_connection_age: Duration::from_secs(3),
         ..Limits::default()
     })
     .await;
     let mut settings = ep.settings("admin");
-    // Below the endpoint's limit, as the default 55 minutes is below DSQL's 60.
     settings.pool.max_lifetime = Duration::from_millis(600);
     let pool = Pool::new(&settings).await.unwrap();
     let before = ids(&pool);
     let load = Load::start(&pool, 8);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    eventually(
+        "8 connections replaced for their age",
+        Duration::from_secs(60),
+        || async { pool.stats().closed_lifetime >= 8 && pool.stats().gets > 200 },
+    )
+    .await;
     let tally = load.finish().await;
 
     assert!(
@@ -174,8 +182,11 @@ async fn connections_reaching_the_endpoint_age_limit_are_replaced_without_failed
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_the_server_closed_while_idle_is_never_handed_out() {
-    let ep = TestEndpoint::start_with(Limits {
-        max_connection_age: Duration::from_secs(1),
+    // A minute, not DSQL's hour: the pool signs its next token on the real clock (for 15
+    // minutes), which must still be valid on the endpoint's.
+    let age = Duration::from_secs(60);
+    let ep = TestEndpoint::start_stepped(Limits {
+        max_connection_age: age,
         ..Limits::default()
     })
     .await;
@@ -184,9 +195,18 @@ async fn a_connection_the_server_closed_while_idle_is_never_handed_out() {
     settings.pool.max_size = 1;
     let pool = Pool::new(&settings).await.unwrap();
     let first = pool.get().await.unwrap().session_id().to_string();
+    // A client of the same age, to see when the close has reached the clients.
+    let canary = ep.connect("admin").await.unwrap();
     // The endpoint closes the idle connection at its age limit; the pool's own lifetime
-    // (55 minutes) has not run out, so only the closed socket tells.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // (55 minutes, on the real clock) has not run out, so only the closed socket tells.
+    ep.advance(age);
+    let gone = "the endpoint closes both";
+    ep.wait_for_sessions(gone, "usename = 'admin'", 0, Duration::from_secs(10))
+        .await;
+    eventually(gone, Duration::from_secs(10), || async {
+        canary.is_closed()
+    })
+    .await;
     let conn = pool.get().await.unwrap();
     conn.query_one("select 1::int4", &[])
         .await
@@ -199,21 +219,27 @@ async fn a_connection_the_server_closed_while_idle_is_never_handed_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connects_refused_for_the_rate_limit_back_off_and_succeed() {
-    let ep = TestEndpoint::start_with(Limits {
+    let ep = TestEndpoint::start_stepped(Limits {
         rate_per_sec: 2,
         burst: 2,
         ..Limits::default()
     })
     .await;
-    // The limit is real: once the burst is spent, a new connection gets 53400.
-    let mut refused = None;
-    for _ in 0..4 {
-        if let Err(e) = ep.connect("admin").await {
-            refused = Some(code(&e));
-            break;
+    // The limit is real: once the burst is spent, a new connection gets 53400 (the clock
+    // stands still: nothing refills).
+    ep.connect("admin").await.unwrap();
+    ep.connect("admin").await.unwrap();
+    let refused = ep.connect("admin").await.unwrap_err();
+    assert_eq!(code(&refused), "53400");
+
+    // From here the endpoint's clock runs (about real time), refilling the bucket.
+    let clock = ep.manual_clock();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            clock.advance(Duration::from_millis(50));
         }
-    }
-    assert_eq!(refused.as_deref(), Some("53400"));
+    });
 
     let mut settings = ep.settings("admin");
     settings.pool.min_idle = 0;
@@ -227,10 +253,15 @@ async fn connects_refused_for_the_rate_limit_back_off_and_succeed() {
         conn.simple_query("select 1").await.unwrap();
     }
     assert_eq!(pool.stats().opened, 6);
+    ticker.abort();
     drop(conns);
     ep.stop().await;
 }
 
+/// A refresh while signing fails (the role's session ended) is an error and retires
+/// nothing: the open connections keep serving the load. Once credentials are back, a
+/// refresh replaces them all. (Merged with refresh.rs's
+/// `a_refresh_while_signing_fails_keeps_serving`, the same scenario without load.)
 #[tokio::test(flavor = "multi_thread")]
 async fn signing_failing_mid_run_leaves_open_connections_serving() {
     let ep = TestEndpoint::start().await;
@@ -241,8 +272,12 @@ async fn signing_failing_mid_run_leaves_open_connections_serving() {
     let pool = Pool::new(&settings).await.unwrap();
     let before = ids(&pool);
     assert_eq!(before.len(), 4);
+    let generation = pool.generation();
     let load = Load::start(&pool, 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the load runs", Duration::from_secs(30), || async {
+        pool.stats().gets >= 20
+    })
+    .await;
 
     credentials.set(false);
     let error = pool.refresh().await.expect_err("signing must fail");
@@ -250,8 +285,15 @@ async fn signing_failing_mid_run_leaves_open_connections_serving() {
         matches!(error, dsql_pgx::Error::Credentials(_)),
         "{error:?}"
     );
+    assert_eq!(pool.generation(), generation, "nothing retired");
     let during = Instant::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gets = pool.stats().gets;
+    eventually(
+        "queries go on while signing fails",
+        Duration::from_secs(30),
+        || async { pool.stats().gets >= gets + 20 },
+    )
+    .await;
     let tally = load.finish().await;
 
     assert!(tally.failed.is_empty(), "{:?}", tally.failed.first());
@@ -260,7 +302,11 @@ async fn signing_failing_mid_run_leaves_open_connections_serving() {
         "queries kept succeeding while signing failed"
     );
     assert_eq!(ids(&pool), before, "the same connections kept serving");
+
     credentials.set(true);
+    let report = pool.refresh().await.unwrap();
+    assert!(before.is_disjoint(&ids(&pool)));
+    assert!(report.overlap.is_empty());
     ep.stop().await;
 }
 
@@ -473,6 +519,11 @@ static SIGNED: LazyLock<(TokenVerifier, String, SystemTime)> = LazyLock::new(|| 
     (verifier, token, SystemTime::now())
 });
 
+/// A refusal a client can be shown: one short line.
+fn clean(reason: &str) -> bool {
+    !reason.is_empty() && !reason.contains('\n') && reason.len() <= 200
+}
+
 fn param() -> impl Strategy<Value = (String, String)> {
     ("[a-z_]{1,12}", "\\PC{0,16}")
         .prop_filter("no NUL", |(n, v)| !n.contains('\0') && !v.contains('\0'))
@@ -481,10 +532,22 @@ fn param() -> impl Strategy<Value = (String, String)> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// Cleanly: a packet is accepted only as what its code says it is, and a refusal is a
+    /// one-line reason fit for the client's FATAL.
     #[test]
     fn random_first_packets_are_refused_cleanly(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = wire::parse_first_packet(&body);
-        let _ = wire::parse_password(b'p', &body);
+        let code = body.get(..4).map(|c| u32::from_be_bytes(c.try_into().unwrap()));
+        match wire::parse_first_packet(&body) {
+            Ok(FirstPacket::SslRequest) => prop_assert_eq!((code, body.len()), (Some(wire::SSL_REQUEST), 4)),
+            Ok(FirstPacket::GssEncRequest) => prop_assert_eq!((code, body.len()), (Some(wire::GSSENC_REQUEST), 4)),
+            Ok(FirstPacket::Cancel(_)) => prop_assert_eq!((code, body.len()), (Some(wire::CANCEL_REQUEST), 12)),
+            Ok(FirstPacket::Startup(_)) => prop_assert_eq!(code, Some(wire::PROTOCOL_3_0)),
+            Err(e) => prop_assert!(clean(&e.to_string()), "{e}"),
+        }
+        match wire::parse_password(b'p', &body) {
+            Ok(password) => prop_assert_eq!([password.as_bytes(), b"\0"].concat(), body),
+            Err(e) => prop_assert!(clean(&e.to_string()), "{e}"),
+        }
     }
 
     #[test]
@@ -515,17 +578,36 @@ proptest! {
         let _ = wire::parse_first_packet(&body);
     }
 
+    /// Bytes that end before the message they start: an error, within a bound (a stream
+    /// that ends is never waited on). Bytes that hold a whole message may parse.
     #[test]
     fn truncated_streams_end_in_an_error_not_a_hang(
         bytes in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(async {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let (first, message) = rt.block_on(async {
+            let bound = Duration::from_secs(5);
             let mut r: &[u8] = &bytes;
-            let _ = wire::read_first_packet(&mut r).await;
+            let first = tokio::time::timeout(bound, wire::read_first_packet(&mut r)).await;
             let mut r: &[u8] = &bytes;
-            let _ = wire::read_message(&mut r, wire::MAX_PASSWORD_LEN).await;
+            let message =
+                tokio::time::timeout(bound, wire::read_message(&mut r, wire::MAX_PASSWORD_LEN)).await;
+            (first, message)
         });
+        let first = first.expect("read_first_packet is not a hang");
+        let message = message.expect("read_message is not a hang");
+        let length = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .map(|b| u32::from_be_bytes(b.try_into().unwrap()) as usize)
+        };
+        // The length field counts itself: a first packet is `length` bytes, a message one more.
+        if length(0).is_none_or(|len| bytes.len() < len) {
+            prop_assert!(!matches!(first, Ok(Ok(_))), "{first:?}");
+        }
+        if length(1).is_none_or(|len| bytes.len() < len + 1) {
+            prop_assert!(!matches!(message, Ok(Ok(_))), "{message:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestEndpoint, TestPg, TokenSpec, connect};
+use common::{TestEndpoint, TestPg, TokenSpec, connect, eventually};
+use dsql_pgx::local::Limits;
 use futures_util::FutureExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_postgres::error::SqlState;
@@ -134,18 +135,20 @@ async fn bad_tokens_are_refused() {
     }
 }
 
+/// A one-second token on the endpoint's stepped clock: valid until the clock passes its
+/// expiry, then refused, while the connection it opened lives on.
 #[tokio::test]
 async fn expired_tokens_are_refused_but_open_connections_live_on() {
-    let ep = TestEndpoint::start().await;
+    let ep = TestEndpoint::start_stepped(Limits::default()).await;
     let short = TokenSpec {
         expires_in: 1,
         ..ep.token_spec()
     };
-    let token = short.sign("admin").await;
+    let token = short.sign_at("admin", ep.now()).await;
     let open = connect(&ep.config("admin", &token), ep.tls(false))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    ep.advance(Duration::from_secs(2));
     let err = connect(&ep.config("admin", &token), ep.tls(false))
         .await
         .unwrap_err();
@@ -270,25 +273,36 @@ async fn direct_tls_requires_alpn() {
     assert_eq!(code(&err), "08P01");
 }
 
+/// DSQL's one-hour limit, on the endpoint's stepped clock.
 #[tokio::test]
 async fn connections_are_closed_at_their_maximum_age() {
-    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
-        max_connection_age: Duration::from_secs(1),
-        ..Default::default()
-    })
-    .await;
+    let ep = TestEndpoint::start_stepped(Limits::default()).await;
+    assert_eq!(
+        Limits::default().max_connection_age,
+        Duration::from_secs(3600)
+    );
     let client = ep.connect("admin").await.unwrap();
     client.query_one("SELECT 1", &[]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ep.advance(Duration::from_secs(3599));
+    client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("open until its maximum age");
+    ep.advance(Duration::from_secs(1));
     assert!(client.query_one("SELECT 1", &[]).await.is_err());
-    assert!(client.is_closed());
+    eventually(
+        "the client sees the close",
+        Duration::from_secs(10),
+        || async { client.is_closed() },
+    )
+    .await;
     // New connections are fine.
     ep.connect("admin").await.unwrap();
 }
 
 #[tokio::test]
 async fn connection_rate_is_limited() {
-    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
+    let ep = TestEndpoint::start_stepped(Limits {
         rate_per_sec: 1,
         burst: 1,
         ..Default::default()
@@ -301,7 +315,10 @@ async fn connection_rate_is_limited() {
         err.as_db_error().unwrap().message(),
         "Unable to accept connection, rate exceeded."
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ep.advance(Duration::from_millis(500));
+    let err = ep.connect("admin").await.unwrap_err();
+    assert_eq!(code(&err), "53400", "not refilled yet");
+    ep.advance(Duration::from_millis(500));
     ep.connect("admin").await.unwrap();
 }
 
@@ -321,31 +338,18 @@ async fn open_connections_are_limited() {
     );
     drop(first);
     // The slot is released once the endpoint sees the close.
-    let mut ok = false;
-    for _ in 0..50 {
-        if ep.connect("admin").await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok, "slot not released after the first connection closed");
+    eventually(
+        "the slot is released after the first connection closed",
+        Duration::from_secs(10),
+        || async { ep.connect("admin").await.is_ok() },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn cancel_requests_reach_postgres() {
     let ep = TestEndpoint::start().await;
-    let client = ep.connect("admin").await.unwrap();
-    let cancel = client.cancel_token();
-    let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(10)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cancel.cancel_query(ep.tls(false)).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), query)
-        .await
-        .expect("cancel took effect")
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+    cancel_a_sleep(&ep).await;
 }
 
 #[tokio::test]
@@ -612,12 +616,10 @@ async fn a_cancel_flood_does_not_starve_real_cancels() {
             while tasks.join_next().await.is_some() {}
         })
     };
-    for _ in 0..200 {
-        if sent.load(std::sync::atomic::Ordering::Relaxed) >= 100 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually("100 cancels sent", Duration::from_secs(60), || async {
+        sent.load(std::sync::atomic::Ordering::Relaxed) >= 100
+    })
+    .await;
     cancel_a_sleep(&ep).await;
     tokio::time::timeout(Duration::from_secs(120), flood)
         .await
@@ -632,20 +634,9 @@ async fn cancel_a_sleep(ep: &TestEndpoint) {
         let client = ep.connect("admin").await.unwrap();
         let cancel = client.cancel_token();
         let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-        let admin = ep.admin_client().await;
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'";
-        for _ in 0..200 {
-            if admin
-                .query_one(waiting, &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let running = "query = 'SELECT pg_sleep(30)'";
+        ep.wait_for_sessions("the query runs", running, 1, Duration::from_secs(10))
+            .await;
         cancel.cancel_query(ep.tls(false)).await.unwrap();
         let err = tokio::time::timeout(Duration::from_secs(10), query)
             .await
@@ -680,17 +671,18 @@ async fn stream_until_error(client: tokio_postgres::Client) -> tokio_postgres::E
 
 /// The maximum-age FATAL arrives between two messages of a long streaming result, so the
 /// client sees 57P01 instead of a protocol error (before: the FATAL landed inside a row).
+/// The clock is stepped past the hour once the result is streaming.
 #[tokio::test]
 async fn a_streaming_result_ends_with_57p01_at_the_maximum_age() {
-    let ep = TestEndpoint::start_with(dsql_pgx::local::Limits {
-        max_connection_age: Duration::from_secs(2),
-        ..Default::default()
-    })
-    .await;
+    let ep = TestEndpoint::start_stepped(Limits::default()).await;
     let client = ep.connect("admin").await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(60), stream_until_error(client))
+    let streaming = tokio::spawn(stream_until_error(client));
+    wait_until_streaming(&ep).await;
+    ep.advance(Limits::default().max_connection_age);
+    let err = tokio::time::timeout(Duration::from_secs(60), streaming)
         .await
-        .expect("the connection ends at its maximum age");
+        .expect("the connection ends at its maximum age")
+        .unwrap();
     let db = err
         .as_db_error()
         .unwrap_or_else(|| panic!("expected the endpoint's FATAL, got {err:?}"));
@@ -701,21 +693,25 @@ async fn a_streaming_result_ends_with_57p01_at_the_maximum_age() {
     );
 }
 
+/// Waits until [`stream_until_error`]'s query runs on the private PostgreSQL.
+async fn wait_until_streaming(ep: &TestEndpoint) {
+    let active = "query LIKE 'select repeat%'";
+    ep.wait_for_sessions(
+        "the result is streaming",
+        active,
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 /// The same at shutdown.
 #[tokio::test]
 async fn a_streaming_result_ends_with_57p01_at_shutdown() {
     let ep = TestEndpoint::start().await;
     let client = ep.connect("admin").await.unwrap();
-    let admin = ep.admin_client().await;
     let streaming = tokio::spawn(stream_until_error(client));
-    let active = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'select repeat%'";
-    for _ in 0..400 {
-        if admin.query_one(active, &[]).await.unwrap().get::<_, i64>(0) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    drop(admin);
+    wait_until_streaming(&ep).await;
     ep.stop().await;
     let err = tokio::time::timeout(Duration::from_secs(30), streaming)
         .await

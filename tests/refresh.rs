@@ -6,12 +6,13 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use dsql_pgx::Pool;
+use dsql_pgx::local::Limits;
 
-use common::TestEndpoint;
-use common::dsql::{FlakyCredentials, assert_code, dsql_pgx, output, stdout};
+use common::dsql::{assert_code, dsql_pgx, output, stdout};
+use common::{TestEndpoint, TokenSpec, connect, eventually, session_ids as ids};
 
 async fn session_id(pool: &Pool) -> String {
     let conn = pool.get().await.expect("connection");
@@ -33,13 +34,6 @@ fn ids_of(held: &[dsql_pgx::pool::PooledConn]) -> BTreeSet<String> {
     held.iter().map(|c| c.session_id().to_string()).collect()
 }
 
-fn ids(pool: &Pool) -> BTreeSet<String> {
-    pool.connections()
-        .into_iter()
-        .map(|c| c.session_id)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn token_refresh() {
     let ep = TestEndpoint::start().await;
@@ -56,29 +50,14 @@ async fn token_refresh() {
     assert!(report.overlap.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn multiple_connections_refresh() {
-    let ep = TestEndpoint::start().await;
-    let mut settings = ep.settings("admin");
-    settings.pool.min_idle = 3;
-    let pool = Pool::new(&settings).await.unwrap();
-    let held = pool.get_many(3).await.unwrap();
-    let before = ids_of(&held);
-    assert_eq!(before.len(), 3);
-    drop(held);
-    let report = pool.refresh().await.unwrap();
-    let held = pool.get_many(3).await.unwrap();
-    let after = ids_of(&held);
-    assert_eq!(after.len(), 3);
-    assert!(before.is_disjoint(&after), "{before:?} vs {after:?}");
-    assert!(report.opened.len() >= 3, "{report:?}");
-    assert!(report.overlap.is_empty());
-}
-
+/// The Go example's `multiple_connections_refresh` and `comprehensive_connection_refresh`
+/// (one scenario, with 3 and with 5 connections) in one: every connection the pool held is
+/// replaced, the warm minimum is opened again, and the statistics say so.
 #[tokio::test(flavor = "multi_thread")]
 async fn comprehensive_connection_refresh() {
     let ep = TestEndpoint::start().await;
     let mut settings = ep.settings("admin");
+    settings.pool.min_idle = 3;
     settings.pool.max_size = 5;
     let pool = Pool::new(&settings).await.unwrap();
     let held = pool.get_many(5).await.unwrap();
@@ -91,7 +70,8 @@ async fn comprehensive_connection_refresh() {
     let held = pool.get_many(5).await.unwrap();
     let after = ids_of(&held);
     assert_eq!(after.len(), 5);
-    assert!(before.is_disjoint(&after));
+    assert!(before.is_disjoint(&after), "{before:?} vs {after:?}");
+    assert!(report.opened.len() >= 3, "{report:?}");
     assert!(report.overlap.is_empty());
     let stats = pool.stats();
     assert_eq!(stats.generation, stats_before.generation + 1);
@@ -121,16 +101,29 @@ async fn periodic_token_refresh() {
     );
 }
 
+/// One-second tokens, the endpoint's clock stepped well past them: the open connection
+/// serves on (DSQL checks a token only at connect). It failed 3 in 7 runs on a loaded
+/// machine when the endpoint ran on the real clock: a one-second token (its date truncated
+/// to the second) could expire before the handshake got to it.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_connection_outlives_its_token() {
-    let ep = TestEndpoint::start().await;
+    let ep = TestEndpoint::start_stepped(Limits::default()).await;
     let mut settings = ep.settings("admin");
     settings.target.token_expires_in = Duration::from_secs(1);
     settings.pool.max_size = 1;
     settings.pool.min_idle = 1;
     let pool = Pool::new(&settings).await.unwrap();
     let first = session_id(&pool).await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let signed_at = pool.connections()[0].token_signed_at.expect("an IAM token");
+    ep.advance(Duration::from_secs(600));
+    // The endpoint now refuses a token of that lifetime signed when the pool's was.
+    let spec = TokenSpec {
+        expires_in: 1,
+        ..ep.token_spec()
+    };
+    let expired = spec.sign_at("admin", signed_at).await;
+    let refused = connect(&ep.config("admin", &expired), ep.tls(false)).await;
+    assert!(refused.is_err(), "the token has expired for the endpoint");
     assert_eq!(
         session_id(&pool).await,
         first,
@@ -138,17 +131,31 @@ async fn an_open_connection_outlives_its_token() {
     );
 }
 
+/// A connection opened once every token the pool could have signed before has expired
+/// authenticates: the pool signs a fresh token for it. The wait is for the wall clock to
+/// pass those tokens' expiry (the pool signs on it); the endpoint's clock is then set to
+/// that moment and stands still, so the fresh token cannot expire before it is checked.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lazy_connection_after_token_expiry_authenticates() {
-    let ep = TestEndpoint::start().await;
+    let ep = TestEndpoint::start_stepped(Limits::default()).await;
     let mut settings = ep.settings("admin");
     settings.target.token_expires_in = Duration::from_secs(1);
     settings.pool.min_idle = 0;
     let pool = Pool::new(&settings).await.unwrap();
     assert_eq!(pool.connections().len(), 0);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Any token signed so far expires within a second (X-Amz-Date is truncated).
+    let stale = SystemTime::now() + Duration::from_secs(1);
+    eventually(
+        "the wall clock passes the tokens' expiry",
+        Duration::from_secs(10),
+        || async { SystemTime::now() > stale },
+    )
+    .await;
+    ep.advance(SystemTime::now().duration_since(ep.now()).unwrap());
     let id = session_id(&pool).await;
     assert_eq!(id.len(), 26, "opened with a fresh token");
+    let signed_at = pool.connections()[0].token_signed_at.expect("an IAM token");
+    assert!(signed_at > stale, "signed after the wait");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,8 +167,12 @@ async fn a_short_max_lifetime_yields_new_ids() {
     settings.pool.min_idle = 1;
     let pool = Pool::new(&settings).await.unwrap();
     let first = session_id(&pool).await;
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    assert_ne!(session_id(&pool).await, first);
+    eventually(
+        "the connection is replaced at its lifetime",
+        Duration::from_secs(30),
+        || async { session_id(&pool).await != first },
+    )
+    .await;
     assert!(pool.stats().closed_lifetime >= 1);
 }
 
@@ -193,7 +204,14 @@ async fn a_query_spanning_a_refresh_completes_and_its_connection_retires() {
         let result = conn.simple_query("select pg_sleep(2)").await.map(drop);
         (result, conn)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = "query = 'select pg_sleep(2)'";
+    ep.wait_for_sessions(
+        "the query is in flight",
+        running,
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     let report = pool.refresh().await.unwrap();
     assert!(report.retired.contains(&busy));
     assert!(!report.opened.contains(&busy));
@@ -235,7 +253,12 @@ async fn eight_workers_across_five_refreshes_never_fail() {
         })
         .collect();
     for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The workers get some queries through between two refreshes.
+        let gets = pool.stats().gets;
+        eventually("the workers run", Duration::from_secs(30), || async {
+            pool.stats().gets >= gets + 25
+        })
+        .await;
         let before = ids(&pool);
         let report = pool.refresh().await.unwrap();
         let opened: BTreeSet<String> = report.opened.iter().cloned().collect();
@@ -255,36 +278,6 @@ async fn eight_workers_across_five_refreshes_never_fail() {
             .all(|c| c.generation == generation),
         "no old connection left"
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_refresh_while_signing_fails_keeps_serving() {
-    let ep = TestEndpoint::start().await;
-    let credentials = FlakyCredentials::new(&ep);
-    let settings = ep.settings_with("admin", credentials.source());
-    let pool = Pool::new(&settings).await.unwrap();
-    let before = ids(&pool);
-    let generation = pool.generation();
-
-    credentials.set(false);
-    let error = pool.refresh().await.expect_err("signing must fail");
-    assert!(
-        matches!(error, dsql_pgx::Error::Credentials(_)),
-        "{error:?}"
-    );
-    assert_eq!(pool.generation(), generation, "nothing retired");
-    for _ in 0..10 {
-        session_id(&pool).await;
-    }
-    assert!(
-        ids(&pool).is_superset(&before),
-        "the old connections keep serving"
-    );
-
-    credentials.set(true);
-    let report = pool.refresh().await.unwrap();
-    assert!(before.is_disjoint(&ids(&pool)));
-    assert!(report.overlap.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! Aurora DSQL does and enforces its connection limits, in front of a private PostgreSQL.
 //!
 //! - [`certs`]: a local CA and server certificates.
+//! - [`clock`]: the time source of every decision the endpoint makes (a manual one for tests).
 //! - `files`: the data directory and its state files, opened so nobody else can redirect
 //!   them; the default `--persist` directory; sweeping temporary directories left behind.
 //! - [`verify`]: SigV4 auth-token verification.
@@ -10,6 +11,7 @@
 //!   the wire-protocol pieces in [`wire`].
 
 pub mod certs;
+pub mod clock;
 // Some helpers serve only `dsql-pgx local` (the `cli` feature).
 #[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub(crate) mod files;
@@ -19,6 +21,7 @@ mod session;
 pub mod verify;
 pub mod wire;
 
+pub use clock::{Clock, ManualClock};
 pub use postgres::{PgOptions, PgServer, PostgresNotFound, TcpTls, find_bin_dir};
 pub use proxy::{EndpointOptions, Limits, LocalEndpoint};
 pub use verify::{TokenVerifier, VerifyError};

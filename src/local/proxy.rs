@@ -27,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
+use super::clock::Clock;
 use super::files::{self, Dir};
 use super::postgres::{
     DEFAULT_UNIX_PORT, MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir,
@@ -68,6 +69,9 @@ pub struct EndpointOptions {
     pub secret_access_key: Option<String>,
     /// Connection limits.
     pub limits: Limits,
+    /// Where the endpoint reads the time for tokens, connection ages, timeouts and rates:
+    /// the system's, or a [`ManualClock`](super::ManualClock) a test steps.
+    pub clock: Clock,
 }
 
 impl Default for EndpointOptions {
@@ -80,6 +84,7 @@ impl Default for EndpointOptions {
             access_key_id: None,
             secret_access_key: None,
             limits: Limits::default(),
+            clock: Clock::system(),
         }
     }
 }
@@ -97,6 +102,7 @@ impl fmt::Debug for EndpointOptions {
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
             )
             .field("limits", &self.limits)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -419,6 +425,7 @@ impl LocalEndpoint {
             pg.upstream()
                 .context("the private PostgreSQL is not running")?,
             limits,
+            opts.clock.clone(),
         ));
         let (stop, stop_rx) = watch::channel(false);
         let (failed_tx, failed) = watch::channel(false);

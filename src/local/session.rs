@@ -15,7 +15,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::clock::Clock;
 use super::postgres::{INTERNAL_SUPERUSER, Upstream};
 use super::verify::TokenVerifier;
 use super::wire::{self, Boundaries, FirstPacket, Startup};
@@ -207,6 +208,7 @@ pub(crate) struct Shared {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) upstream: Upstream,
     pub(crate) limits: Limits,
+    pub(crate) clock: Clock,
     bucket: Mutex<Bucket>,
     open: AtomicU32,
     handshakes: Handshakes,
@@ -223,8 +225,9 @@ impl Shared {
         acceptor: TlsAcceptor,
         upstream: Upstream,
         limits: Limits,
+        clock: Clock,
     ) -> Self {
-        let now = Instant::now();
+        let now = clock.instant();
         let bucket = Bucket::full(limits.burst, now);
         let handshakes = Handshakes::new(handshake_cap(&limits) as usize);
         Self {
@@ -232,6 +235,7 @@ impl Shared {
             acceptor,
             upstream,
             limits,
+            clock,
             bucket: Mutex::new(bucket),
             open: AtomicU32::new(0),
             handshakes,
@@ -378,17 +382,17 @@ pub(crate) async fn serve(
     admitted: Admitted,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let opened = Instant::now();
+    let opened = shared.clock.instant();
     let Admitted { slot, mut evicted } = admitted;
     let established = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, establish(&shared, tcp, peer, slot)) => match r {
-            Ok(Ok(Some(e))) => e,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
+        r = shared.clock.timeout(HANDSHAKE_TIMEOUT, establish(&shared, tcp, peer, slot)) => match r {
+            Some(Ok(Some(e))) => e,
+            Some(Ok(None)) => return,
+            Some(Err(e)) => {
                 tracing::debug!(%peer, "connection ended during startup: {e:#}");
                 return;
             }
-            Err(_) => {
+            None => {
                 tracing::debug!(%peer, "startup timed out");
                 return;
             }
@@ -411,7 +415,7 @@ pub(crate) async fn serve(
     let (mut from_upstream, mut to_upstream) = upstream.split();
     let mut hard_stop_rx = shutdown.clone();
     let hard_stop = async {
-        ending(deadline, &mut hard_stop_rx).await;
+        ending(&shared.clock, deadline, &mut hard_stop_rx).await;
         tokio::time::sleep(BOUNDARY_WAIT).await;
     };
     // When the client leaves, PostgreSQL is told (its read side ends) and the relay goes on
@@ -426,7 +430,7 @@ pub(crate) async fn serve(
     };
     let relayed = tokio::select! {
         () = client_to_upstream => unreachable!("pending forever"),
-        r = relay_to_client(&mut from_upstream, &mut to_client, ending(deadline, &mut shutdown)) => r,
+        r = relay_to_client(&mut from_upstream, &mut to_client, ending(&shared.clock, deadline, &mut shutdown)) => r,
         () = hard_stop => {
             tracing::debug!(%peer, "no message boundary within {BOUNDARY_WAIT:?}: closed without a FATAL");
             Ok(())
@@ -438,16 +442,16 @@ pub(crate) async fn serve(
         let mut discard = tokio::io::sink();
         tokio::select! {
             _ = tokio::io::copy(&mut from_upstream, &mut discard) => {}
-            _ = ending(deadline, &mut shutdown) => {}
+            _ = ending(&shared.clock, deadline, &mut shutdown) => {}
         }
     }
     let _ = upstream.shutdown().await;
 }
 
 /// Resolves with the FATAL that ends a connection: at its maximum age or at shutdown.
-async fn ending(deadline: Instant, shutdown: &mut watch::Receiver<bool>) -> Vec<u8> {
+async fn ending(clock: &Clock, deadline: Instant, shutdown: &mut watch::Receiver<bool>) -> Vec<u8> {
     tokio::select! {
-        () = tokio::time::sleep_until(deadline) => {
+        () = clock.sleep_until(deadline) => {
             wire::fatal("57P01", "terminating connection: it reached its maximum age")
         }
         () = shutdown_signaled(shutdown) => {
@@ -513,7 +517,7 @@ async fn send_fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &str)
 /// connection (else PostgreSQL would fork a process only to ignore it), and a forwarding
 /// slot frees up soon; otherwise drops it, as PostgreSQL answers none either.
 async fn forward_cancel(shared: &Shared, peer: SocketAddr, packet: [u8; 16]) -> anyhow::Result<()> {
-    if !shared.take_cancel(peer.ip(), Instant::now()) {
+    if !shared.take_cancel(peer.ip(), shared.clock.instant()) {
         tracing::debug!(%peer, "cancel request dropped: this source's cancel rate exceeded");
         return Ok(());
     }
@@ -663,9 +667,10 @@ async fn establish(
         }
     };
     let shown_user = wire::escape_for_message(&user);
+    let now = shared.clock.now();
     if let Err(reason) = shared
         .verifier
-        .verify(&user, &password, sni.as_deref(), SystemTime::now())
+        .verify(&user, &password, sni.as_deref(), now)
     {
         tracing::warn!(%peer, user = %shown_user, %reason, "IAM authentication failed");
         let msg = format!("IAM authentication failed for user \"{shown_user}\"");
@@ -683,7 +688,7 @@ async fn establish(
     }
     // Only a client whose token verified spends the connection rate and a slot.
     drop(handshake);
-    if !shared.take_rate_token(Instant::now()) {
+    if !shared.take_rate_token(shared.clock.instant()) {
         tracing::info!(%peer, "connection refused: rate exceeded");
         send_fatal(
             &mut tls,
@@ -798,6 +803,7 @@ mod tests {
             TlsAcceptor::from(Arc::new(config)),
             Upstream::new("/nonexistent", 1),
             limits,
+            Clock::system(),
         ))
     }
 

@@ -26,6 +26,10 @@ const AMBIENT: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "DB_HOST",
     "DB_PORT",
     "DB_USER",
@@ -40,18 +44,27 @@ const AMBIENT: &[&str] = &[
     "PGSSLROOTCERT",
     "PGSSLNEGOTIATION",
     "PGPASSWORD",
+    "DSQL_LOCAL_SECRET_ACCESS_KEY",
     "RUST_LOG",
     "RUST_BACKTRACE",
 ];
 
 /// The built binary with a clean environment: no ambient AWS or PG settings, no colour.
+/// The one way tests launch it: as this, as [`dsql_pgx_std`] (for tests that wire its stdio
+/// themselves, or as `tokio::process::Command::from(dsql_pgx_std())`), or, for a copy of the
+/// binary, as [`scrubbed`].
 pub fn dsql_pgx() -> assert_cmd::Command {
     assert_cmd::Command::from_std(dsql_pgx_std())
 }
 
-/// [`dsql_pgx`] as a plain `std` command, for tests that wire its stdio themselves.
+/// [`dsql_pgx`] as a plain `std` command.
 pub fn dsql_pgx_std() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dsql-pgx"));
+    scrubbed(env!("CARGO_BIN_EXE_dsql-pgx"))
+}
+
+/// `program` (the binary, or a copy of it) with [`dsql_pgx`]'s clean environment.
+pub fn scrubbed(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
     for var in AMBIENT {
         cmd.env_remove(var);
     }

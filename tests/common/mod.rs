@@ -2,22 +2,30 @@
 //! ([`TestPg`]), a local DSQL endpoint ([`TestEndpoint`]), a rustls connector for
 //! tokio-postgres and DSQL token helpers. Everything stops on drop, leaving no process.
 //! A missing PostgreSQL installation fails loudly, it is never a skip.
+//!
+//! Timing is never left to the machine's speed: an endpoint started with
+//! [`TestEndpoint::start_stepped`] runs on a [`ManualClock`] the test steps (token expiry,
+//! connection age, the rate bucket), and [`eventually`] polls for a condition, bounded,
+//! instead of sleeping.
 
 #![allow(dead_code)]
 
 pub mod dsql;
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config as TokenConfig};
 use aws_smithy_async::time::StaticTimeSource;
 use dsql_pgx::local::certs::LocalCa;
-use dsql_pgx::local::{EndpointOptions, Limits, LocalEndpoint, PgOptions, PgServer, TcpTls};
+use dsql_pgx::local::{
+    EndpointOptions, Limits, LocalEndpoint, ManualClock, PgOptions, PgServer, TcpTls,
+};
 use dsql_pgx::tls::TlsConnector;
 use rand::RngExt as _;
 
@@ -74,9 +82,36 @@ pub struct TokenSpec {
     pub expires_in: u64,
 }
 
+/// Polls `check` every 20 ms until it holds; fails the test, naming `what`, if it does not
+/// within `within` (a bound for a loaded machine, not an expectation of speed).
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The session IDs of the connections a pool has open (in use or idle).
+pub fn session_ids(pool: &dsql_pgx::Pool) -> std::collections::BTreeSet<String> {
+    pool.connections()
+        .into_iter()
+        .map(|c| c.session_id)
+        .collect()
+}
+
 impl TokenSpec {
-    /// Signs a token with aws-sdk-dsql's generator: `DbConnectAdmin` iff `user == "admin"`.
+    /// Signs a token now with aws-sdk-dsql's generator: `DbConnectAdmin` iff `user == "admin"`.
     pub async fn sign(&self, user: &str) -> String {
+        self.sign_at(user, SystemTime::now()).await
+    }
+
+    /// Signs a token as at `at` (an endpoint's clock, for one on a [`ManualClock`]).
+    pub async fn sign_at(&self, user: &str, at: SystemTime) -> String {
         let creds = Credentials::new(
             &self.access_key_id,
             &self.secret_access_key,
@@ -86,7 +121,7 @@ impl TokenSpec {
         );
         let sdk = aws_config::SdkConfig::builder()
             .credentials_provider(SharedCredentialsProvider::new(creds))
-            .time_source(StaticTimeSource::new(SystemTime::now()))
+            .time_source(StaticTimeSource::new(at))
             .build();
         let generator = AuthTokenGenerator::new(
             TokenConfig::builder()
@@ -258,6 +293,7 @@ impl TestPg {
 pub struct TestEndpoint {
     endpoint: Option<LocalEndpoint>,
     ca_pem: String,
+    clock: Option<ManualClock>,
 }
 
 impl TestEndpoint {
@@ -268,17 +304,57 @@ impl TestEndpoint {
 
     /// Starts an endpoint with the given limits.
     pub async fn start_with(limits: Limits) -> TestEndpoint {
-        let endpoint = LocalEndpoint::start(EndpointOptions {
+        Self::start_on(limits, None).await
+    }
+
+    /// Starts an endpoint with the given limits on a [`ManualClock`] standing at the time it
+    /// starts: tokens, connection ages and the rate bucket see time pass only when the test
+    /// calls [`TestEndpoint::advance`]. A token signed after the start is valid until the
+    /// clock is stepped past its expiry (or 5 minutes of real time have passed: tokens from
+    /// further in the future than that are refused, as DSQL does).
+    pub async fn start_stepped(limits: Limits) -> TestEndpoint {
+        Self::start_on(limits, Some(ManualClock::starting_now())).await
+    }
+
+    async fn start_on(limits: Limits, clock: Option<ManualClock>) -> TestEndpoint {
+        let mut opts = EndpointOptions {
             limits,
             ..EndpointOptions::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("starting the local endpoint failed: {e:#}"));
+        };
+        if let Some(clock) = &clock {
+            opts.clock = clock.clock();
+        }
+        let endpoint = LocalEndpoint::start(opts)
+            .await
+            .unwrap_or_else(|e| panic!("starting the local endpoint failed: {e:#}"));
         let ca_pem = std::fs::read_to_string(endpoint.ca_path()).expect("reading ca.pem");
         TestEndpoint {
             endpoint: Some(endpoint),
             ca_pem,
+            clock,
         }
+    }
+
+    /// Steps the endpoint's clock (one started with [`TestEndpoint::start_stepped`]).
+    pub fn advance(&self, by: Duration) {
+        self.clock
+            .as_ref()
+            .expect("an endpoint started with start_stepped")
+            .advance(by);
+    }
+
+    /// A handle on the endpoint's manual clock, for a task that steps it.
+    pub fn manual_clock(&self) -> ManualClock {
+        self.clock
+            .clone()
+            .expect("an endpoint started with start_stepped")
+    }
+
+    /// The endpoint's wall-clock time: the system's, or its manual clock's.
+    pub fn now(&self) -> SystemTime {
+        self.clock
+            .as_ref()
+            .map_or_else(SystemTime::now, ManualClock::now)
     }
 
     /// The endpoint.
@@ -350,9 +426,9 @@ impl TestEndpoint {
         }
     }
 
-    /// A valid token for `user`.
+    /// A valid token for `user`, signed at the endpoint's time.
     pub async fn token(&self, user: &str) -> String {
-        self.token_spec().sign(user).await
+        self.token_spec().sign_at(user, self.now()).await
     }
 
     /// A rustls connector trusting the endpoint's CA (ALPN `postgresql` when `alpn`).
@@ -391,6 +467,18 @@ impl TestEndpoint {
             .admin_client()
             .await
             .expect("admin client")
+    }
+
+    /// Waits, at most `within`, until `count` sessions of the private PostgreSQL match
+    /// `filter`, a condition on `pg_stat_activity` (`query = 'select pg_sleep(60)'`,
+    /// `wait_event_type = 'Lock'`); fails the test naming `what` otherwise.
+    pub async fn wait_for_sessions(&self, what: &str, filter: &str, count: i64, within: Duration) {
+        let admin = self.admin_client().await;
+        let sql = format!("select count(*) from pg_stat_activity where {filter}");
+        eventually(what, within, || async {
+            admin.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) == count
+        })
+        .await;
     }
 
     /// Shuts the endpoint down cleanly.
