@@ -164,6 +164,7 @@ fn check_token_size(
 
 /// A signed token and when it was made.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Token {
     /// The token: send it as the password.
     pub value: Secret,

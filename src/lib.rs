@@ -33,7 +33,8 @@
 //!
 //! | layer | module | owns |
 //! |---|---|---|
-//! | core | [`error`] | [`Error`], [`ConfigError`](error::ConfigError), cause chains on one line |
+//! | core | [`dsql`] | DSQL's rules: the admin role and its token action, the week cap, the hour |
+//! | core | [`error`] | [`Error`] and every error type beneath it, cause chains on one line |
 //! | core | [`auth`] | credentials, token signing, the credential cache, the token target |
 //! | core | [`settings`] | the builder, URLs and the environment → validated settings, once |
 //! | core | [`tls`] | the rustls configuration and the TLS connector |

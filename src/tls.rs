@@ -38,6 +38,7 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 
 /// What a finished handshake negotiated, and how long it took.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TlsInfo {
     /// `TLSv1.3` or `TLSv1.2`.
     pub version: String,

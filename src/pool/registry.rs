@@ -15,6 +15,7 @@ use crate::tls::TlsInfo;
 /// How long each phase of opening a connection took (in JSON: `token_ms`, ..., milliseconds
 /// rounded to microseconds).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
+#[non_exhaustive]
 pub struct ConnectTiming {
     /// Token signing (including credential resolution when not cached).
     #[serde(rename = "token_ms", serialize_with = "ser_ms")]
@@ -39,6 +40,7 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 /// A live connection as the registry sees it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ConnInfo {
     /// Client-side connection number, from 1.
     pub number: u64,

@@ -15,10 +15,8 @@ use crate::auth::{ADMIN_USER, CredentialSource, MAX_TOKEN_LIFETIME, Secret, Targ
 use crate::error::ConfigError;
 
 /// A setting a validation message is about (the binary names each by its flag).
-#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Setting {
+pub(crate) enum Setting {
     /// The endpoint signed for.
     Endpoint,
     /// The region signed for.
@@ -51,8 +49,7 @@ pub enum Setting {
 
 /// How validation messages name a setting and say how to set it: the library's own names
 /// (`region`), or the binary's flags (`--region (or REGION)`).
-#[doc(hidden)]
-pub trait Names {
+pub(crate) trait Names {
     /// What a message calls `setting`.
     fn name(&self, setting: Setting) -> String;
     /// How to set `setting` when it is missing.
@@ -265,8 +262,7 @@ impl ConnSettingsBuilder {
     }
 
     /// [`ConnSettingsBuilder::build`] with messages naming settings as `names` does.
-    #[doc(hidden)]
-    pub fn build_as(self, names: &dyn Names) -> Result<ConnSettings, ConfigError> {
+    pub(crate) fn build_as(self, names: &dyn Names) -> Result<ConnSettings, ConfigError> {
         let name = |setting| names.name(setting);
         let bad = |message: String| Err(ConfigError(message));
         let raw = self.endpoint.trim();

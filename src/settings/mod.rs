@@ -16,8 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::builder::ConnSettingsBuilder;
-#[doc(hidden)]
-pub use self::builder::{Names, Setting};
+pub(crate) use self::builder::{Names, Setting};
 #[cfg(feature = "cli")]
 pub(crate) use self::builder::{check_pool, check_role, check_token_lifetime};
 pub use self::env::Environment;
