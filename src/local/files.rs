@@ -363,6 +363,17 @@ impl Dir {
         mode: u32,
         owner: Option<(Uid, Gid)>,
     ) -> anyhow::Result<()> {
+        self.write_file(name, contents, mode, owner).map(drop)
+    }
+
+    /// [`Dir::write`], returning the written file's device and inode numbers.
+    fn write_file(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<(Uid, Gid)>,
+    ) -> anyhow::Result<(u64, u64)> {
         let path = self.path.join(name);
         let tmp = format!(".{name}.{:016x}.tmp", rand::rng().random::<u64>());
         let fd = openat(
@@ -373,14 +384,16 @@ impl Dir {
         )
         .with_context(|| format!("creating {}", self.path.join(&tmp).display()))?;
         let mut file = File::from(fd);
-        let written = (|| -> anyhow::Result<()> {
+        let written = (|| -> anyhow::Result<(u64, u64)> {
             fchmod(&file, Mode::from_bits_truncate(mode)).context("chmod")?;
             if let Some((uid, gid)) = owner {
                 fchown(&file, Some(uid), Some(gid)).context("chown")?;
             }
             file.write_all(contents).context("write")?;
+            let st = fstat(&file).context("stat")?;
             renameat(&self.fd, tmp.as_str(), &self.fd, name).context("rename")?;
-            Ok(())
+            #[allow(clippy::useless_conversion)] // dev_t and ino_t are not u64 everywhere
+            Ok((u64::from(st.st_dev), u64::from(st.st_ino)))
         })();
         if written.is_err() {
             let _ = unlinkat(&self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -467,6 +480,108 @@ impl Dir {
             }
         }
         Ok(Dir { fd, path })
+    }
+}
+
+/// Where [`PrivateFile::write`] puts a file (`local --env-file`): its directory, opened and
+/// judged before anything is written, and its name there.
+#[derive(Debug)]
+pub struct PrivateFile {
+    dir: Dir,
+    name: String,
+    flag: &'static str,
+}
+
+/// A file [`PrivateFile::write`] wrote, removed again by [`WrittenFile::remove`] only while
+/// it is still the file written.
+#[derive(Debug)]
+pub struct WrittenFile {
+    dir: Dir,
+    name: String,
+    id: (u64, u64),
+}
+
+impl PrivateFile {
+    /// Opens the directory of `path` (named by `flag`) for a file only we may read.
+    ///
+    /// Refused (exit 2): a directory that is not ours or root's, or that group or others
+    /// may write unless it is sticky (as /tmp is, where nobody else can rename or replace
+    /// our file); a `path` without a file name.
+    pub fn at(path: &Path, flag: &'static str) -> anyhow::Result<PrivateFile> {
+        let shown = path.display();
+        let name = path.file_name().and_then(OsStr::to_str).ok_or_else(|| {
+            ConfigError(format!("{flag} {shown} does not name a file (in UTF-8)"))
+        })?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let fd = nix::fcntl::open(
+            parent,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            ConfigError(format!(
+                "{flag} {shown}: cannot open its directory {} ({})",
+                parent.display(),
+                e.desc()
+            ))
+        })?;
+        let st = fstat(&fd).with_context(|| format!("reading {}", parent.display()))?;
+        let mode = permissions(&st);
+        let trusted_owner = st.st_uid == 0 || st.st_uid == geteuid().as_raw();
+        if !trusted_owner || (mode & 0o022 != 0 && mode & 0o1000 == 0) {
+            return Err(ConfigError(format!(
+                "{flag} {shown}: its directory {} (owner {}, mode {mode:o}) can be changed by {}, who could replace the file; choose a directory only you or root can change, or a sticky one such as /tmp",
+                parent.display(),
+                user_name(st.st_uid),
+                if trusted_owner { "others" } else { "its owner" },
+            ))
+            .into());
+        }
+        Ok(PrivateFile {
+            dir: Dir {
+                fd,
+                path: parent.to_path_buf(),
+            },
+            name: name.to_owned(),
+            flag,
+        })
+    }
+
+    /// Writes `contents`, readable and writable by us alone (0600), atomically: to a fresh
+    /// name in the same directory (`O_CREAT | O_EXCL`, no link followed), then renamed
+    /// into place, so a reader sees nothing or all of it, and a link there is replaced,
+    /// never followed.
+    pub fn write(self, contents: &[u8]) -> anyhow::Result<WrittenFile> {
+        let id = self
+            .dir
+            .write_file(&self.name, contents, 0o600, None)
+            .with_context(|| {
+                format!("{} {}", self.flag, self.dir.path.join(&self.name).display())
+            })?;
+        Ok(WrittenFile {
+            dir: self.dir,
+            name: self.name,
+            id,
+        })
+    }
+}
+
+impl WrittenFile {
+    /// Removes the file, unless something else has taken its name since it was written.
+    pub fn remove(self) {
+        #[allow(clippy::useless_conversion)] // dev_t and ino_t are not u64 everywhere
+        let ours = fstatat(
+            &self.dir.fd,
+            self.name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| (u64::from(st.st_dev), u64::from(st.st_ino)) == self.id);
+        if ours {
+            let _ = unlinkat(&self.dir.fd, self.name.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
     }
 }
 

@@ -18,5 +18,5 @@ pub mod verify;
 pub mod wire;
 
 pub use postgres::{PgOptions, PgServer, PostgresNotFound, TcpTls, find_bin_dir};
-pub use proxy::{EndpointOptions, Limits, LocalEndpoint};
+pub use proxy::{EndpointOptions, LOCAL_CLUSTER_ID, Limits, LocalEndpoint, default_hostname};
 pub use verify::{TokenVerifier, VerifyError};
