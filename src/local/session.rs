@@ -508,9 +508,16 @@ where
 /// `localhost`, so the message names both causes and the endpoint's own name.
 fn no_sni_message(hostname: &str) -> String {
     let name = wire::escape_for_message(hostname);
-    format!(
-        "TLS server name indication (SNI) is required and this client sent none, as clients do for an IP address (and pgJDBC for a name without a dot, such as localhost): connect by the name {name} (libpq: host={name} hostaddr=<its IP address>, as PGHOST and PGHOSTADDR from dsql-pgx local)"
-    )
+    let cause = "TLS server name indication (SNI) is required and this client sent none, as clients do for an IP address (and pgJDBC for a name without a dot, such as localhost)";
+    if hostname.contains('.') {
+        format!(
+            "{cause}: connect by the name {name} (libpq: host={name} hostaddr=<its IP address>, as PGHOST and PGHOSTADDR from dsql-pgx local)"
+        )
+    } else {
+        format!(
+            "{cause}: connect by the name {name}, or, for a client that sends no SNI for it, run dsql-pgx local with a --hostname that has a dot (its default does)"
+        )
+    }
 }
 
 async fn send_fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &str) {

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod dsql;
 
 use std::net::{IpAddr, Ipv4Addr};
