@@ -193,6 +193,18 @@ fn lstat(path: &Path) -> anyhow::Result<FileStat> {
     nix::sys::stat::lstat(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Who other than root and `me` can change the entries of the directory (or link) `st`:
+/// its owner, or others when group or others may write it and it is not sticky (in a
+/// sticky directory, as /tmp is, nobody else can rename or replace our entries).
+fn changeable_by(st: &FileStat, me: u32) -> Option<&'static str> {
+    let mode = permissions(st);
+    if st.st_uid != 0 && st.st_uid != me {
+        return Some("its owner");
+    }
+    let link = is_kind(st, SFlag::S_IFLNK);
+    (!link && mode & 0o022 != 0 && mode & 0o1000 == 0).then_some("others")
+}
+
 /// Refuses a data dir below a directory (or a link) that someone other than root or us could
 /// change: they could move the data dir away and put their own in its place between two of
 /// our path-based steps (PostgreSQL's `-D`, its socket, `hba_file`). A directory others may
@@ -216,18 +228,13 @@ fn check_ancestors(path: &Path) -> anyhow::Result<()> {
             nix::sys::stat::lstat(dir)
         }
         .with_context(|| format!("reading {}", dir.display()))?;
-        let mode = permissions(&st);
-        let trusted_owner = st.st_uid == 0 || st.st_uid == me;
-        let link = is_kind(&st, SFlag::S_IFLNK);
-        let open_to_others = !link && mode & 0o022 != 0 && mode & 0o1000 == 0;
-        if !trusted_owner || open_to_others {
+        if let Some(who) = changeable_by(&st, me) {
             return Err(ConfigError(format!(
-                "--data-dir {}: {} (owner {}, mode {:o}) can be changed by {}, who could swap the data dir; choose a data dir whose parent directories only you or root can change",
+                "--data-dir {}: {} (owner {}, mode {:o}) can be changed by {who}, who could swap the data dir; choose a data dir whose parent directories only you or root can change",
                 path.display(),
                 dir.display(),
                 user_name(st.st_uid),
-                mode,
-                if trusted_owner { "others" } else { "its owner" },
+                permissions(&st),
             ))
             .into());
         }
@@ -529,14 +536,12 @@ impl PrivateFile {
             ))
         })?;
         let st = fstat(&fd).with_context(|| format!("reading {}", parent.display()))?;
-        let mode = permissions(&st);
-        let trusted_owner = st.st_uid == 0 || st.st_uid == geteuid().as_raw();
-        if !trusted_owner || (mode & 0o022 != 0 && mode & 0o1000 == 0) {
+        if let Some(who) = changeable_by(&st, geteuid().as_raw()) {
             return Err(ConfigError(format!(
-                "{flag} {shown}: its directory {} (owner {}, mode {mode:o}) can be changed by {}, who could replace the file; choose a directory only you or root can change, or a sticky one such as /tmp",
+                "{flag} {shown}: its directory {} (owner {}, mode {:o}) can be changed by {who}, who could replace the file; choose a directory only you or root can change, or a sticky one such as /tmp",
                 parent.display(),
                 user_name(st.st_uid),
-                if trusted_owner { "others" } else { "its owner" },
+                permissions(&st),
             ))
             .into());
         }
@@ -831,6 +836,40 @@ mod tests {
             "not a configuration error: {err:#}"
         );
         err.to_string()
+    }
+
+    #[test]
+    fn a_private_file_goes_in_a_sticky_directory_and_is_removed_only_while_it_is_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let path = tmp.path().join("env");
+        let written = PrivateFile::at(&path, "--env-file")
+            .unwrap()
+            .write(b"export A=1\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "export A=1\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+        // Replaced by someone else's file since: not ours to remove.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "theirs").unwrap();
+        written.remove();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs");
+        let written = PrivateFile::at(&path, "--env-file")
+            .unwrap()
+            .write(b"again")
+            .unwrap();
+        written.remove();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_private_file_in_a_directory_others_may_write_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        let err = refusal(PrivateFile::at(&tmp.path().join("env"), "--env-file").unwrap_err());
+        assert!(err.contains("mode 770) can be changed by others"), "{err}");
+        let err = refusal(PrivateFile::at(Path::new("/"), "--env-file").unwrap_err());
+        assert!(err.contains("does not name a file"), "{err}");
     }
 
     #[test]
