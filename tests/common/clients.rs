@@ -27,6 +27,13 @@ fn installed(path: PathBuf, what: &str) -> PathBuf {
     path
 }
 
+/// A program on PATH, or a loud failure naming how to install it.
+fn on_path(program: &str, what: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| dir.join(program).is_file());
+    assert!(found, "{what} ({program}) is not on PATH: {INSTALL}");
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -39,8 +46,9 @@ pub fn python() -> PathBuf {
     )
 }
 
-/// node_modules with AWS's Node connector and node-postgres.
+/// node_modules with AWS's Node connector and node-postgres (and node on PATH).
 pub fn node_modules() -> PathBuf {
+    on_path("node", "Node.js");
     installed(
         repo().join("target/ci-node/node_modules/@aws/aurora-dsql-node-postgres-connector"),
         "AWS's Node connector",
@@ -48,8 +56,9 @@ pub fn node_modules() -> PathBuf {
     repo().join("target/ci-node/node_modules")
 }
 
-/// Debian's pgJDBC jar.
+/// Debian's pgJDBC jar (and java on PATH).
 pub fn pgjdbc_jar() -> PathBuf {
+    on_path("java", "a JDK (Debian package default-jdk-headless)");
     installed(
         PathBuf::from("/usr/share/java/postgresql.jar"),
         "pgJDBC (Debian package libpostgresql-jdbc-java)",
