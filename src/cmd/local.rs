@@ -189,8 +189,12 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         }
     };
     if !out.quiet {
+        let exports_in = match &args.env_file {
+            Some(path) => format!(", exports in {}", path.display()),
+            None => String::new(),
+        };
         crate::exit::diag!(
-            "dsql-pgx local: serving {} on {} (data in {}); Ctrl-C or SIGTERM stops it",
+            "dsql-pgx local: serving {} on {} (data in {}{exports_in}); Ctrl-C or SIGTERM stops it",
             endpoint.hostname(),
             endpoint.local_addr(),
             endpoint.data_dir().display()

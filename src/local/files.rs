@@ -15,8 +15,10 @@
 //! it; the lock, `credentials`, `ca.key` and `postgres.log` 0600, `ca.pem` and
 //! `pg_hba.conf` 0644, all ours; `pgdata/` 0700, the only thing `postgres` owns.
 //!
-//! This module also finds the default data directory of `local --persist` and sweeps the
-//! temporary directories of runs that died (SIGKILL) without removing theirs.
+//! This module also finds the default data directory of `local --persist`, sweeps the
+//! temporary directories of runs that died (SIGKILL) without removing theirs, and writes
+//! `local --env-file` ([`PrivateFile`]): 0600, atomically, in a directory nobody else can
+//! change.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;

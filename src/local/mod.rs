@@ -3,7 +3,8 @@
 //!
 //! - [`certs`]: a local CA and server certificates.
 //! - `files`: the data directory and its state files, opened so nobody else can redirect
-//!   them; the default `--persist` directory; sweeping temporary directories left behind.
+//!   them; the default `--persist` directory; sweeping temporary directories left behind;
+//!   the private, atomically written `--env-file`.
 //! - [`verify`]: SigV4 auth-token verification.
 //! - [`postgres`]: the private PostgreSQL server.
 //! - [`proxy`]: the endpoint ([`LocalEndpoint`]); per-connection work lives in `session`,
