@@ -476,7 +476,7 @@ pub struct LocalArgs {
 
     /// Host name clients sign tokens for and send as TLS SNI.
     ///
-    /// Default: dsqlpgxlocal00000000000000.dsql.<region>.on.aws, shaped like a DSQL
+    /// Default: `dsqlpgxlocal00000000000000.dsql.<region>.on.aws`, shaped like a DSQL
     /// endpoint, so that AWS's connectors and ORM dialects take it as one (they expand a
     /// name without a dot, such as localhost, into a cluster id). It resolves nowhere:
     /// clients connect to DB_HOST / PGHOSTADDR with this name for TLS (see README).
