@@ -577,7 +577,10 @@ impl PrivateFile {
 }
 
 impl WrittenFile {
-    /// Removes the file, unless something else has taken its name since it was written.
+    /// Removes the file, unless another file has taken its name since it was written (a
+    /// different device or inode: a second `local` with the same `--env-file` renamed its
+    /// own over it). Only we or root can change the directory, or it is sticky, so nobody
+    /// else can delete and re-create the name to reuse the inode.
     pub fn remove(self) {
         #[allow(clippy::useless_conversion)] // dev_t and ino_t are not u64 everywhere
         let ours = fstatat(
@@ -851,9 +854,11 @@ mod tests {
             .unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "export A=1\n");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
-        // Replaced by someone else's file since: not ours to remove.
-        std::fs::remove_file(&path).unwrap();
-        std::fs::write(&path, "theirs").unwrap();
+        // Replaced since, as a second local with the same --env-file does (a new file
+        // renamed over it): not ours to remove.
+        let theirs = tmp.path().join("theirs");
+        std::fs::write(&theirs, "theirs").unwrap();
+        std::fs::rename(&theirs, &path).unwrap();
         written.remove();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs");
         let written = PrivateFile::at(&path, "--env-file")
