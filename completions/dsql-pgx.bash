@@ -441,7 +441,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__local)
-            opts="-v -q -h -V --listen --port --data-dir --persist --hostname --region --access-key-id --secret-access-key --secret-access-key-file --max-connection-age --max-connections --rate --burst --threads --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --port --data-dir --persist --hostname --region --access-key-id --secret-access-key --secret-access-key-file --env-file --max-connection-age --max-connections --rate --burst --threads --format --no-header --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -476,6 +476,10 @@ _dsql__pgx() {
                     return 0
                     ;;
                 --secret-access-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -172,11 +172,12 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -s V -l 
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l listen -d 'Address to listen on for TLS clients' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l port -d 'Port to listen on, overriding the one in --listen (0 picks a free port)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l data-dir -d 'Directory for the PostgreSQL cluster, CA and credentials (default: a fresh temp dir)' -r -F
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l hostname -d 'Host name clients sign tokens for' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l hostname -d 'Host name clients sign tokens for and send as TLS SNI' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l region -d 'Region clients sign tokens for' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l access-key-id -d 'Access key id to accept (default: generated and kept in the data dir)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l secret-access-key -d 'Secret access key to accept (default: generated and kept in the data dir)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l secret-access-key-file -d 'Read the secret access key from this file (yours, mode 0600, not a symbolic link)' -r -F
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l env-file -d 'Write the exports to this file instead of stdout, once the endpoint accepts connections' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connection-age -d 'Close client connections older than this, as DSQL does at one hour' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connections -d 'Refuse connections beyond this many (SQLSTATE 53300)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l rate -d 'New connections per second before refusing (SQLSTATE 53400)' -r

@@ -72,7 +72,14 @@ async fn tls_without_a_server_name_is_refused() {
         .unwrap_err();
     assert_eq!(code(&err), "08P01");
     let text = err.as_db_error().expect("a server error").message();
-    assert!(text.contains("SNI") && text.contains("hostname"), "{text}");
+    assert!(
+        text.contains("SNI") && text.contains("sent none") && text.contains("pgJDBC"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("connect by the name {}", ep.host())),
+        "{text}"
+    );
     assert!(!format!("{err:?}").contains(&token));
 
     let client = connect(&config, ep.tls(false)).await.unwrap();

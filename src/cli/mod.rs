@@ -478,9 +478,14 @@ pub struct LocalArgs {
     #[arg(long, conflicts_with = "data_dir")]
     pub persist: bool,
 
-    /// Host name clients sign tokens for.
-    #[arg(long, default_value = "localhost", value_name = "HOST")]
-    pub hostname: String,
+    /// Host name clients sign tokens for and send as TLS SNI.
+    ///
+    /// Default: `dsqlpgxlocal00000000000000.dsql.<region>.on.aws`, shaped like a DSQL
+    /// endpoint, so that AWS's connectors and ORM dialects take it as one (they expand a
+    /// name without a dot, such as localhost, into a cluster id). It resolves nowhere:
+    /// clients connect to DB_HOST / PGHOSTADDR with this name for TLS (see README).
+    #[arg(long, value_name = "HOST")]
+    pub hostname: Option<String>,
 
     /// Region clients sign tokens for.
     #[arg(long, default_value = "us-east-1")]
@@ -511,6 +516,15 @@ pub struct LocalArgs {
         value_name = "PATH"
     )]
     pub secret_access_key_file: Option<PathBuf>,
+
+    /// Write the exports to this file instead of stdout, once the endpoint accepts
+    /// connections.
+    ///
+    /// Written atomically (a fresh file, mode 0600, renamed into place), so a script can
+    /// wait for the file to appear and then source it; removed when local stops cleanly.
+    /// Its directory must be yours or root's and writable by nobody else, unless sticky.
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
 
     /// Close client connections older than this, as DSQL does at one hour.
     #[arg(long, default_value = "1h", value_name = "DURATION")]

@@ -4,7 +4,10 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
+use serde::ser::SerializeMap as _;
+use serde_json::Value;
 
 use super::StopSignal;
 use crate::cli::resolve::{self, Destination};
@@ -14,34 +17,74 @@ use crate::local::{EndpointOptions, Limits, LocalEndpoint, files};
 use crate::output::Output;
 use crate::settings::{self, ConfigError, ConnSettings};
 
-#[derive(Serialize)]
-struct ClientEnv<'a> {
-    #[serde(rename = "CLUSTER_ENDPOINT")]
-    endpoint: &'a str,
-    #[serde(rename = "REGION")]
-    region: &'a str,
-    #[serde(rename = "DB_HOST")]
-    host: String,
-    #[serde(rename = "DB_PORT")]
-    port: u16,
-    #[serde(rename = "PGSSLROOTCERT")]
-    ca: String,
-    #[serde(rename = "AWS_ACCESS_KEY_ID")]
-    access_key_id: &'a str,
-    #[serde(rename = "AWS_SECRET_ACCESS_KEY")]
-    secret_access_key: &'a str,
+/// What stays literal in the JDBC URL's `sslrootcert`: RFC 3986's unreserved characters
+/// and `/`, so the path stays readable.
+const URL_PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// What `local` exports, in order: dsql-pgx's own variables, libpq's (`PGHOST` the
+/// endpoint's name for TLS, `PGHOSTADDR` the address to reach it at), a pgJDBC URL, and
+/// the keys (the secret last).
+struct ClientEnv(Vec<(&'static str, Value)>);
+
+impl Serialize for ClientEnv {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
-fn client_env(endpoint: &LocalEndpoint) -> ClientEnv<'_> {
-    ClientEnv {
-        endpoint: endpoint.hostname(),
-        region: endpoint.region(),
-        host: endpoint.local_addr().ip().to_string(),
-        port: endpoint.port(),
-        ca: endpoint.ca_path().display().to_string(),
-        access_key_id: endpoint.access_key_id(),
-        secret_access_key: endpoint.secret_access_key(),
+fn client_env(endpoint: &LocalEndpoint) -> ClientEnv {
+    let name = endpoint.hostname();
+    let ip = endpoint.local_addr().ip().to_string();
+    let port = endpoint.port();
+    let ca = endpoint.ca_path().display().to_string();
+    let jdbc_url = format!(
+        "jdbc:postgresql://{name}:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+        utf8_percent_encode(&ca, URL_PATH)
+    );
+    ClientEnv(vec![
+        ("CLUSTER_ENDPOINT", name.into()),
+        ("REGION", endpoint.region().into()),
+        ("DB_HOST", ip.clone().into()),
+        ("DB_PORT", port.into()),
+        ("PGHOST", name.into()),
+        ("PGHOSTADDR", ip.into()),
+        ("PGPORT", port.into()),
+        ("PGUSER", "admin".into()),
+        ("PGDATABASE", "postgres".into()),
+        ("PGSSLMODE", "verify-full".into()),
+        ("PGSSLROOTCERT", ca.into()),
+        ("DSQL_JDBC_URL", jdbc_url.into()),
+        ("AWS_ACCESS_KEY_ID", endpoint.access_key_id().into()),
+        ("AWS_SECRET_ACCESS_KEY", endpoint.secret_access_key().into()),
+    ])
+}
+
+/// The exports as `--format` asks: one JSON object, or the shell lines `eval` or `.` takes.
+fn render(env: &ClientEnv, format: Format) -> anyhow::Result<String> {
+    if format == Format::Json {
+        return Ok(serde_json::to_string(env)? + "\n");
     }
+    let assignments: Vec<String> = env
+        .0
+        .iter()
+        .map(|(name, value)| match value {
+            Value::String(text) => format!("{name}={}", shell_quote(text)),
+            other => format!("{name}={other}"),
+        })
+        .collect();
+    Ok(format!(
+        "unset AWS_SESSION_TOKEN AWS_PROFILE\nexport {}\n",
+        assignments.join(" ")
+    ))
 }
 
 fn shell_quote(value: &str) -> String {
@@ -76,12 +119,14 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if !settings::is_host_name(&args.hostname)
-        || args.hostname.parse::<std::net::Ipv4Addr>().is_ok()
-    {
+    let hostname = match &args.hostname {
+        Some(name) => name.clone(),
+        None => crate::local::default_hostname(&args.region),
+    };
+    if !settings::is_host_name(&hostname) || hostname.parse::<std::net::Ipv4Addr>().is_ok() {
         return Err(ConfigError(format!(
             "--hostname {} is not a DNS host name (clients send it as TLS SNI, which an IP address cannot be); give one such as localhost or db.example.test",
-            settings::shown(&args.hostname)
+            settings::shown(&hostname)
         ))
         .into());
     }
@@ -94,6 +139,11 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // Judged before the (slow) start, written once the endpoint accepts connections.
+    let env_file = match &args.env_file {
+        Some(path) => Some(files::PrivateFile::at(path, "--env-file")?),
+        None => None,
+    };
     let data_dir = match &args.data_dir {
         Some(dir) => Some(dir.clone()),
         None if args.persist => Some(files::default_data_dir()?),
@@ -113,7 +163,7 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
     let starting = LocalEndpoint::start(EndpointOptions {
         listen,
         data_dir,
-        hostname: args.hostname.clone(),
+        hostname,
         region: args.region.clone(),
         access_key_id: args.access_key_id.clone(),
         secret_access_key,
@@ -130,36 +180,34 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         started = starting => started?,
         _ = stop.recv() => return Ok(()),
     };
-    let env = client_env(&endpoint);
-    let mut stdout = std::io::stdout().lock();
-    if out.format == Format::Json {
-        serde_json::to_writer(&mut stdout, &env)?;
-        writeln!(stdout)?;
-    } else {
-        writeln!(stdout, "unset AWS_SESSION_TOKEN AWS_PROFILE")?;
-        writeln!(
-            stdout,
-            "export CLUSTER_ENDPOINT={} REGION={} DB_HOST={} DB_PORT={} PGSSLROOTCERT={} AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
-            shell_quote(env.endpoint),
-            shell_quote(env.region),
-            shell_quote(&env.host),
-            env.port,
-            shell_quote(&env.ca),
-            shell_quote(env.access_key_id),
-            shell_quote(env.secret_access_key),
-        )?;
-    }
-    stdout.flush()?;
-    drop(stdout);
+    let exports = render(&client_env(&endpoint), out.format)?;
+    let env_file = match env_file {
+        Some(file) => Some(file.write(exports.as_bytes())?),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(exports.as_bytes())?;
+            stdout.flush()?;
+            None
+        }
+    };
     if !out.quiet {
+        let exports_in = match &args.env_file {
+            Some(path) => format!(", exports in {}", path.display()),
+            None => String::new(),
+        };
         crate::exit::diag!(
-            "dsql-pgx local: serving {} on {} (data in {}); Ctrl-C or SIGTERM stops it",
+            "dsql-pgx local: serving {} on {} (data in {}{exports_in}); Ctrl-C or SIGTERM stops it",
             endpoint.hostname(),
             endpoint.local_addr(),
             endpoint.data_dir().display()
         );
     }
     let stopped = wait_for_stop(&endpoint, &mut stop).await;
+    // The exports name an endpoint that is going away: a script waiting for the file
+    // next time must not find this one.
+    if let Some(file) = env_file {
+        file.remove();
+    }
     endpoint.shutdown().await?;
     stopped
 }

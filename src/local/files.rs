@@ -15,8 +15,10 @@
 //! it; the lock, `credentials`, `ca.key` and `postgres.log` 0600, `ca.pem` and
 //! `pg_hba.conf` 0644, all ours; `pgdata/` 0700, the only thing `postgres` owns.
 //!
-//! This module also finds the default data directory of `local --persist` and sweeps the
-//! temporary directories of runs that died (SIGKILL) without removing theirs.
+//! This module also finds the default data directory of `local --persist`, sweeps the
+//! temporary directories of runs that died (SIGKILL) without removing theirs, and writes
+//! `local --env-file` ([`PrivateFile`]): 0600, atomically, in a directory nobody else can
+//! change.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
@@ -193,6 +195,18 @@ fn lstat(path: &Path) -> anyhow::Result<FileStat> {
     nix::sys::stat::lstat(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Who other than root and `me` can change the entries of the directory (or link) `st`:
+/// its owner, or others when group or others may write it and it is not sticky (in a
+/// sticky directory, as /tmp is, nobody else can rename or replace our entries).
+fn changeable_by(st: &FileStat, me: u32) -> Option<&'static str> {
+    let mode = permissions(st);
+    if st.st_uid != 0 && st.st_uid != me {
+        return Some("its owner");
+    }
+    let link = is_kind(st, SFlag::S_IFLNK);
+    (!link && mode & 0o022 != 0 && mode & 0o1000 == 0).then_some("others")
+}
+
 /// Refuses a data dir below a directory (or a link) that someone other than root or us could
 /// change: they could move the data dir away and put their own in its place between two of
 /// our path-based steps (PostgreSQL's `-D`, its socket, `hba_file`). A directory others may
@@ -216,18 +230,13 @@ fn check_ancestors(path: &Path) -> anyhow::Result<()> {
             nix::sys::stat::lstat(dir)
         }
         .with_context(|| format!("reading {}", dir.display()))?;
-        let mode = permissions(&st);
-        let trusted_owner = st.st_uid == 0 || st.st_uid == me;
-        let link = is_kind(&st, SFlag::S_IFLNK);
-        let open_to_others = !link && mode & 0o022 != 0 && mode & 0o1000 == 0;
-        if !trusted_owner || open_to_others {
+        if let Some(who) = changeable_by(&st, me) {
             return Err(ConfigError(format!(
-                "--data-dir {}: {} (owner {}, mode {:o}) can be changed by {}, who could swap the data dir; choose a data dir whose parent directories only you or root can change",
+                "--data-dir {}: {} (owner {}, mode {:o}) can be changed by {who}, who could swap the data dir; choose a data dir whose parent directories only you or root can change",
                 path.display(),
                 dir.display(),
                 user_name(st.st_uid),
-                mode,
-                if trusted_owner { "others" } else { "its owner" },
+                permissions(&st),
             ))
             .into());
         }
@@ -363,6 +372,17 @@ impl Dir {
         mode: u32,
         owner: Option<(Uid, Gid)>,
     ) -> anyhow::Result<()> {
+        self.write_file(name, contents, mode, owner).map(drop)
+    }
+
+    /// [`Dir::write`], returning the written file's device and inode numbers.
+    fn write_file(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<(Uid, Gid)>,
+    ) -> anyhow::Result<(u64, u64)> {
         let path = self.path.join(name);
         let tmp = format!(".{name}.{:016x}.tmp", rand::rng().random::<u64>());
         let fd = openat(
@@ -373,14 +393,16 @@ impl Dir {
         )
         .with_context(|| format!("creating {}", self.path.join(&tmp).display()))?;
         let mut file = File::from(fd);
-        let written = (|| -> anyhow::Result<()> {
+        let written = (|| -> anyhow::Result<(u64, u64)> {
             fchmod(&file, Mode::from_bits_truncate(mode)).context("chmod")?;
             if let Some((uid, gid)) = owner {
                 fchown(&file, Some(uid), Some(gid)).context("chown")?;
             }
             file.write_all(contents).context("write")?;
+            let st = fstat(&file).context("stat")?;
             renameat(&self.fd, tmp.as_str(), &self.fd, name).context("rename")?;
-            Ok(())
+            #[allow(clippy::useless_conversion)] // dev_t and ino_t are not u64 everywhere
+            Ok((u64::from(st.st_dev), u64::from(st.st_ino)))
         })();
         if written.is_err() {
             let _ = unlinkat(&self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -467,6 +489,109 @@ impl Dir {
             }
         }
         Ok(Dir { fd, path })
+    }
+}
+
+/// Where [`PrivateFile::write`] puts a file (`local --env-file`): its directory, opened and
+/// judged before anything is written, and its name there.
+#[derive(Debug)]
+pub struct PrivateFile {
+    dir: Dir,
+    name: String,
+    flag: &'static str,
+}
+
+/// A file [`PrivateFile::write`] wrote, removed again by [`WrittenFile::remove`] only while
+/// it is still the file written.
+#[derive(Debug)]
+pub struct WrittenFile {
+    dir: Dir,
+    name: String,
+    id: (u64, u64),
+}
+
+impl PrivateFile {
+    /// Opens the directory of `path` (named by `flag`) for a file only we may read.
+    ///
+    /// Refused (exit 2): a directory that is not ours or root's, or that group or others
+    /// may write unless it is sticky (as /tmp is, where nobody else can rename or replace
+    /// our file); a `path` without a file name.
+    pub fn at(path: &Path, flag: &'static str) -> anyhow::Result<PrivateFile> {
+        let shown = path.display();
+        let name = path.file_name().and_then(OsStr::to_str).ok_or_else(|| {
+            ConfigError(format!("{flag} {shown} does not name a file (in UTF-8)"))
+        })?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let fd = nix::fcntl::open(
+            parent,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            ConfigError(format!(
+                "{flag} {shown}: cannot open its directory {} ({})",
+                parent.display(),
+                e.desc()
+            ))
+        })?;
+        let st = fstat(&fd).with_context(|| format!("reading {}", parent.display()))?;
+        if let Some(who) = changeable_by(&st, geteuid().as_raw()) {
+            return Err(ConfigError(format!(
+                "{flag} {shown}: its directory {} (owner {}, mode {:o}) can be changed by {who}, who could replace the file; choose a directory only you or root can change, or a sticky one such as /tmp",
+                parent.display(),
+                user_name(st.st_uid),
+                permissions(&st),
+            ))
+            .into());
+        }
+        Ok(PrivateFile {
+            dir: Dir {
+                fd,
+                path: parent.to_path_buf(),
+            },
+            name: name.to_owned(),
+            flag,
+        })
+    }
+
+    /// Writes `contents`, readable and writable by us alone (0600), atomically: to a fresh
+    /// name in the same directory (`O_CREAT | O_EXCL`, no link followed), then renamed
+    /// into place, so a reader sees nothing or all of it, and a link there is replaced,
+    /// never followed.
+    pub fn write(self, contents: &[u8]) -> anyhow::Result<WrittenFile> {
+        let id = self
+            .dir
+            .write_file(&self.name, contents, 0o600, None)
+            .with_context(|| {
+                format!("{} {}", self.flag, self.dir.path.join(&self.name).display())
+            })?;
+        Ok(WrittenFile {
+            dir: self.dir,
+            name: self.name,
+            id,
+        })
+    }
+}
+
+impl WrittenFile {
+    /// Removes the file, unless another file has taken its name since it was written (a
+    /// different device or inode: a second `local` with the same `--env-file` renamed its
+    /// own over it). Only we or root can change the directory, or it is sticky, so nobody
+    /// else can delete and re-create the name to reuse the inode.
+    pub fn remove(self) {
+        #[allow(clippy::useless_conversion)] // dev_t and ino_t are not u64 everywhere
+        let ours = fstatat(
+            &self.dir.fd,
+            self.name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| (u64::from(st.st_dev), u64::from(st.st_ino)) == self.id);
+        if ours {
+            let _ = unlinkat(&self.dir.fd, self.name.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
     }
 }
 
@@ -716,6 +841,42 @@ mod tests {
             "not a configuration error: {err:#}"
         );
         err.to_string()
+    }
+
+    #[test]
+    fn a_private_file_goes_in_a_sticky_directory_and_is_removed_only_while_it_is_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let path = tmp.path().join("env");
+        let written = PrivateFile::at(&path, "--env-file")
+            .unwrap()
+            .write(b"export A=1\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "export A=1\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+        // Replaced since, as a second local with the same --env-file does (a new file
+        // renamed over it): not ours to remove.
+        let theirs = tmp.path().join("theirs");
+        std::fs::write(&theirs, "theirs").unwrap();
+        std::fs::rename(&theirs, &path).unwrap();
+        written.remove();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs");
+        let written = PrivateFile::at(&path, "--env-file")
+            .unwrap()
+            .write(b"again")
+            .unwrap();
+        written.remove();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_private_file_in_a_directory_others_may_write_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        let err = refusal(PrivateFile::at(&tmp.path().join("env"), "--env-file").unwrap_err());
+        assert!(err.contains("mode 770) can be changed by others"), "{err}");
+        let err = refusal(PrivateFile::at(Path::new("/"), "--env-file").unwrap_err());
+        assert!(err.contains("does not name a file"), "{err}");
     }
 
     #[test]

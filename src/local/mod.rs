@@ -4,7 +4,8 @@
 //! - [`certs`]: a local CA and server certificates.
 //! - [`clock`]: the time source of every decision the endpoint makes (a manual one for tests).
 //! - `files`: the data directory and its state files, opened so nobody else can redirect
-//!   them; the default `--persist` directory; sweeping temporary directories left behind.
+//!   them; the default `--persist` directory; sweeping temporary directories left behind;
+//!   the private, atomically written `--env-file`.
 //! - [`verify`]: SigV4 auth-token verification.
 //! - [`postgres`]: the private PostgreSQL server.
 //! - [`proxy`]: the endpoint ([`LocalEndpoint`]); per-connection work lives in `session`,
@@ -23,5 +24,5 @@ pub mod wire;
 
 pub use clock::{Clock, ManualClock};
 pub use postgres::{PgOptions, PgServer, PostgresNotFound, TcpTls, find_bin_dir};
-pub use proxy::{EndpointOptions, Limits, LocalEndpoint};
+pub use proxy::{EndpointOptions, LOCAL_CLUSTER_ID, Limits, LocalEndpoint, default_hostname};
 pub use verify::{TokenVerifier, VerifyError};

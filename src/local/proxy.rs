@@ -52,6 +52,18 @@ const FD_RESERVE: u64 = 64;
 /// Name prefix of temporary data directories (in the system's temporary directory).
 const TEMP_PREFIX: &str = "dsql-pgx-local-";
 
+/// The cluster id of `dsql-pgx local`'s default hostname ([`default_hostname`]): 26
+/// characters of `[a-z0-9]`, as a DSQL cluster id is.
+pub const LOCAL_CLUSTER_ID: &str = "dsqlpgxlocal00000000000000";
+
+/// The default hostname of `dsql-pgx local` in `region`:
+/// `dsqlpgxlocal00000000000000.dsql.<region>.on.aws`, shaped like a DSQL endpoint, so that
+/// AWS's connectors and ORM dialects, which expand a name without a dot into
+/// `<name>.dsql.<region>.on.aws`, take it as it is and read the region from it.
+pub fn default_hostname(region: &str) -> String {
+    format!("{LOCAL_CLUSTER_ID}.dsql.{region}.on.aws")
+}
+
 /// How to start a [`LocalEndpoint`].
 #[derive(Clone)]
 pub struct EndpointOptions {
@@ -59,7 +71,9 @@ pub struct EndpointOptions {
     pub listen: SocketAddr,
     /// State directory; `None` uses a fresh temporary directory removed on shutdown.
     pub data_dir: Option<PathBuf>,
-    /// Hostname tokens must be signed for (and the certificate names).
+    /// Hostname tokens must be signed for (and the certificate names). The default is
+    /// `localhost`, which only dsql-pgx's own clients and libpq take; `dsql-pgx local` uses
+    /// [`default_hostname`], which AWS's connectors take too.
     pub hostname: String,
     /// Region tokens must be signed for.
     pub region: String,

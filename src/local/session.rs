@@ -507,6 +507,23 @@ where
     }
 }
 
+/// The refusal of a TLS connection without SNI: clients send none when they connect by IP
+/// address, and some (pgJDBC, Java's TLS) also for a name without a dot such as
+/// `localhost`, so the message names both causes and the endpoint's own name.
+fn no_sni_message(hostname: &str) -> String {
+    let name = wire::escape_for_message(hostname);
+    let cause = "TLS server name indication (SNI) is required and this client sent none, as clients do for an IP address (and pgJDBC for a name without a dot, such as localhost)";
+    if hostname.contains('.') {
+        format!(
+            "{cause}: connect by the name {name} (libpq: host={name} hostaddr=<its IP address>, as PGHOST and PGHOSTADDR from dsql-pgx local)"
+        )
+    } else {
+        format!(
+            "{cause}: connect by the name {name}, or, for a client that sends no SNI for it, run dsql-pgx local with a --hostname that has a dot (its default does)"
+        )
+    }
+}
+
 async fn send_fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &str) {
     let _ = w.write_all(&wire::fatal(code, message)).await;
     let _ = w.flush().await;
@@ -621,7 +638,7 @@ async fn establish(
         send_fatal(
             &mut tls,
             "08P01",
-            "TLS server name indication (SNI) is required: connect with the cluster's hostname, not an IP address",
+            &no_sni_message(shared.verifier.hostname()),
         )
         .await;
         return Ok(None);

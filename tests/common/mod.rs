@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod dsql;
 
 use std::future::Future;
