@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_postgres::error::SqlState;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -452,10 +453,10 @@ pub(crate) async fn serve(
 async fn ending(clock: &Clock, deadline: Instant, shutdown: &mut watch::Receiver<bool>) -> Vec<u8> {
     tokio::select! {
         () = clock.sleep_until(deadline) => {
-            wire::fatal("57P01", "terminating connection: it reached its maximum age")
+            wire::fatal(SqlState::ADMIN_SHUTDOWN.code(), "terminating connection: it reached its maximum age")
         }
         () = shutdown_signaled(shutdown) => {
-            wire::fatal("57P01", "terminating connection due to administrator command")
+            wire::fatal(SqlState::ADMIN_SHUTDOWN.code(), "terminating connection due to administrator command")
         }
     }
 }
@@ -585,11 +586,21 @@ async fn establish(
                 }
                 Ok(FirstPacket::Startup(_)) => {
                     tracing::debug!(%peer, "plaintext connection refused");
-                    send_fatal(&mut tcp, "08P01", "SSL/TLS required").await;
+                    send_fatal(
+                        &mut tcp,
+                        SqlState::PROTOCOL_VIOLATION.code(),
+                        "SSL/TLS required",
+                    )
+                    .await;
                     return Ok(None);
                 }
                 Err(e) => {
-                    send_fatal(&mut tcp, "08P01", &e.to_string()).await;
+                    send_fatal(
+                        &mut tcp,
+                        SqlState::PROTOCOL_VIOLATION.code(),
+                        &e.to_string(),
+                    )
+                    .await;
                     return Ok(None);
                 }
             }
@@ -606,7 +617,7 @@ async fn establish(
     if direct && !alpn_ok {
         send_fatal(
             &mut tls,
-            "08P01",
+            SqlState::PROTOCOL_VIOLATION.code(),
             "received direct SSL connection request without ALPN protocol negotiation extension",
         )
         .await;
@@ -620,16 +631,26 @@ async fn establish(
             return Ok(None);
         }
         Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => {
-            send_fatal(&mut tls, "08P01", "encryption requested twice").await;
+            send_fatal(
+                &mut tls,
+                SqlState::PROTOCOL_VIOLATION.code(),
+                "encryption requested twice",
+            )
+            .await;
             return Ok(None);
         }
         Err(e) => {
-            send_fatal(&mut tls, "08P01", &e.to_string()).await;
+            send_fatal(
+                &mut tls,
+                SqlState::PROTOCOL_VIOLATION.code(),
+                &e.to_string(),
+            )
+            .await;
             return Ok(None);
         }
     };
     if shared.upstream_is_gone() {
-        send_fatal(&mut tls, "08006", UPSTREAM_GONE).await;
+        send_fatal(&mut tls, SqlState::CONNECTION_FAILURE.code(), UPSTREAM_GONE).await;
         return Ok(None);
     }
     // DSQL routes a connection by its TLS server name: without SNI there is no cluster.
@@ -637,7 +658,7 @@ async fn establish(
         tracing::debug!(%peer, "connection refused: no TLS server name (SNI)");
         send_fatal(
             &mut tls,
-            "08P01",
+            SqlState::PROTOCOL_VIOLATION.code(),
             &no_sni_message(shared.verifier.hostname()),
         )
         .await;
@@ -648,13 +669,13 @@ async fn establish(
             "setting configuration parameter \"{}\" not supported",
             wire::escape_for_message(name)
         );
-        send_fatal(&mut tls, "0A000", &msg).await;
+        send_fatal(&mut tls, SqlState::FEATURE_NOT_SUPPORTED.code(), &msg).await;
         return Ok(None);
     }
     let Some(user) = startup.user().map(str::to_owned) else {
         send_fatal(
             &mut tls,
-            "28000",
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
             "no PostgreSQL user name specified in startup packet",
         )
         .await;
@@ -665,7 +686,7 @@ async fn establish(
             "database \"{}\" does not exist",
             wire::escape_for_message(startup.database())
         );
-        send_fatal(&mut tls, "3D000", &msg).await;
+        send_fatal(&mut tls, SqlState::INVALID_CATALOG_NAME.code(), &msg).await;
         return Ok(None);
     }
     tls.write_all(&wire::auth_cleartext_request()).await?;
@@ -674,12 +695,22 @@ async fn establish(
         Ok((tag, body)) => match wire::parse_password(tag, &body) {
             Ok(p) => p.to_owned(),
             Err(e) => {
-                send_fatal(&mut tls, "08P01", &e.to_string()).await;
+                send_fatal(
+                    &mut tls,
+                    SqlState::PROTOCOL_VIOLATION.code(),
+                    &e.to_string(),
+                )
+                .await;
                 return Ok(None);
             }
         },
         Err(e) => {
-            send_fatal(&mut tls, "08P01", &e.to_string()).await;
+            send_fatal(
+                &mut tls,
+                SqlState::PROTOCOL_VIOLATION.code(),
+                &e.to_string(),
+            )
+            .await;
             return Ok(None);
         }
     };
@@ -691,7 +722,12 @@ async fn establish(
     {
         tracing::warn!(%peer, user = %shown_user, %reason, "IAM authentication failed");
         let msg = format!("IAM authentication failed for user \"{shown_user}\"");
-        send_fatal(&mut tls, "28000", &msg).await;
+        send_fatal(
+            &mut tls,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
+            &msg,
+        )
+        .await;
         return Ok(None);
     }
     drop(password);
@@ -700,7 +736,12 @@ async fn establish(
     if user == INTERNAL_SUPERUSER {
         tracing::warn!(%peer, user = %shown_user, "login as the internal superuser refused");
         let msg = format!("role \"{shown_user}\" does not exist");
-        send_fatal(&mut tls, "28000", &msg).await;
+        send_fatal(
+            &mut tls,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
+            &msg,
+        )
+        .await;
         return Ok(None);
     }
     // Only a client whose token verified spends the connection rate and a slot.
@@ -709,7 +750,7 @@ async fn establish(
         tracing::info!(%peer, "connection refused: rate exceeded");
         send_fatal(
             &mut tls,
-            "53400",
+            SqlState::CONFIGURATION_LIMIT_EXCEEDED.code(),
             "Unable to accept connection, rate exceeded.",
         )
         .await;
@@ -719,7 +760,7 @@ async fn establish(
         tracing::info!(%peer, "connection refused: too many open connections");
         send_fatal(
             &mut tls,
-            "53300",
+            SqlState::TOO_MANY_CONNECTIONS.code(),
             "Unable to accept connection, too many open connections.",
         )
         .await;
@@ -730,7 +771,7 @@ async fn establish(
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::error!(%peer, "cannot reach the private PostgreSQL: {e}");
-            send_fatal(&mut tls, "08006", UPSTREAM_GONE).await;
+            send_fatal(&mut tls, SqlState::CONNECTION_FAILURE.code(), UPSTREAM_GONE).await;
             return Ok(None);
         }
     };
@@ -772,7 +813,7 @@ where
         if tag == b'R' && body.get(..4) != Some(&[0, 0, 0, 0][..]) {
             send_fatal(
                 client,
-                "08006",
+                SqlState::CONNECTION_FAILURE.code(),
                 "unexpected authentication request from the database",
             )
             .await;
@@ -870,7 +911,10 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(out.len(), 15);
-        let err = wire::fatal("28000", "role \"x\" does not exist");
+        let err = wire::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
+            "role \"x\" does not exist",
+        );
         let mut out = Vec::new();
         assert!(
             !relay_until_ready(&mut err.as_slice(), &mut out, &mut key)
@@ -1004,7 +1048,7 @@ mod tests {
         let (mut client_end, mut client) = tokio::io::duplex(1 << 20);
         let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
         let fatal = wire::fatal(
-            "57P01",
+            SqlState::ADMIN_SHUTDOWN.code(),
             "terminating connection: it reached its maximum age",
         );
         let ending = {
