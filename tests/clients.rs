@@ -151,12 +151,11 @@ async fn env_file_is_private_atomic_and_removed_on_exit() {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
     let mut child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    while !std::fs::symlink_metadata(&path).unwrap().is_file() {
-        assert!(std::time::Instant::now() < deadline, "no env file");
+    common::eventually("the env file", std::time::Duration::from_secs(90), || {
         assert!(child.try_wait().unwrap().is_none(), "local exited");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        std::future::ready(std::fs::symlink_metadata(&path).unwrap().is_file())
+    })
+    .await;
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
     assert_eq!(mode(&path), 0o600);
     let meta = std::fs::metadata(&path).unwrap();
