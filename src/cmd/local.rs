@@ -122,6 +122,7 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
             rate_per_sec: args.rate,
             burst: args.burst,
         },
+        ..EndpointOptions::default()
     });
     // A signal during the start drops it: PostgreSQL is stopped, a temporary dir removed.
     let endpoint = tokio::select! {

@@ -6,10 +6,13 @@
 //!   them; the default `--persist` directory; sweeping temporary directories left behind.
 //! - [`verify`]: SigV4 auth-token verification.
 //! - [`postgres`]: the private PostgreSQL server.
+//! - `dialect`: DSQL's SQL — statements classified with PostgreSQL's parser and refused
+//!   as DSQL refuses them ([`Dialect`]).
 //! - [`proxy`]: the endpoint ([`LocalEndpoint`]); per-connection work lives in `session`,
 //!   the wire-protocol pieces in [`wire`].
 
 pub mod certs;
+mod dialect;
 pub(crate) mod files;
 pub mod postgres;
 pub mod proxy;
@@ -17,6 +20,7 @@ mod session;
 pub mod verify;
 pub mod wire;
 
+pub use dialect::Dialect;
 pub use postgres::{PgOptions, PgServer, PostgresNotFound, TcpTls, find_bin_dir};
 pub use proxy::{EndpointOptions, Limits, LocalEndpoint};
 pub use verify::{TokenVerifier, VerifyError};

@@ -27,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
+use super::dialect::{Classifier, Dialect};
 use super::files::{self, Dir};
 use super::postgres::{
     DEFAULT_UNIX_PORT, MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir,
@@ -67,6 +68,8 @@ pub struct EndpointOptions {
     pub secret_access_key: Option<String>,
     /// Connection limits.
     pub limits: Limits,
+    /// The SQL dialect spoken behind IAM (default: DSQL's).
+    pub dialect: Dialect,
 }
 
 impl Default for EndpointOptions {
@@ -79,6 +82,7 @@ impl Default for EndpointOptions {
             access_key_id: None,
             secret_access_key: None,
             limits: Limits::default(),
+            dialect: Dialect::default(),
         }
     }
 }
@@ -96,6 +100,7 @@ impl fmt::Debug for EndpointOptions {
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
             )
             .field("limits", &self.limits)
+            .field("dialect", &self.dialect)
             .finish()
     }
 }
@@ -411,13 +416,18 @@ impl LocalEndpoint {
             secret_access_key.clone(),
             None,
         );
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             verifier,
             TlsAcceptor::from(Arc::new(tls)),
             pg.upstream()
                 .context("the private PostgreSQL is not running")?,
             limits,
-        ));
+        );
+        if opts.dialect == Dialect::Dsql {
+            let classifier = Classifier::start().context("starting the SQL parser threads")?;
+            shared = shared.with_dialect(classifier);
+        }
+        let shared = Arc::new(shared);
         let (stop, stop_rx) = watch::channel(false);
         let (failed_tx, failed) = watch::channel(false);
         let monitor_task = tokio::spawn(watch_postgres(pg.exited(), shared.clone(), failed_tx));

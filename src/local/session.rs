@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::dialect::{self, Classifier};
 use super::postgres::{INTERNAL_SUPERUSER, Upstream};
 use super::verify::TokenVerifier;
 use super::wire::{self, Boundaries, FirstPacket, Startup};
@@ -215,6 +216,8 @@ pub(crate) struct Shared {
     /// BackendKeyData (process id, secret key) of every open relayed connection.
     backend_keys: Mutex<HashSet<[u8; 8]>>,
     upstream_failed: AtomicBool,
+    /// DSQL's dialect; `None` relays statements as they are.
+    classifier: Option<Arc<Classifier>>,
 }
 
 impl Shared {
@@ -239,7 +242,14 @@ impl Shared {
             cancels_in_flight: Semaphore::new(MAX_CANCELS_IN_FLIGHT),
             backend_keys: Mutex::new(HashSet::new()),
             upstream_failed: AtomicBool::new(false),
+            classifier: None,
         }
+    }
+
+    /// Speaks DSQL's dialect with `classifier`.
+    pub(crate) fn with_dialect(mut self, classifier: Classifier) -> Self {
+        self.classifier = Some(Arc::new(classifier));
+        self
     }
 
     /// A handshake slot for a new socket. When all are taken, the oldest handshake in
@@ -417,8 +427,23 @@ pub(crate) async fn serve(
     // When the client leaves, PostgreSQL is told (its read side ends) and the relay goes on
     // until PostgreSQL closes: until then its backend lives, may still be cancelled (its key
     // stays registered) and holds its connection slot.
+    let refusals = dialect::relay::Refusals::new();
+    let mut filter = shared
+        .classifier
+        .as_ref()
+        .map(|_| dialect::relay::ResponseFilter::new(refusals.clone()));
     let client_to_upstream = async {
-        if let Err(e) = tokio::io::copy(&mut from_client, &mut to_upstream).await {
+        let relayed = match &shared.classifier {
+            Some(c) => {
+                let mut side = dialect::relay::ClientSide::new(c.clone(), refusals.clone());
+                dialect::relay::relay_from_client(&mut from_client, &mut to_upstream, &mut side)
+                    .await
+            }
+            None => tokio::io::copy(&mut from_client, &mut to_upstream)
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = relayed {
             tracing::debug!(%peer, "client connection closed: {e}");
         }
         let _ = to_upstream.shutdown().await;
@@ -426,7 +451,7 @@ pub(crate) async fn serve(
     };
     let relayed = tokio::select! {
         () = client_to_upstream => unreachable!("pending forever"),
-        r = relay_to_client(&mut from_upstream, &mut to_client, ending(deadline, &mut shutdown)) => r,
+        r = relay_to_client(&mut from_upstream, &mut to_client, ending(deadline, &mut shutdown), filter.as_mut()) => r,
         () = hard_stop => {
             tracing::debug!(%peer, "no message boundary within {BOUNDARY_WAIT:?}: closed without a FATAL");
             Ok(())
@@ -464,6 +489,7 @@ async fn relay_to_client<U, C>(
     upstream: &mut U,
     client: &mut C,
     ending: impl Future<Output = Vec<u8>>,
+    mut filter: Option<&mut dialect::relay::ResponseFilter>,
 ) -> io::Result<()>
 where
     U: AsyncRead + Unpin,
@@ -472,6 +498,7 @@ where
     let mut buf = vec![0u8; RELAY_BUFFER];
     let mut boundaries = Boundaries::default();
     let mut fatal: Option<Vec<u8>> = None;
+    let mut filtered = Vec::new();
     tokio::pin!(ending);
     loop {
         if let Some(msg) = &fatal
@@ -498,7 +525,14 @@ where
             return client.shutdown().await;
         }
         let upto = boundaries.advance(&buf[..n], fatal.is_some()).unwrap_or(n);
-        client.write_all(&buf[..upto]).await?;
+        match filter.as_deref_mut() {
+            Some(f) => {
+                filtered.clear();
+                f.feed(&buf[..upto], &mut filtered);
+                client.write_all(&filtered).await?;
+            }
+            None => client.write_all(&buf[..upto]).await?,
+        }
         client.flush().await?;
     }
 }
@@ -992,7 +1026,9 @@ mod tests {
             }
         };
         let relay =
-            tokio::spawn(async move { relay_to_client(&mut upstream, &mut client, ending).await });
+            tokio::spawn(
+                async move { relay_to_client(&mut upstream, &mut client, ending, None).await },
+            );
         let first = data_row(100);
         let second = data_row(3000);
         pg.write_all(&first).await.unwrap();
@@ -1019,7 +1055,7 @@ mod tests {
         let (mut pg, mut upstream) = tokio::io::duplex(64);
         let (mut client_end, mut client) = tokio::io::duplex(64);
         let relay = tokio::spawn(async move {
-            relay_to_client(&mut upstream, &mut client, std::future::pending()).await
+            relay_to_client(&mut upstream, &mut client, std::future::pending(), None).await
         });
         let mut stream = Vec::new();
         for len in [0, 1, 700, 5, 70_000] {

@@ -268,12 +268,26 @@ impl TestEndpoint {
 
     /// Starts an endpoint with the given limits.
     pub async fn start_with(limits: Limits) -> TestEndpoint {
-        let endpoint = LocalEndpoint::start(EndpointOptions {
+        Self::start_opts(EndpointOptions {
             limits,
             ..EndpointOptions::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("starting the local endpoint failed: {e:#}"));
+    }
+
+    /// Starts an endpoint that speaks `dialect`.
+    pub async fn start_dialect(dialect: dsql_pgx::local::Dialect) -> TestEndpoint {
+        Self::start_opts(EndpointOptions {
+            dialect,
+            ..EndpointOptions::default()
+        })
+        .await
+    }
+
+    async fn start_opts(opts: EndpointOptions) -> TestEndpoint {
+        let endpoint = LocalEndpoint::start(opts)
+            .await
+            .unwrap_or_else(|e| panic!("starting the local endpoint failed: {e:#}"));
         let ca_pem = std::fs::read_to_string(endpoint.ca_path()).expect("reading ca.pem");
         TestEndpoint {
             endpoint: Some(endpoint),
