@@ -514,3 +514,84 @@ async fn local_answers_like_dsql() {
         "the table should tell DSQL from PostgreSQL"
     );
 }
+
+fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+/// The extended protocol: a refused statement fails at Parse (the prepare), a rule broken at
+/// Execute fails there, and everything up to Sync is skipped, as PostgreSQL does.
+#[tokio::test]
+async fn extended_protocol_refusals_fail_where_postgres_would() {
+    let ep = TestEndpoint::start().await;
+    let mut client = ep.connect("admin").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE e (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let err = client.prepare("TRUNCATE e").await.unwrap_err();
+    assert_eq!(
+        db_error(&err),
+        ("0A000".into(), "unsupported statement: Truncate".into())
+    );
+    // The connection goes on.
+    assert_eq!(
+        client
+            .execute("INSERT INTO e VALUES ($1)", &[&1i32])
+            .await
+            .unwrap(),
+        1
+    );
+    // A second DDL fails at its Execute; the transaction is failed; COMMIT rolls back.
+    let tx = client.transaction().await.unwrap();
+    tx.execute("CREATE TABLE e2 (id int PRIMARY KEY)", &[])
+        .await
+        .unwrap();
+    let err = tx
+        .execute("CREATE TABLE e3 (id int PRIMARY KEY)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        db_error(&err),
+        (
+            "0A000".into(),
+            "multiple ddl statements not supported in a transaction".into()
+        )
+    );
+    let err = tx.execute("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "25P02");
+    tx.commit().await.unwrap();
+    let err = client.execute("SELECT * FROM e2", &[]).await.unwrap_err();
+    assert_eq!(
+        db_error(&err).0,
+        "42P01",
+        "the failed transaction left nothing"
+    );
+    // DML then DDL in one transaction, all in the extended protocol.
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO e VALUES (2)", &[]).await.unwrap();
+    let err = tx
+        .execute("ALTER TABLE e ADD COLUMN v text", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        db_error(&err).1,
+        "ddl and dml are not supported in the same transaction"
+    );
+    tx.rollback().await.unwrap();
+    // Prepared once, refused each time its rule is broken, fine otherwise.
+    let ddl = client
+        .prepare("CREATE TABLE IF NOT EXISTS e4 (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    client.execute(&ddl, &[]).await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO e VALUES (3)", &[]).await.unwrap();
+    assert!(tx.execute(&ddl, &[]).await.is_err());
+    tx.rollback().await.unwrap();
+    assert_eq!(client.execute("SELECT 1", &[]).await.unwrap(), 1);
+    ep.stop().await;
+}

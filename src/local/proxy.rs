@@ -70,6 +70,9 @@ pub struct EndpointOptions {
     pub limits: Limits,
     /// The SQL dialect spoken behind IAM (default: DSQL's).
     pub dialect: Dialect,
+    /// DSQL's transaction age limit (default 5 minutes): the next statement of a transaction
+    /// older than this fails with 54000.
+    pub max_transaction_age: Duration,
 }
 
 impl Default for EndpointOptions {
@@ -83,6 +86,7 @@ impl Default for EndpointOptions {
             secret_access_key: None,
             limits: Limits::default(),
             dialect: Dialect::default(),
+            max_transaction_age: Duration::from_secs(300),
         }
     }
 }
@@ -101,6 +105,7 @@ impl fmt::Debug for EndpointOptions {
             )
             .field("limits", &self.limits)
             .field("dialect", &self.dialect)
+            .field("max_transaction_age", &self.max_transaction_age)
             .finish()
     }
 }
@@ -425,7 +430,7 @@ impl LocalEndpoint {
         );
         if opts.dialect == Dialect::Dsql {
             let classifier = Classifier::start().context("starting the SQL parser threads")?;
-            shared = shared.with_dialect(classifier);
+            shared = shared.with_dialect(classifier, opts.max_transaction_age);
         }
         let shared = Arc::new(shared);
         let (stop, stop_rx) = watch::channel(false);

@@ -218,6 +218,8 @@ pub(crate) struct Shared {
     upstream_failed: AtomicBool,
     /// DSQL's dialect; `None` relays statements as they are.
     classifier: Option<Arc<Classifier>>,
+    /// DSQL's transaction age limit, with the dialect.
+    max_transaction_age: Duration,
 }
 
 impl Shared {
@@ -243,12 +245,19 @@ impl Shared {
             backend_keys: Mutex::new(HashSet::new()),
             upstream_failed: AtomicBool::new(false),
             classifier: None,
+            max_transaction_age: Duration::ZERO,
         }
     }
 
-    /// Speaks DSQL's dialect with `classifier`.
-    pub(crate) fn with_dialect(mut self, classifier: Classifier) -> Self {
+    /// Speaks DSQL's dialect with `classifier`; transactions last at most
+    /// `max_transaction_age`.
+    pub(crate) fn with_dialect(
+        mut self,
+        classifier: Classifier,
+        max_transaction_age: Duration,
+    ) -> Self {
         self.classifier = Some(Arc::new(classifier));
+        self.max_transaction_age = max_transaction_age;
         self
     }
 
@@ -435,7 +444,11 @@ pub(crate) async fn serve(
     let client_to_upstream = async {
         let relayed = match &shared.classifier {
             Some(c) => {
-                let mut side = dialect::relay::ClientSide::new(c.clone(), refusals.clone());
+                let mut side = dialect::relay::ClientSide::new(
+                    c.clone(),
+                    refusals.clone(),
+                    shared.max_transaction_age,
+                );
                 dialect::relay::relay_from_client(&mut from_client, &mut to_upstream, &mut side)
                     .await
             }

@@ -23,7 +23,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio::time::Instant;
 
 use super::parse::{Classified, Classifier};
 use super::rules::{FEATURE_NOT_SUPPORTED, Kind, Refusal};
@@ -36,15 +39,24 @@ pub(crate) const MAX_CLIENT_MESSAGE: usize = 10 << 20;
 const MAX_PENDING_REFUSALS: usize = 256;
 /// Largest ErrorResponse held back to be checked for a marker; larger ones pass as they are.
 const MAX_HELD_ERROR: usize = 64 * 1024;
+/// Rows one transaction may modify (DSQL: 3,000).
+pub(crate) const MAX_TRANSACTION_ROWS: u64 = 3000;
 /// The statement name a refusal at Execute is parsed under (never created: it fails).
 const REFUSAL_STATEMENT: &str = "dsql_pgx_refusal";
 
-/// Refusals handed to PostgreSQL as markers, shared by the two directions of a connection.
+/// What the two directions of a connection share: the refusals handed to PostgreSQL as
+/// markers, and the transaction's modified rows as PostgreSQL's command tags count them.
 #[derive(Debug)]
 pub(crate) struct Refusals {
     prefix: String,
     next: u64,
     pending: BTreeMap<u64, Refusal>,
+    /// Inside `BEGIN` (as the client side last saw it).
+    explicit: bool,
+    /// Rows modified in the transaction so far.
+    rows: u64,
+    /// The row limit failed the transaction, and PostgreSQL does not know it yet.
+    over_row_limit: bool,
 }
 
 impl Refusals {
@@ -55,6 +67,9 @@ impl Refusals {
             prefix: format!("dsql_pgx_refusal_{nonce:016x}_"),
             next: 0,
             pending: BTreeMap::new(),
+            explicit: false,
+            rows: 0,
+            over_row_limit: false,
         }))
     }
 
@@ -91,13 +106,20 @@ pub(crate) struct Transaction {
     pub(crate) ddl: bool,
     /// A DML statement ran in it.
     pub(crate) dml: bool,
+    /// When `BEGIN` ran.
+    pub(crate) started: Option<Instant>,
 }
 
 impl Transaction {
     /// Counts a statement of `kind`, or refuses it as DSQL does (§7).
     pub(crate) fn apply(&mut self, kind: Kind) -> Result<(), Refusal> {
         match kind {
-            Kind::Begin => self.explicit = true,
+            Kind::Begin => {
+                if !self.explicit {
+                    self.started = Some(Instant::now());
+                }
+                self.explicit = true;
+            }
             Kind::End => *self = Self::default(),
             Kind::Ddl if self.ddl => return Err(multiple_ddl()),
             Kind::Ddl | Kind::Dml if self.ddl || self.dml && kind == Kind::Ddl => {
@@ -141,6 +163,15 @@ pub(crate) struct ClientSide {
     statements: HashMap<Vec<u8>, Kind>,
     /// Portals: name → kind.
     portals: HashMap<Vec<u8>, Kind>,
+    /// DSQL's transaction age limit.
+    max_age: Duration,
+}
+
+fn aborted() -> Refusal {
+    Refusal::new(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
 }
 
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -159,14 +190,55 @@ fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 
 impl ClientSide {
     /// A connection's client side.
-    pub(crate) fn new(classifier: Arc<Classifier>, refusals: Arc<Mutex<Refusals>>) -> Self {
+    pub(crate) fn new(
+        classifier: Arc<Classifier>,
+        refusals: Arc<Mutex<Refusals>>,
+        max_age: Duration,
+    ) -> Self {
         Self {
             classifier,
             refusals,
             tx: Transaction::default(),
             statements: HashMap::new(),
             portals: HashMap::new(),
+            max_age,
         }
+    }
+
+    /// Why the transaction is over before this statement runs: the row limit crossed by an
+    /// earlier statement (PostgreSQL does not know), or its age.
+    fn transaction_failed(&mut self) -> Option<Refusal> {
+        let mut shared = lock(&self.refusals);
+        if shared.over_row_limit {
+            shared.over_row_limit = false;
+            return Some(aborted());
+        }
+        drop(shared);
+        let started = self.tx.started.filter(|_| self.tx.explicit)?;
+        let age = started.elapsed();
+        if age <= self.max_age {
+            return None;
+        }
+        self.tx.started = None;
+        let limit = self.max_age.as_secs();
+        Some(Refusal {
+            code: "54000",
+            message: format!("transaction age limit of {limit}s exceeded"),
+            detail: Some(format!(
+                "Current transaction age {}s exceeds {limit}s",
+                age.as_secs()
+            )),
+        })
+    }
+
+    fn publish(&self) {
+        lock(&self.refusals).explicit = self.tx.explicit;
+    }
+
+    fn stand_in_query(&self, r: Refusal) -> Vec<u8> {
+        let mut b = lock(&self.refusals).stand_in(r).into_bytes();
+        b.push(0);
+        message(b'Q', &b)
     }
 
     /// The text to run for a simple Query: the client's, or up to the refused statement
@@ -196,7 +268,21 @@ impl ClientSide {
                 let (sql, _) = cstr(body)?;
                 let sql = std::str::from_utf8(sql).ok()?;
                 let c = self.classifier.classify(sql).await;
+                if let Some(r) = self.transaction_failed() {
+                    let ends = c
+                        .statements
+                        .first()
+                        .is_some_and(|s| s.verdict == Ok(Kind::End));
+                    if ends {
+                        // COMMIT of a failed transaction answers ROLLBACK.
+                        self.tx = Transaction::default();
+                        self.publish();
+                        return Some(message(b'Q', b"ROLLBACK\0"));
+                    }
+                    return Some(self.stand_in_query(r));
+                }
                 let text = self.plan_query(sql, &c);
+                self.publish();
                 if text == sql {
                     return None;
                 }
@@ -241,7 +327,14 @@ impl ClientSide {
             b'E' => {
                 let (portal, _) = cstr(body)?;
                 let kind = self.portals.get(portal).copied().unwrap_or(Kind::Other);
-                let r = self.tx.apply(kind).err()?;
+                let r = match self.transaction_failed() {
+                    Some(r) => r,
+                    None => {
+                        let applied = self.tx.apply(kind);
+                        self.publish();
+                        applied.err()?
+                    }
+                };
                 let stand_in = lock(&self.refusals).stand_in(r);
                 let mut b = REFUSAL_STATEMENT.as_bytes().to_vec();
                 b.push(0);
@@ -261,6 +354,7 @@ impl ClientSide {
             }
             b'S' => {
                 self.tx.end_implicit();
+                self.publish();
                 None
             }
             _ => None,
@@ -316,8 +410,22 @@ pub(crate) struct ResponseFilter {
     header: [u8; 5],
     header_len: usize,
     body_left: usize,
-    /// An ErrorResponse being collected (tag and length included).
+    /// A message being collected to be checked (tag and length included).
     held: Option<Vec<u8>>,
+    /// The row limit failed a statement: PostgreSQL's answers are dropped until its
+    /// ReadyForQuery, which then says the transaction failed.
+    dropping: bool,
+}
+
+/// Rows a command tag says were modified.
+fn tag_rows(tag: &[u8]) -> Option<u64> {
+    let tag = std::str::from_utf8(tag).ok()?;
+    let mut words = tag.split(' ');
+    let counted = matches!(words.next()?, "INSERT" | "UPDATE" | "DELETE" | "MERGE");
+    if !counted {
+        return None;
+    }
+    words.next_back()?.parse().ok()
 }
 
 impl ResponseFilter {
@@ -329,6 +437,7 @@ impl ResponseFilter {
             header_len: 0,
             body_left: 0,
             held: None,
+            dropping: false,
         }
     }
 
@@ -339,6 +448,7 @@ impl ResponseFilter {
                 let take = self.body_left.min(input.len());
                 match &mut self.held {
                     Some(h) => h.extend_from_slice(&input[..take]),
+                    None if self.dropping => {}
                     None => out.extend_from_slice(&input[..take]),
                 }
                 self.body_left -= take;
@@ -346,7 +456,7 @@ impl ResponseFilter {
                 if self.body_left == 0
                     && let Some(h) = self.held.take()
                 {
-                    self.emit_error(h, out);
+                    self.emit(h, out);
                 }
                 continue;
             }
@@ -365,25 +475,61 @@ impl ResponseFilter {
                 self.header[4],
             ]) as usize;
             self.body_left = len.saturating_sub(4);
-            if self.header[0] == b'E' && self.body_left <= MAX_HELD_ERROR {
+            let checked = matches!(self.header[0], b'E' | b'C' | b'Z');
+            if checked && self.body_left <= MAX_HELD_ERROR {
                 let mut h = Vec::with_capacity(len + 1);
                 h.extend_from_slice(&self.header);
                 if self.body_left == 0 {
-                    self.emit_error(h, out);
+                    self.emit(h, out);
                 } else {
                     self.held = Some(h);
                 }
-            } else {
+            } else if !self.dropping {
                 out.extend_from_slice(&self.header);
             }
         }
     }
 
-    fn emit_error(&mut self, msg: Vec<u8>, out: &mut Vec<u8>) {
-        match self.rewrite_error(&msg[5..]) {
-            Some(new) => out.extend_from_slice(&new),
-            None => out.extend_from_slice(&msg),
+    fn emit(&mut self, msg: Vec<u8>, out: &mut Vec<u8>) {
+        let body = &msg[5..];
+        match msg[0] {
+            b'Z' => {
+                let status = body.first().copied().unwrap_or(b'I');
+                if status == b'I' {
+                    let mut shared = lock(&self.refusals);
+                    shared.rows = 0;
+                    shared.over_row_limit = false;
+                }
+                if std::mem::take(&mut self.dropping) && status == b'T' {
+                    out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'E']);
+                    return;
+                }
+            }
+            _ if self.dropping => return,
+            b'C' => {
+                let rows = cstr(body).and_then(|(tag, _)| tag_rows(tag));
+                if let Some(rows) = rows {
+                    let mut shared = lock(&self.refusals);
+                    shared.rows += rows;
+                    if shared.explicit && shared.rows > MAX_TRANSACTION_ROWS {
+                        shared.over_row_limit = true;
+                        drop(shared);
+                        self.dropping = true;
+                        let r = Refusal::new("54000", "transaction row limit exceeded");
+                        out.extend_from_slice(&error_response(&r));
+                        return;
+                    }
+                }
+            }
+            b'E' => {
+                if let Some(new) = self.rewrite_error(body) {
+                    out.extend_from_slice(&new);
+                    return;
+                }
+            }
+            _ => {}
         }
+        out.extend_from_slice(&msg);
     }
 
     fn rewrite_error(&self, body: &[u8]) -> Option<Vec<u8>> {
