@@ -432,6 +432,10 @@ fn cases() -> Vec<Case> {
                 ("INSERT INTO d8 VALUES (1)", OK),
             ],
         ),
+        one!(
+            "INSERT INTO t SELECT g, 'r' FROM generate_series(100, 3099) g",
+            OK
+        ),
         // §9: queries.
         one!(
             "SELECT * FROM t TABLESAMPLE SYSTEM (10)",
@@ -593,5 +597,46 @@ async fn extended_protocol_refusals_fail_where_postgres_would() {
     assert!(tx.execute(&ddl, &[]).await.is_err());
     tx.rollback().await.unwrap();
     assert_eq!(client.execute("SELECT 1", &[]).await.unwrap(), 1);
+    ep.stop().await;
+}
+
+/// §7: 3,000 rows per transaction; the statement that crosses the line fails with 54000,
+/// the transaction is failed and nothing survives.
+#[tokio::test]
+async fn the_row_limit_fails_the_statement_that_crosses_it() {
+    let ep = TestEndpoint::start().await;
+    let client = ep.connect("admin").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE r (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..3001).map(|i| format!("({i})")).collect();
+    let err = client
+        .batch_execute(&format!("INSERT INTO r VALUES {}", values.join(",")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        db_error(&err),
+        ("54000".into(), "transaction row limit exceeded".into())
+    );
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("INSERT INTO r SELECT g FROM generate_series(1, 3000) g")
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute("INSERT INTO r VALUES (5000)")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "54000");
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(db_error(&err).0, "25P02");
+    client.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM r", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "no rows survive");
     ep.stop().await;
 }

@@ -712,7 +712,18 @@ pub(crate) fn classify(stmt: &NodeEnum, facts: TokenFacts) -> Verdict {
     match stmt {
         N::SelectStmt(s) if s.into_clause.is_some() => unsupported_statement("CreateTableAs"),
         N::VariableShowStmt(s) => check_show(s),
-        N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_) => Ok(Kind::Dml),
+        N::InsertStmt(s) => {
+            // §7: a VALUES list past DSQL's row limit fails before anything is written.
+            let rows = match s.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
+                Some(N::SelectStmt(v)) => v.values_lists.len(),
+                _ => 0,
+            };
+            if rows > 3000 {
+                return Err(Refusal::new("54000", "transaction row limit exceeded"));
+            }
+            Ok(Kind::Dml)
+        }
+        N::UpdateStmt(_) | N::DeleteStmt(_) => Ok(Kind::Dml),
         N::MergeStmt(_) => Err(Refusal::unsupported("unsupported statement type: MERGE")),
         N::TransactionStmt(s) => check_transaction(s),
         N::VariableSetStmt(s) => check_set(s),
