@@ -418,9 +418,11 @@ async fn a_conflict_is_retried_until_it_succeeds() {
     let ep = TestEndpoint::start().await;
     let admin = ep.connect("admin").await.unwrap();
     admin
-        .batch_execute(
-            "create table acct (id int primary key, v int); insert into acct values (1, 0)",
-        )
+        .batch_execute("create table acct (id int primary key, v int)")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("insert into acct values (1, 0)")
         .await
         .unwrap();
 
@@ -468,7 +470,9 @@ async fn a_conflict_is_retried_until_it_succeeds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn message_only_oc000_is_a_conflict_and_exhaustion_exits_4() {
-    let ep = TestEndpoint::start().await;
+    // A DO block stands in for the service's own wording; DSQL's dialect refuses DO, so
+    // this endpoint speaks plain PostgreSQL.
+    let ep = TestEndpoint::start_dialect(dsql_pgx::local::Dialect::Postgres).await;
     let raise = "do $$ begin raise exception 'change conflicts with another transaction, please retry: (OC000)'; end $$";
     let out = run_at(
         &ep,

@@ -717,14 +717,17 @@ async fn with_the_server_gone_refresh_fails_and_checkouts_say_why() {
 async fn spawned_transactions_that_conflict_are_retried_to_both_updates() {
     let ep = TestEndpoint::start().await;
     let pool = Pool::new(&ep.settings("admin")).await.unwrap();
-    pool.get()
-        .await
-        .unwrap()
-        .batch_execute(
-            "create table counter (id int primary key, v int); insert into counter values (7, 0)",
-        )
+    let setup = pool.get().await.unwrap();
+    // One DDL statement per transaction, as on DSQL.
+    setup
+        .batch_execute("create table counter (id int primary key, v int)")
         .await
         .unwrap();
+    setup
+        .batch_execute("insert into counter values (7, 0)")
+        .await
+        .unwrap();
+    drop(setup);
     // Both take their snapshot before either updates, so the second updater gets 40001 (the
     // endpoint's PostgreSQL runs repeatable read, as DSQL does) and must run again.
     let barrier = Arc::new(tokio::sync::Barrier::new(2));

@@ -8,11 +8,14 @@
 //!   the private, atomically written `--env-file`.
 //! - [`verify`]: SigV4 auth-token verification.
 //! - [`postgres`]: the private PostgreSQL server.
+//! - `dialect`: DSQL's SQL — statements classified with PostgreSQL's parser and refused
+//!   as DSQL refuses them ([`Dialect`]).
 //! - [`proxy`]: the endpoint ([`LocalEndpoint`]); per-connection work lives in `session`,
 //!   the wire-protocol pieces in [`wire`].
 
 pub mod certs;
 pub mod clock;
+mod dialect;
 // Some helpers serve only `dsql-pgx local` (the `cli` feature).
 #[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub(crate) mod files;
@@ -23,6 +26,7 @@ pub mod verify;
 pub mod wire;
 
 pub use clock::{Clock, ManualClock};
+pub use dialect::Dialect;
 pub use postgres::{PgOptions, PgServer, PostgresNotFound, TcpTls, find_bin_dir};
 pub use proxy::{EndpointOptions, LOCAL_CLUSTER_ID, Limits, LocalEndpoint, default_hostname};
 pub use verify::{TokenVerifier, VerifyError};

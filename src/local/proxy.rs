@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
 use super::clock::Clock;
+use super::dialect::{Classifier, Dialect};
 use super::files::{self, Dir};
 use super::postgres::{
     DEFAULT_UNIX_PORT, MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir,
@@ -86,6 +87,11 @@ pub struct EndpointOptions {
     /// Where the endpoint reads the time for tokens, connection ages, timeouts and rates:
     /// the system's, or a [`ManualClock`](super::ManualClock) a test steps.
     pub clock: Clock,
+    /// The SQL dialect spoken behind IAM (default: DSQL's).
+    pub dialect: Dialect,
+    /// DSQL's transaction age limit (default 5 minutes): the next statement of a transaction
+    /// older than this fails with 54000.
+    pub max_transaction_age: Duration,
 }
 
 impl Default for EndpointOptions {
@@ -99,6 +105,8 @@ impl Default for EndpointOptions {
             secret_access_key: None,
             limits: Limits::default(),
             clock: Clock::system(),
+            dialect: Dialect::default(),
+            max_transaction_age: Duration::from_secs(300),
         }
     }
 }
@@ -117,6 +125,8 @@ impl fmt::Debug for EndpointOptions {
             )
             .field("limits", &self.limits)
             .field("clock", &self.clock)
+            .field("dialect", &self.dialect)
+            .field("max_transaction_age", &self.max_transaction_age)
             .finish()
     }
 }
@@ -433,14 +443,19 @@ impl LocalEndpoint {
             secret_access_key.clone(),
             None,
         );
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             verifier,
             TlsAcceptor::from(Arc::new(tls)),
             pg.upstream()
                 .context("the private PostgreSQL is not running")?,
             limits,
             opts.clock.clone(),
-        ));
+        );
+        if opts.dialect == Dialect::Dsql {
+            let classifier = Classifier::start().context("starting the SQL parser threads")?;
+            shared = shared.with_dialect(classifier, opts.max_transaction_age);
+        }
+        let shared = Arc::new(shared);
         let (stop, stop_rx) = watch::channel(false);
         let (failed_tx, failed) = watch::channel(false);
         let monitor_task = tokio::spawn(watch_postgres(pg.exited(), shared.clone(), failed_tx));

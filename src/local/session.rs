@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::clock::Clock;
+use super::dialect::{self, Classifier};
 use super::postgres::{INTERNAL_SUPERUSER, Upstream};
 use super::verify::TokenVerifier;
 use super::wire::{self, Boundaries, FirstPacket, Startup};
@@ -218,6 +219,10 @@ pub(crate) struct Shared {
     /// BackendKeyData (process id, secret key) of every open relayed connection.
     backend_keys: Mutex<HashSet<[u8; 8]>>,
     upstream_failed: AtomicBool,
+    /// DSQL's dialect; `None` relays statements as they are.
+    classifier: Option<Arc<Classifier>>,
+    /// DSQL's transaction age limit, with the dialect.
+    max_transaction_age: Duration,
 }
 
 impl Shared {
@@ -244,7 +249,21 @@ impl Shared {
             cancels_in_flight: Semaphore::new(MAX_CANCELS_IN_FLIGHT),
             backend_keys: Mutex::new(HashSet::new()),
             upstream_failed: AtomicBool::new(false),
+            classifier: None,
+            max_transaction_age: Duration::ZERO,
         }
+    }
+
+    /// Speaks DSQL's dialect with `classifier`; transactions last at most
+    /// `max_transaction_age`.
+    pub(crate) fn with_dialect(
+        mut self,
+        classifier: Classifier,
+        max_transaction_age: Duration,
+    ) -> Self {
+        self.classifier = Some(Arc::new(classifier));
+        self.max_transaction_age = max_transaction_age;
+        self
     }
 
     /// A handshake slot for a new socket. When all are taken, the oldest handshake in
@@ -422,8 +441,27 @@ pub(crate) async fn serve(
     // When the client leaves, PostgreSQL is told (its read side ends) and the relay goes on
     // until PostgreSQL closes: until then its backend lives, may still be cancelled (its key
     // stays registered) and holds its connection slot.
+    let refusals = dialect::relay::Refusals::new();
+    let mut filter = shared
+        .classifier
+        .as_ref()
+        .map(|_| dialect::relay::ResponseFilter::new(refusals.clone()));
     let client_to_upstream = async {
-        if let Err(e) = tokio::io::copy(&mut from_client, &mut to_upstream).await {
+        let relayed = match &shared.classifier {
+            Some(c) => {
+                let mut side = dialect::relay::ClientSide::new(
+                    c.clone(),
+                    refusals.clone(),
+                    shared.max_transaction_age,
+                );
+                dialect::relay::relay_from_client(&mut from_client, &mut to_upstream, &mut side)
+                    .await
+            }
+            None => tokio::io::copy(&mut from_client, &mut to_upstream)
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = relayed {
             tracing::debug!(%peer, "client connection closed: {e}");
         }
         let _ = to_upstream.shutdown().await;
@@ -431,7 +469,7 @@ pub(crate) async fn serve(
     };
     let relayed = tokio::select! {
         () = client_to_upstream => unreachable!("pending forever"),
-        r = relay_to_client(&mut from_upstream, &mut to_client, ending(&shared.clock, deadline, &mut shutdown)) => r,
+        r = relay_to_client(&mut from_upstream, &mut to_client, ending(&shared.clock, deadline, &mut shutdown), filter.as_mut()) => r,
         () = hard_stop => {
             tracing::debug!(%peer, "no message boundary within {BOUNDARY_WAIT:?}: closed without a FATAL");
             Ok(())
@@ -469,6 +507,7 @@ async fn relay_to_client<U, C>(
     upstream: &mut U,
     client: &mut C,
     ending: impl Future<Output = Vec<u8>>,
+    mut filter: Option<&mut dialect::relay::ResponseFilter>,
 ) -> io::Result<()>
 where
     U: AsyncRead + Unpin,
@@ -477,6 +516,7 @@ where
     let mut buf = vec![0u8; RELAY_BUFFER];
     let mut boundaries = Boundaries::default();
     let mut fatal: Option<Vec<u8>> = None;
+    let mut filtered = Vec::new();
     tokio::pin!(ending);
     loop {
         if let Some(msg) = &fatal
@@ -503,7 +543,14 @@ where
             return client.shutdown().await;
         }
         let upto = boundaries.advance(&buf[..n], fatal.is_some()).unwrap_or(n);
-        client.write_all(&buf[..upto]).await?;
+        match filter.as_deref_mut() {
+            Some(f) => {
+                filtered.clear();
+                f.feed(&buf[..upto], &mut filtered);
+                client.write_all(&filtered).await?;
+            }
+            None => client.write_all(&buf[..upto]).await?,
+        }
         client.flush().await?;
     }
 }
@@ -1059,7 +1106,9 @@ mod tests {
             }
         };
         let relay =
-            tokio::spawn(async move { relay_to_client(&mut upstream, &mut client, ending).await });
+            tokio::spawn(
+                async move { relay_to_client(&mut upstream, &mut client, ending, None).await },
+            );
         let first = data_row(100);
         let second = data_row(3000);
         pg.write_all(&first).await.unwrap();
@@ -1086,7 +1135,7 @@ mod tests {
         let (mut pg, mut upstream) = tokio::io::duplex(64);
         let (mut client_end, mut client) = tokio::io::duplex(64);
         let relay = tokio::spawn(async move {
-            relay_to_client(&mut upstream, &mut client, std::future::pending()).await
+            relay_to_client(&mut upstream, &mut client, std::future::pending(), None).await
         });
         let mut stream = Vec::new();
         for len in [0, 1, 700, 5, 70_000] {

@@ -317,6 +317,18 @@ impl TestEndpoint {
         Self::start_on(limits, Some(ManualClock::starting_now())).await
     }
 
+    /// Starts an endpoint that speaks `dialect`.
+    pub async fn start_dialect(dialect: dsql_pgx::local::Dialect) -> TestEndpoint {
+        Self::start_opts(
+            EndpointOptions {
+                dialect,
+                ..EndpointOptions::default()
+            },
+            None,
+        )
+        .await
+    }
+
     async fn start_on(limits: Limits, clock: Option<ManualClock>) -> TestEndpoint {
         let mut opts = EndpointOptions {
             limits,
@@ -325,6 +337,10 @@ impl TestEndpoint {
         if let Some(clock) = &clock {
             opts.clock = clock.clock();
         }
+        Self::start_opts(opts, clock).await
+    }
+
+    async fn start_opts(opts: EndpointOptions, clock: Option<ManualClock>) -> TestEndpoint {
         let endpoint = LocalEndpoint::start(opts)
             .await
             .unwrap_or_else(|e| panic!("starting the local endpoint failed: {e:#}"));

@@ -1,0 +1,26 @@
+//! DSQL's SQL dialect in front of the private PostgreSQL: every statement a client sends (a
+//! simple Query or an extended-protocol Parse) is classified with PostgreSQL 16's own parser
+//! and refused as DSQL refuses it, with its SQLSTATE and words
+//! (`../shared/reference/dsql-dialect.md`), including DSQL's transaction rules (one DDL
+//! statement per transaction, no DDL with DML).
+//!
+//! - [`rules`]: DSQL's verdict on one parsed statement.
+//! - [`parse`]: text → statements and verdicts, bounded and cached ([`Classifier`]).
+//! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
+//!   the errors are rewritten into DSQL's.
+
+pub(crate) mod parse;
+pub(crate) mod relay;
+pub(crate) mod rules;
+
+pub(crate) use parse::Classifier;
+
+/// Which SQL `local` speaks behind IAM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// DSQL's: statements DSQL refuses are refused as DSQL refuses them.
+    #[default]
+    Dsql,
+    /// Plain PostgreSQL, statements relayed as they are.
+    Postgres,
+}

@@ -1,0 +1,489 @@
+//! Statement text → DSQL's verdict on each statement in it, with PostgreSQL 16's own parser
+//! (libpg_query, through the `pg_query` crate), bounded and cached.
+//!
+//! **Bounds.** libpg_query ships PostgreSQL's stack-depth guard disabled, so a deeply nested
+//! statement would overflow the stack and take the endpoint down. Before parsing, the
+//! statement's tokens (a flat scan) give an upper estimate of its nesting; past
+//! [`MAX_NESTING`] the statement is refused as PostgreSQL refuses one too deep for its
+//! stack (54001 `stack depth limit exceeded`). Parses run on [`PARSER_THREADS`] threads of
+//! their own with [`PARSER_STACK`] stacks, so a big statement neither stalls the runtime
+//! nor takes more than those threads' CPU; the text itself is bounded by the relay's
+//! message limit. Verdicts are cached per text, at most [`CACHE_ENTRIES`] texts of at most
+//! [`CACHE_MAX_TEXT`] bytes each (the cache is emptied when full).
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use pg_query::protobuf::{ScanToken, Token};
+use tokio::sync::oneshot;
+
+use super::rules::{self, Refusal, TokenFacts, Verdict};
+
+/// Most nesting (estimated from tokens) a statement may have.
+pub(crate) const MAX_NESTING: usize = 200;
+/// Parser threads.
+pub(crate) const PARSER_THREADS: usize = 2;
+/// Stack of a parser thread: ample for [`MAX_NESTING`] even in a debug build (about 64 KiB
+/// of stack per nesting level there; reserved, not committed).
+pub(crate) const PARSER_STACK: usize = 256 << 20;
+/// Texts whose verdicts are kept.
+pub(crate) const CACHE_ENTRIES: usize = 2048;
+/// Longest text whose verdict is kept.
+pub(crate) const CACHE_MAX_TEXT: usize = 8192;
+
+/// One statement of a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Statement {
+    /// Byte offset where it starts in [`Classified::text`].
+    pub(crate) start: usize,
+    /// DSQL's verdict.
+    pub(crate) verdict: Verdict,
+    /// It was a `CREATE INDEX ASYNC` / `ALTER TABLE ASYNC`.
+    pub(crate) is_async: bool,
+}
+
+/// A text, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Classified {
+    /// The text PostgreSQL is to run (`ASYNC` removed); `None`: the client's text as sent.
+    pub(crate) rewritten: Option<String>,
+    /// Its statements, in order. Empty when it does not parse: PostgreSQL then answers it
+    /// with its own syntax error.
+    pub(crate) statements: Vec<Statement>,
+}
+
+impl Classified {
+    fn refused(r: Refusal) -> Self {
+        Self {
+            rewritten: None,
+            statements: vec![Statement {
+                start: 0,
+                verdict: Err(r),
+                is_async: false,
+            }],
+        }
+    }
+}
+
+fn tok(t: &ScanToken) -> Token {
+    Token::from_i32(t.token).unwrap_or(Token::Nul)
+}
+
+fn is_nesting_operator(t: Token) -> bool {
+    use Token as T;
+    matches!(
+        t,
+        T::Ascii37
+            | T::Ascii42
+            | T::Ascii43
+            | T::Ascii45
+            | T::Ascii47
+            | T::Ascii60
+            | T::Ascii61
+            | T::Ascii62
+            | T::Ascii94
+            | T::Op
+            | T::Typecast
+            | T::LessEquals
+            | T::GreaterEquals
+            | T::NotEquals
+            | T::And
+            | T::Or
+            | T::Not
+            | T::Is
+            | T::Like
+            | T::Ilike
+            | T::Similar
+            | T::Between
+            | T::InP
+            | T::Collate
+            | T::At
+            | T::Union
+            | T::Intersect
+            | T::Except
+            | T::Case
+            | T::Operator
+    )
+}
+
+/// An upper estimate of the parse tree's nesting: brackets open a level, and within a level
+/// every operator may nest once more until a comma starts a sibling.
+pub(crate) fn nesting_estimate(tokens: &[ScanToken]) -> usize {
+    let mut levels: Vec<usize> = vec![0];
+    let mut worst = 0;
+    for t in tokens {
+        match tok(t) {
+            Token::Ascii40 | Token::Ascii91 => levels.push(0),
+            Token::Ascii41 | Token::Ascii93 if levels.len() > 1 => {
+                levels.pop();
+            }
+            Token::Ascii44 => *levels.last_mut().expect("never empty") = 0,
+            Token::Ascii59 => levels = vec![0],
+            t if is_nesting_operator(t) => *levels.last_mut().expect("never empty") += 1,
+            _ => {}
+        }
+        worst = worst.max(levels.len() + levels.iter().sum::<usize>());
+    }
+    worst
+}
+
+/// Where in the text facts hold that the tree does not show, and the `ASYNC` words to drop.
+#[derive(Debug, Default)]
+struct Facts {
+    /// Byte ranges of `ASYNC` keywords in the original text.
+    async_words: Vec<(usize, usize)>,
+    /// Original offsets of `CREATE INDEX ... USING` statements.
+    index_using: Vec<usize>,
+    /// Original offsets of `TABLESAMPLE` keywords.
+    tablesample: Vec<usize>,
+}
+
+fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
+    let mut facts = Facts::default();
+    let significant: Vec<&ScanToken> = tokens
+        .iter()
+        .filter(|t| !matches!(tok(t), Token::SqlComment | Token::CComment))
+        .collect();
+    let text = |t: &ScanToken| sql.get(t.start as usize..t.end as usize).unwrap_or("");
+    for (i, t) in significant.iter().enumerate() {
+        let at = |k: usize| significant.get(i + k).map(|t| tok(t));
+        match tok(t) {
+            Token::Tablesample => facts.tablesample.push(t.start as usize),
+            Token::Create => {
+                let index_at = match (at(1), at(2)) {
+                    (Some(Token::Index), _) => Some(i + 1),
+                    (Some(Token::Unique), Some(Token::Index)) => Some(i + 2),
+                    _ => None,
+                };
+                let Some(index_at) = index_at else { continue };
+                let mut next = index_at + 1;
+                if let Some(w) = significant.get(next)
+                    && tok(w) == Token::Ident
+                    && text(w).eq_ignore_ascii_case("async")
+                {
+                    facts.async_words.push((w.start as usize, w.end as usize));
+                    next += 1;
+                }
+                for w in &significant[next.min(significant.len())..] {
+                    match tok(w) {
+                        Token::Using => {
+                            facts.index_using.push(t.start as usize);
+                            break;
+                        }
+                        Token::Ascii40 | Token::Ascii59 => break,
+                        _ => {}
+                    }
+                }
+            }
+            Token::Alter if at(1) == Some(Token::Table) => {
+                if let Some(w) = significant.get(i + 2)
+                    && tok(w) == Token::Ident
+                    && text(w).eq_ignore_ascii_case("async")
+                {
+                    facts.async_words.push((w.start as usize, w.end as usize));
+                }
+            }
+            _ => {}
+        }
+    }
+    facts
+}
+
+/// Classifies `sql`. Runs the parser: call it on a parser thread.
+pub(crate) fn classify_text(sql: &str) -> Classified {
+    let tokens = match pg_query::scan(sql) {
+        Ok(scan) => scan.tokens,
+        Err(_) => {
+            return Classified {
+                rewritten: None,
+                statements: Vec::new(),
+            };
+        }
+    };
+    if nesting_estimate(&tokens) > MAX_NESTING {
+        return Classified::refused(Refusal::new("54001", "stack depth limit exceeded"));
+    }
+    let facts = token_facts(sql, &tokens);
+    drop(tokens);
+    // Remove the ASYNC words; `shift` maps an original offset into the new text.
+    let (text, rewritten) = if facts.async_words.is_empty() {
+        (sql.to_owned(), None)
+    } else {
+        let mut out = String::with_capacity(sql.len());
+        let mut from = 0;
+        for &(s, e) in &facts.async_words {
+            out.push_str(&sql[from..s]);
+            from = e;
+        }
+        out.push_str(&sql[from..]);
+        (out.clone(), Some(out))
+    };
+    let shift = |pos: usize| {
+        pos - facts
+            .async_words
+            .iter()
+            .filter(|(_, e)| *e <= pos)
+            .map(|(s, e)| e - s)
+            .sum::<usize>()
+    };
+    let parsed = match pg_query::parse(&text) {
+        Ok(p) => p,
+        Err(pg_query::Error::Parse(m)) if m.contains("stack depth") => {
+            return Classified::refused(Refusal::new("54001", "stack depth limit exceeded"));
+        }
+        // PostgreSQL answers the client's own text with its own syntax error.
+        Err(_) => {
+            return Classified {
+                rewritten: None,
+                statements: Vec::new(),
+            };
+        }
+    };
+    let stmts = &parsed.protobuf.stmts;
+    let mut statements = Vec::with_capacity(stmts.len());
+    for (i, raw) in stmts.iter().enumerate() {
+        let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+        let end = stmts
+            .get(i + 1)
+            .and_then(|n| usize::try_from(n.stmt_location).ok())
+            .unwrap_or(text.len());
+        let inside = |orig: usize| (start..end).contains(&shift(orig));
+        let is_async = facts.async_words.iter().any(|&(s, _)| inside(s));
+        let token_facts = TokenFacts {
+            is_async,
+            index_using: facts.index_using.iter().any(|&p| inside(p)),
+            tablesample: facts.tablesample.iter().any(|&p| inside(p)),
+        };
+        let verdict = match raw.stmt.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(node) => rules::classify(node, token_facts),
+            None => Ok(rules::Kind::Other),
+        };
+        statements.push(Statement {
+            start,
+            verdict,
+            is_async,
+        });
+    }
+    Classified {
+        rewritten,
+        statements,
+    }
+}
+
+type Job = (String, oneshot::Sender<Arc<Classified>>);
+
+/// The parser threads and the verdict cache, shared by all connections of an endpoint.
+pub(crate) struct Classifier {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    cache: Mutex<HashMap<String, Arc<Classified>>>,
+}
+
+impl Classifier {
+    /// Starts the parser threads; they end when the classifier is dropped.
+    pub(crate) fn start() -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..PARSER_THREADS {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("dsql-parser-{i}"))
+                .stack_size(PARSER_STACK)
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((sql, reply)) = job else { return };
+                        let verdict =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| classify_text(&sql)))
+                                .unwrap_or_else(|_| {
+                                    Classified::refused(Refusal::new(
+                                        "XX000",
+                                        "the local endpoint could not classify this statement",
+                                    ))
+                                });
+                        let _ = reply.send(Arc::new(verdict));
+                    }
+                })?;
+        }
+        Ok(Self {
+            jobs: Mutex::new(tx),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// DSQL's verdict on `sql`, from the cache or a parser thread.
+    pub(crate) async fn classify(&self, sql: &str) -> Arc<Classified> {
+        if let Some(hit) = self.lock_cache().get(sql) {
+            return hit.clone();
+        }
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((sql.to_owned(), reply));
+        let classified = match (sent, answer.await) {
+            (Ok(()), Ok(c)) => c,
+            _ => Arc::new(Classified::refused(Refusal::new(
+                "XX000",
+                "the local endpoint could not classify this statement",
+            ))),
+        };
+        if sql.len() <= CACHE_MAX_TEXT {
+            let mut cache = self.lock_cache();
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(sql.to_owned(), classified.clone());
+        }
+        classified
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Classified>>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Texts cached.
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        self.lock_cache().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs `f` on a thread with a parser thread's stack, as the endpoint does.
+    fn on_parser_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(PARSER_STACK)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn verdicts(sql: &'static str) -> Vec<Verdict> {
+        on_parser_stack(move || classify_text(sql))
+            .statements
+            .into_iter()
+            .map(|s| s.verdict)
+            .collect()
+    }
+
+    #[test]
+    fn statements_and_offsets() {
+        let c =
+            on_parser_stack(|| classify_text("SELECT 1; TRUNCATE t;  INSERT INTO t VALUES (1)"));
+        assert_eq!(c.rewritten, None);
+        let starts: Vec<_> = c.statements.iter().map(|s| s.start).collect();
+        assert_eq!(starts, [0, 9, 21]);
+        assert_eq!(c.statements[0].verdict, Ok(rules::Kind::Other));
+        assert_eq!(
+            c.statements[1].verdict.as_ref().unwrap_err().message,
+            "unsupported statement: Truncate"
+        );
+        assert_eq!(c.statements[2].verdict, Ok(rules::Kind::Dml));
+        // A syntax error is left to PostgreSQL.
+        assert!(
+            on_parser_stack(|| classify_text("SELEC 1"))
+                .statements
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn async_is_a_keyword_after_index_and_is_removed() {
+        let c =
+            on_parser_stack(|| classify_text("CREATE UNIQUE INDEX ASYNC IF NOT EXISTS i ON t (a)"));
+        assert_eq!(
+            c.rewritten.as_deref(),
+            Some("CREATE UNIQUE INDEX  IF NOT EXISTS i ON t (a)")
+        );
+        assert!(c.statements[0].is_async);
+        assert_eq!(c.statements[0].verdict, Ok(rules::Kind::Ddl));
+        // Unquoted, `async` right after INDEX is the keyword (the index is unnamed).
+        let c = on_parser_stack(|| classify_text("create index async on t (a)"));
+        assert!(c.statements[0].is_async);
+        // Quoted, it is a name, and the index is synchronous.
+        let v = verdicts("CREATE INDEX \"async\" ON t (a)");
+        assert_eq!(
+            v[0].as_ref().unwrap_err().message,
+            "unsupported mode. please use CREATE INDEX ASYNC."
+        );
+        // The word only counts in its own statement.
+        let c = on_parser_stack(|| {
+            classify_text("CREATE INDEX ASYNC i ON t (a); CREATE INDEX j ON t (b)")
+        });
+        assert!(c.statements[0].is_async && !c.statements[1].is_async);
+        assert!(c.statements[1].verdict.is_err());
+    }
+
+    #[test]
+    fn nesting_is_bounded_before_the_parser_runs() {
+        for depth in [MAX_NESTING / 2, MAX_NESTING * 50] {
+            let plus = format!("SELECT 1{}", "+1".repeat(depth));
+            let parens = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
+            let subselects = format!("SELECT {}1{}", "(SELECT ".repeat(depth), ")".repeat(depth));
+            for sql in [plus, parens, subselects] {
+                let c = on_parser_stack(move || classify_text(&sql));
+                let refused = c.statements[0]
+                    .verdict
+                    .as_ref()
+                    .is_err_and(|r| r.code == "54001");
+                assert_eq!(refused, depth > MAX_NESTING, "depth {depth}");
+            }
+        }
+        // Siblings do not add up: a long VALUES list is shallow.
+        let rows: Vec<String> = (0..3000).map(|i| format!("({i}, 'v{i}' || 'w')")).collect();
+        let sql = format!("INSERT INTO t VALUES {}", rows.join(", "));
+        let tokens = pg_query::scan(&sql).unwrap().tokens;
+        assert!(nesting_estimate(&tokens) < 10);
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded() {
+        let c = Classifier::start().unwrap();
+        for i in 0..CACHE_ENTRIES + 10 {
+            c.classify(&format!("SELECT {i}")).await;
+        }
+        assert!(c.cached() <= CACHE_ENTRIES);
+        let big = format!("SELECT '{}'", "x".repeat(CACHE_MAX_TEXT));
+        let before = c.cached();
+        assert_eq!(c.classify(&big).await.statements.len(), 1);
+        assert_eq!(c.cached(), before, "long texts are not kept");
+        assert!(Arc::ptr_eq(
+            &c.classify("SELECT 1").await,
+            &c.classify("SELECT 1").await
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Random text, and random cuts and splices of real statements, never panic (the
+        /// classifier runs `catch_unwind` too, but must not need it) and never hang.
+        #[test]
+        fn random_sql_never_panics(
+            noise in "[ -~]{0,200}",
+            cut in 0usize..120,
+            pick in 0usize..6,
+        ) {
+            const REAL: [&str; 6] = [
+                "CREATE TABLE t (a int GENERATED ALWAYS AS IDENTITY (CACHE 1), b money[])",
+                "ALTER TABLE t ADD COLUMN c int DEFAULT 0, ALTER COLUMN c TYPE text",
+                "CREATE UNIQUE INDEX ASYNC IF NOT EXISTS i ON t USING btree (a DESC)",
+                "BEGIN ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY",
+                "SELECT * FROM t TABLESAMPLE SYSTEM (1) FOR SHARE",
+                "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN END $$",
+            ];
+            let real = REAL[pick];
+            let cut = cut.min(real.len());
+            let mut sql = real.get(..cut).unwrap_or(real).to_owned();
+            sql.push_str(&noise);
+            let _ = on_parser_stack(move || classify_text(&sql));
+        }
+    }
+}

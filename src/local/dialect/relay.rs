@@ -1,0 +1,576 @@
+//! The dialect's place in the relay: client messages are read one at a time, statements
+//! classified, DSQL's transaction rules followed, and a refused statement replaced by one
+//! that makes PostgreSQL itself fail at that very point; the failure is then rewritten, on
+//! the way back, into DSQL's SQLSTATE and words.
+//!
+//! **Why PostgreSQL fails the statement itself.** The session is then in exactly the state
+//! PostgreSQL (and DSQL) leaves it in after an error — inside a transaction the transaction
+//! is failed, later statements get 25P02, `COMMIT` answers `ROLLBACK`; in the extended
+//! protocol everything up to `Sync` is skipped; ReadyForQuery carries the right status —
+//! and pipelined responses stay in order, with no second writer to the client. The stand-in
+//! is `SELECT <marker>`, where the marker is a column name no table has, unique to the
+//! connection and the refusal: PostgreSQL fails it during parse analysis (42703), before
+//! anything runs, both as a simple Query and as a Parse. In a multi-statement Query, the
+//! statements before the refused one still run (the implicit transaction then fails, as on
+//! DSQL).
+//!
+//! **Transaction state** is followed from the client's own statements (`BEGIN`, `COMMIT`,
+//! `ROLLBACK`; a Query string or a run up to `Sync` is one implicit transaction outside
+//! `BEGIN`). Where an error of PostgreSQL's own makes that guess wrong, the transaction is
+//! failed anyway and PostgreSQL refuses everything until it ends, so the guess is never
+//! trusted with anything that matters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio::time::Instant;
+
+use super::parse::{Classified, Classifier};
+use super::rules::{FEATURE_NOT_SUPPORTED, Kind, Refusal};
+
+/// Largest message a client may send (DSQL's limit: 10 MiB). Past it the connection closes,
+/// as DSQL was seen to do.
+pub(crate) const MAX_CLIENT_MESSAGE: usize = 10 << 20;
+/// Refusals awaiting their error from PostgreSQL (ones PostgreSQL skipped are forgotten
+/// oldest first).
+const MAX_PENDING_REFUSALS: usize = 256;
+/// Largest ErrorResponse held back to be checked for a marker; larger ones pass as they are.
+const MAX_HELD_ERROR: usize = 64 * 1024;
+/// Rows one transaction may modify (DSQL: 3,000).
+pub(crate) const MAX_TRANSACTION_ROWS: u64 = 3000;
+/// The statement name a refusal at Execute is parsed under (never created: it fails).
+const REFUSAL_STATEMENT: &str = "dsql_pgx_refusal";
+
+/// What the two directions of a connection share: the refusals handed to PostgreSQL as
+/// markers, and the transaction's modified rows as PostgreSQL's command tags count them.
+#[derive(Debug)]
+pub(crate) struct Refusals {
+    prefix: String,
+    next: u64,
+    pending: BTreeMap<u64, Refusal>,
+    /// Inside `BEGIN` (as the client side last saw it).
+    explicit: bool,
+    /// Rows modified in the transaction so far.
+    rows: u64,
+    /// The row limit failed the transaction, and PostgreSQL does not know it yet.
+    over_row_limit: bool,
+}
+
+impl Refusals {
+    /// A new set with a marker prefix no client can guess.
+    pub(crate) fn new() -> Arc<Mutex<Self>> {
+        let nonce: u64 = rand::random();
+        Arc::new(Mutex::new(Self {
+            prefix: format!("dsql_pgx_refusal_{nonce:016x}_"),
+            next: 0,
+            pending: BTreeMap::new(),
+            explicit: false,
+            rows: 0,
+            over_row_limit: false,
+        }))
+    }
+
+    /// Registers `r`; returns the statement that makes PostgreSQL fail in its place.
+    fn stand_in(&mut self, r: Refusal) -> String {
+        let id = self.next;
+        self.next += 1;
+        self.pending.insert(id, r);
+        while self.pending.len() > MAX_PENDING_REFUSALS {
+            self.pending.pop_first();
+        }
+        format!("SELECT {}{id}", self.prefix)
+    }
+
+    /// The refusal a PostgreSQL error message stands for, if it is one of ours.
+    fn take(&mut self, message: &str) -> Option<Refusal> {
+        let rest = message.strip_prefix("column \"")?;
+        let rest = rest.strip_prefix(self.prefix.as_str())?;
+        let id: u64 = rest.strip_suffix("\" does not exist")?.parse().ok()?;
+        self.pending.remove(&id)
+    }
+}
+
+fn lock(r: &Mutex<Refusals>) -> std::sync::MutexGuard<'_, Refusals> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The transaction as DSQL's rules count it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Transaction {
+    /// Inside `BEGIN` ... `COMMIT`.
+    pub(crate) explicit: bool,
+    /// A DDL statement ran in it.
+    pub(crate) ddl: bool,
+    /// A DML statement ran in it.
+    pub(crate) dml: bool,
+    /// When `BEGIN` ran.
+    pub(crate) started: Option<Instant>,
+}
+
+impl Transaction {
+    /// Counts a statement of `kind`, or refuses it as DSQL does (§7).
+    pub(crate) fn apply(&mut self, kind: Kind) -> Result<(), Refusal> {
+        match kind {
+            Kind::Begin => {
+                if !self.explicit {
+                    self.started = Some(Instant::now());
+                }
+                self.explicit = true;
+            }
+            Kind::End => *self = Self::default(),
+            Kind::Ddl if self.ddl => return Err(multiple_ddl()),
+            Kind::Ddl | Kind::Dml if self.ddl || self.dml && kind == Kind::Ddl => {
+                return Err(ddl_and_dml());
+            }
+            Kind::Ddl => self.ddl = true,
+            Kind::Dml => self.dml = true,
+            Kind::Other => {}
+        }
+        Ok(())
+    }
+
+    /// The end of an implicit transaction (a Query string, a run up to Sync).
+    fn end_implicit(&mut self) {
+        if !self.explicit {
+            *self = Self::default();
+        }
+    }
+}
+
+fn multiple_ddl() -> Refusal {
+    Refusal::new(
+        FEATURE_NOT_SUPPORTED,
+        "multiple ddl statements not supported in a transaction",
+    )
+}
+
+fn ddl_and_dml() -> Refusal {
+    Refusal::new(
+        FEATURE_NOT_SUPPORTED,
+        "ddl and dml are not supported in the same transaction",
+    )
+}
+
+/// What the client's side of a connection knows.
+pub(crate) struct ClientSide {
+    classifier: Arc<Classifier>,
+    refusals: Arc<Mutex<Refusals>>,
+    tx: Transaction,
+    /// Prepared statements: name → kind of their one statement.
+    statements: HashMap<Vec<u8>, Kind>,
+    /// Portals: name → kind.
+    portals: HashMap<Vec<u8>, Kind>,
+    /// DSQL's transaction age limit.
+    max_age: Duration,
+}
+
+fn aborted() -> Refusal {
+    Refusal::new(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits a NUL-terminated string off the front of `buf`.
+fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = buf.iter().position(|&b| b == 0)?;
+    Some((&buf[..end], &buf[end + 1..]))
+}
+
+impl ClientSide {
+    /// A connection's client side.
+    pub(crate) fn new(
+        classifier: Arc<Classifier>,
+        refusals: Arc<Mutex<Refusals>>,
+        max_age: Duration,
+    ) -> Self {
+        Self {
+            classifier,
+            refusals,
+            tx: Transaction::default(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            max_age,
+        }
+    }
+
+    /// Why the transaction is over before this statement runs: the row limit crossed by an
+    /// earlier statement (PostgreSQL does not know), or its age.
+    fn transaction_failed(&mut self) -> Option<Refusal> {
+        let mut shared = lock(&self.refusals);
+        if shared.over_row_limit {
+            shared.over_row_limit = false;
+            return Some(aborted());
+        }
+        drop(shared);
+        let started = self.tx.started.filter(|_| self.tx.explicit)?;
+        let age = started.elapsed();
+        if age <= self.max_age {
+            return None;
+        }
+        self.tx.started = None;
+        let limit = self.max_age.as_secs();
+        Some(Refusal {
+            code: "54000",
+            message: format!("transaction age limit of {limit}s exceeded"),
+            detail: Some(format!(
+                "Current transaction age {}s exceeds {limit}s",
+                age.as_secs()
+            )),
+        })
+    }
+
+    fn publish(&self) {
+        lock(&self.refusals).explicit = self.tx.explicit;
+    }
+
+    fn stand_in_query(&self, r: Refusal) -> Vec<u8> {
+        let mut b = lock(&self.refusals).stand_in(r).into_bytes();
+        b.push(0);
+        message(b'Q', &b)
+    }
+
+    /// The text to run for a simple Query: the client's, or up to the refused statement
+    /// followed by its stand-in.
+    fn plan_query(&mut self, sql: &str, c: &Classified) -> String {
+        let text = c.rewritten.as_deref().unwrap_or(sql);
+        let mut tx = self.tx;
+        for st in &c.statements {
+            let verdict = st.verdict.clone().and_then(|k| tx.apply(k));
+            if let Err(r) = verdict {
+                tx.end_implicit();
+                self.tx = tx;
+                let stand_in = lock(&self.refusals).stand_in(r);
+                let before = text.get(..st.start).unwrap_or("");
+                return format!("{before}{stand_in}");
+            }
+        }
+        tx.end_implicit();
+        self.tx = tx;
+        text.to_owned()
+    }
+
+    /// Rewrites one client message; `None` forwards it as it is.
+    pub(crate) async fn rewrite(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
+        match tag {
+            b'Q' => {
+                let (sql, _) = cstr(body)?;
+                let sql = std::str::from_utf8(sql).ok()?;
+                let c = self.classifier.classify(sql).await;
+                if let Some(r) = self.transaction_failed() {
+                    let ends = c
+                        .statements
+                        .first()
+                        .is_some_and(|s| s.verdict == Ok(Kind::End));
+                    if ends {
+                        // COMMIT of a failed transaction answers ROLLBACK.
+                        self.tx = Transaction::default();
+                        self.publish();
+                        return Some(message(b'Q', b"ROLLBACK\0"));
+                    }
+                    return Some(self.stand_in_query(r));
+                }
+                let text = self.plan_query(sql, &c);
+                self.publish();
+                if text == sql {
+                    return None;
+                }
+                let mut b = text.into_bytes();
+                b.push(0);
+                Some(message(b'Q', &b))
+            }
+            b'P' => {
+                let (name, rest) = cstr(body)?;
+                let (sql, params) = cstr(rest)?;
+                let sql = std::str::from_utf8(sql).ok()?;
+                let c = self.classifier.classify(sql).await;
+                let refused = c.statements.iter().find_map(|s| s.verdict.clone().err());
+                let (text, tail): (String, &[u8]) = match refused {
+                    Some(r) => (lock(&self.refusals).stand_in(r), &[0, 0]),
+                    None => {
+                        let kind = match c.statements.as_slice() {
+                            [one] => one.verdict.clone().unwrap_or(Kind::Other),
+                            _ => Kind::Other,
+                        };
+                        self.statements.insert(name.to_vec(), kind);
+                        match &c.rewritten {
+                            Some(t) => (t.clone(), params),
+                            None => return None,
+                        }
+                    }
+                };
+                let mut b = name.to_vec();
+                b.push(0);
+                b.extend_from_slice(text.as_bytes());
+                b.push(0);
+                b.extend_from_slice(tail);
+                Some(message(b'P', &b))
+            }
+            b'B' => {
+                let (portal, rest) = cstr(body)?;
+                let (stmt, _) = cstr(rest)?;
+                let kind = self.statements.get(stmt).copied().unwrap_or(Kind::Other);
+                self.portals.insert(portal.to_vec(), kind);
+                None
+            }
+            b'E' => {
+                let (portal, _) = cstr(body)?;
+                let kind = self.portals.get(portal).copied().unwrap_or(Kind::Other);
+                let r = match self.transaction_failed() {
+                    Some(r) => r,
+                    None => {
+                        let applied = self.tx.apply(kind);
+                        self.publish();
+                        applied.err()?
+                    }
+                };
+                let stand_in = lock(&self.refusals).stand_in(r);
+                let mut b = REFUSAL_STATEMENT.as_bytes().to_vec();
+                b.push(0);
+                b.extend_from_slice(stand_in.as_bytes());
+                b.extend_from_slice(&[0, 0, 0]);
+                Some(message(b'P', &b))
+            }
+            b'C' => {
+                let (&what, rest) = body.split_first()?;
+                let (name, _) = cstr(rest)?;
+                match what {
+                    b'S' => self.statements.remove(name),
+                    b'P' => self.portals.remove(name),
+                    _ => None,
+                };
+                None
+            }
+            b'S' => {
+                self.tx.end_implicit();
+                self.publish();
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Relays the client's messages to PostgreSQL through `side` until the client closes or
+/// breaks the protocol.
+pub(crate) async fn relay_from_client<C, U>(
+    client: C,
+    upstream: &mut U,
+    side: &mut ClientSide,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + Unpin,
+    U: AsyncWrite + Unpin,
+{
+    let mut client = BufReader::with_capacity(32 * 1024, client);
+    let mut out = tokio::io::BufWriter::with_capacity(32 * 1024, upstream);
+    loop {
+        let tag = match client.read_u8().await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        };
+        let len = client.read_u32().await? as usize;
+        if !(4..=MAX_CLIENT_MESSAGE + 4).contains(&len) {
+            tracing::debug!("client message of {len} bytes: connection closed");
+            break;
+        }
+        let mut body = vec![0u8; len - 4];
+        client.read_exact(&mut body).await?;
+        match side.rewrite(tag, &body).await {
+            Some(m) => out.write_all(&m).await?,
+            None => {
+                out.write_all(&[tag]).await?;
+                out.write_all(&(len as u32).to_be_bytes()).await?;
+                out.write_all(&body).await?;
+            }
+        }
+        if client.buffer().is_empty() {
+            out.flush().await?;
+        }
+    }
+    out.flush().await
+}
+
+/// Rewrites PostgreSQL's errors for refused statements into DSQL's, in the stream of
+/// messages to the client; everything else passes untouched.
+pub(crate) struct ResponseFilter {
+    refusals: Arc<Mutex<Refusals>>,
+    header: [u8; 5],
+    header_len: usize,
+    body_left: usize,
+    /// A message being collected to be checked (tag and length included).
+    held: Option<Vec<u8>>,
+    /// The row limit failed a statement: PostgreSQL's answers are dropped until its
+    /// ReadyForQuery, which then says the transaction failed.
+    dropping: bool,
+}
+
+/// Rows a command tag says were modified.
+fn tag_rows(tag: &[u8]) -> Option<u64> {
+    let tag = std::str::from_utf8(tag).ok()?;
+    let mut words = tag.split(' ');
+    let counted = matches!(words.next()?, "INSERT" | "UPDATE" | "DELETE" | "MERGE");
+    if !counted {
+        return None;
+    }
+    words.next_back()?.parse().ok()
+}
+
+impl ResponseFilter {
+    /// A filter for the connection whose markers `refusals` holds.
+    pub(crate) fn new(refusals: Arc<Mutex<Refusals>>) -> Self {
+        Self {
+            refusals,
+            header: [0; 5],
+            header_len: 0,
+            body_left: 0,
+            held: None,
+            dropping: false,
+        }
+    }
+
+    /// Feeds bytes from PostgreSQL; what the client is to get is appended to `out`.
+    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            if self.body_left > 0 {
+                let take = self.body_left.min(input.len());
+                match &mut self.held {
+                    Some(h) => h.extend_from_slice(&input[..take]),
+                    None if self.dropping => {}
+                    None => out.extend_from_slice(&input[..take]),
+                }
+                self.body_left -= take;
+                input = &input[take..];
+                if self.body_left == 0
+                    && let Some(h) = self.held.take()
+                {
+                    self.emit(h, out);
+                }
+                continue;
+            }
+            let take = (5 - self.header_len).min(input.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&input[..take]);
+            self.header_len += take;
+            input = &input[take..];
+            if self.header_len < 5 {
+                continue;
+            }
+            self.header_len = 0;
+            let len = u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]) as usize;
+            self.body_left = len.saturating_sub(4);
+            let checked = matches!(self.header[0], b'E' | b'C' | b'Z');
+            if checked && self.body_left <= MAX_HELD_ERROR {
+                let mut h = Vec::with_capacity(len + 1);
+                h.extend_from_slice(&self.header);
+                if self.body_left == 0 {
+                    self.emit(h, out);
+                } else {
+                    self.held = Some(h);
+                }
+            } else if !self.dropping {
+                out.extend_from_slice(&self.header);
+            }
+        }
+    }
+
+    fn emit(&mut self, msg: Vec<u8>, out: &mut Vec<u8>) {
+        let body = &msg[5..];
+        match msg[0] {
+            b'Z' => {
+                let status = body.first().copied().unwrap_or(b'I');
+                if status == b'I' {
+                    let mut shared = lock(&self.refusals);
+                    shared.rows = 0;
+                    shared.over_row_limit = false;
+                }
+                if std::mem::take(&mut self.dropping) && status == b'T' {
+                    out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'E']);
+                    return;
+                }
+            }
+            _ if self.dropping => return,
+            b'C' => {
+                let rows = cstr(body).and_then(|(tag, _)| tag_rows(tag));
+                if let Some(rows) = rows {
+                    let mut shared = lock(&self.refusals);
+                    shared.rows += rows;
+                    if shared.explicit && shared.rows > MAX_TRANSACTION_ROWS {
+                        shared.over_row_limit = true;
+                        drop(shared);
+                        self.dropping = true;
+                        let r = Refusal::new("54000", "transaction row limit exceeded");
+                        out.extend_from_slice(&error_response(&r));
+                        return;
+                    }
+                }
+            }
+            b'E' => {
+                if let Some(new) = self.rewrite_error(body) {
+                    out.extend_from_slice(&new);
+                    return;
+                }
+            }
+            _ => {}
+        }
+        out.extend_from_slice(&msg);
+    }
+
+    fn rewrite_error(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let mut fields = body;
+        let mut code = None;
+        let mut text = None;
+        while let Some((&field, rest)) = fields.split_first() {
+            if field == 0 {
+                break;
+            }
+            let (value, rest) = cstr(rest)?;
+            match field {
+                b'C' => code = Some(value),
+                b'M' => text = Some(value),
+                _ => {}
+            }
+            fields = rest;
+        }
+        if code? != b"42703" {
+            return None;
+        }
+        let refusal = lock(&self.refusals).take(std::str::from_utf8(text?).ok()?)?;
+        Some(error_response(&refusal))
+    }
+}
+
+/// An ERROR-level ErrorResponse carrying `r`.
+pub(crate) fn error_response(r: &Refusal) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut field = |t: u8, v: &str| {
+        body.push(t);
+        body.extend(v.bytes().filter(|&b| b != 0));
+        body.push(0);
+    };
+    field(b'S', "ERROR");
+    field(b'V', "ERROR");
+    field(b'C', r.code);
+    field(b'M', &r.message);
+    if let Some(d) = &r.detail {
+        field(b'D', d);
+    }
+    body.push(0);
+    message(b'E', &body)
+}
