@@ -321,6 +321,16 @@ const NO_ENDPOINT: &str = "no cluster endpoint: set --endpoint or CLUSTER_ENDPOI
 
 /// Validates the token target: endpoint, region, user, credentials, expiry.
 pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, ConfigError> {
+    target_for(args, env, true)
+}
+
+/// [`target`], where only `signing` needs a region: without IAM a missing one is left empty
+/// (a bare cluster id still needs one, to expand it).
+fn target_for(
+    args: &TargetArgs,
+    env: &dyn Environment,
+    signing: bool,
+) -> Result<Target, ConfigError> {
     let raw = args.endpoint.as_deref().map(str::trim).unwrap_or_default();
     if raw.is_empty() {
         return Err(bad(NO_ENDPOINT));
@@ -335,13 +345,17 @@ pub fn target(args: &TargetArgs, env: &dyn Environment) -> Result<Target, Config
     let region = explicit
         .or_else(|| region_from_endpoint(raw))
         .or_else(|| first_env(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]));
-    let Some(region) = region else {
-        return Err(bad(format!(
-            "cannot tell the region of endpoint {}: set --region or REGION (or AWS_REGION)",
-            shown(raw)
-        )));
+    let region = match region {
+        Some(region) => region,
+        None if !signing && !is_cluster_id(raw) => String::new(),
+        None => {
+            return Err(bad(format!(
+                "cannot tell the region of endpoint {}: set --region or REGION (or AWS_REGION)",
+                shown(raw)
+            )));
+        }
     };
-    if !valid_region(&region) {
+    if !(region.is_empty() || valid_region(&region)) {
         return Err(bad(format!(
             "--region (or REGION) {} is not a region name such as us-east-1",
             shown(&region)
@@ -455,7 +469,7 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
         return Err(bad(format!("{NO_ENDPOINT} (or use --local)")));
     }
     let iam = iam_enabled(args, env)?;
-    let target = target(&args.target, env)?;
+    let target = target_for(&args.target, env, iam)?;
     if iam && args.sslmode == SslMode::Disable {
         return Err(bad(
             "--sslmode disable (or PGSSLMODE) cannot be used with IAM: DSQL requires TLS; use verify-full",
@@ -636,6 +650,24 @@ mod tests {
             "the library's default is the CLI's"
         );
         assert_eq!(s.target.token_expires_in, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn only_signing_needs_a_region() {
+        // Plain PostgreSQL without IAM: nothing is signed, so no region is asked for.
+        let s = remote(&["--endpoint", "localhost", "--no-iam"], &[]);
+        assert_eq!(s.target.region, "");
+        assert!(matches!(s.auth, Auth::Password(_)));
+        let s = remote(&["--endpoint", "localhost"], &[("DB_USE_IAM", "false")]);
+        assert_eq!(s.target.region, "");
+        // A region given is still checked, and a bare cluster id still needs one to expand.
+        let error = conn(
+            &["--endpoint", "localhost", "--no-iam", "--region", "x y"],
+            &[],
+        );
+        assert!(error.unwrap_err().0.contains("--region (or REGION)"));
+        let error = conn(&["--endpoint", &HOST[..26], "--no-iam"], &[]);
+        assert!(error.unwrap_err().0.contains("set --region or REGION"));
     }
 
     #[test]

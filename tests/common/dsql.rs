@@ -78,20 +78,14 @@ pub async fn run_at(endpoint: &TestEndpoint, args: &[&str]) -> Output {
 }
 
 /// The flags that reach the plain PostgreSQL without IAM (its password and CA come from
-/// `PGPASSWORD` and `PGSSLROOTCERT`, or whatever the test sets instead).
+/// `PGPASSWORD` and `PGSSLROOTCERT`, or whatever the test sets instead). No region: only
+/// signing needs one.
 pub fn plain_flags(pg: &TestPg) -> Vec<String> {
-    [
-        "--endpoint",
-        "localhost",
-        "--region",
-        "us-east-1",
-        "--no-iam",
-        "--port",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([pg.port().to_string()])
-    .collect()
+    ["--endpoint", "localhost", "--no-iam", "--port"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([pg.port().to_string()])
+        .collect()
 }
 
 /// Runs `dsql-pgx ARGS` against the plain PostgreSQL with `--no-iam` and its CA.
