@@ -98,6 +98,66 @@ pub async fn run_plain(pg: &TestPg, args: &[&str]) -> Output {
     output(cmd).await
 }
 
+/// Runs a prepared command with stdout on a pseudo-terminal of `columns` columns and returns
+/// what it printed (stderr captured as usual) and what the terminal showed (`\r\n` as `\n`).
+pub async fn on_terminal(mut cmd: std::process::Command, columns: u16) -> (Output, String) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("a pseudo-terminal");
+    let mut terminal = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Linux reports EIO on the master once no process holds the other side.
+        while let Ok(n @ 1..) = terminal.read(&mut buf) {
+            shown.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
+    });
+    cmd.stdout(std::process::Stdio::from(pty.slave));
+    // SAFETY: setsid is async-signal-safe. In a session of its own the child has no
+    // controlling terminal, so its terminal size is its stdout's, not that of whatever
+    // terminal runs the tests.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running dsql-pgx"))
+        .await
+        .unwrap();
+    let shown = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    (out, shown)
+}
+
+/// Asserts that no line of `text` is wider than `columns` (so a terminal wraps none).
+pub fn assert_fits(text: &str, columns: usize) {
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= columns,
+            "a line wider than {columns} columns:\n{line}\nin\n{text}"
+        );
+    }
+}
+
+/// The session IDs (26 letters and digits) `text` shows whole; one cut over two lines
+/// shows as pieces, which are not counted.
+pub fn whole_ids(text: &str) -> Vec<&str> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| word.len() == 26)
+        .collect()
+}
+
 /// stdout as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
