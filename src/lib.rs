@@ -60,7 +60,8 @@ use crate::output::Output;
 /// uses a worker per core.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(&cli);
-    let out = Output::new(&cli.global);
+    let (format, no_header) = cli.command.output_format();
+    let out = Output::new(&cli.global, format, no_header);
     let threads = match &cli.command {
         Command::Completions(args) => return cmd::completions::run(args),
         Command::Local(args) if args.threads > 0 => args.threads as usize,

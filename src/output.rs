@@ -37,11 +37,11 @@ pub struct Output {
 }
 
 impl Output {
-    /// Decides, once, what stdout and stderr are.
-    pub fn new(global: &GlobalArgs) -> Output {
+    /// Decides, once, what stdout and stderr are; `format` and `no_header` are the command's.
+    pub fn new(global: &GlobalArgs, format: Format, no_header: bool) -> Output {
         Output {
-            format: global.format,
-            no_header: global.no_header,
+            format,
+            no_header,
             quiet: global.quiet,
             verbose: global.verbose,
             expanded: false,
@@ -94,7 +94,8 @@ impl Output {
         first: bool,
     ) -> anyhow::Result<()> {
         match self.format {
-            Format::Table => {
+            // `query` takes no `text`; were it given, a table is its text.
+            Format::Table | Format::Text => {
                 if result.returned_rows && result.columns.is_empty() {
                     // Zero columns (`select;`): psql's empty header rule, then the tag.
                     writeln!(out, "--")?;

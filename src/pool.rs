@@ -489,17 +489,12 @@ impl Opener {
             .code()
             .map(|c| c.code().to_string())
             .unwrap_or_default();
-        let hint = if self.iam_hint && code.starts_with("28") {
-            "; check the system clock, the AWS credentials and region, and that --user matches \
-             the role the IAM identity may use (admin gets a DbConnectAdmin token, other roles DbConnect)"
-        } else if code == "0A000" {
-            "; a startup parameter is not on DSQL's allow-list"
-        } else {
-            ""
-        };
+        let message = source.as_db_error().map_or("", |e| e.message());
+        let user = self.config.get_user().unwrap_or_default();
+        let hint = rejection_hint(&code, message, user, self.iam_hint);
         ConnectError::Rejected {
             addr: self.addr.clone(),
-            hint: hint.to_string(),
+            hint,
             error: source,
         }
     }
@@ -520,6 +515,46 @@ impl Opener {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Advice for a connection the server refused, matched to its error: a role that does not
+/// exist (or is not granted to the IAM identity) gets the statements that make it, a bad
+/// token the clock, credentials and region.
+fn rejection_hint(code: &str, message: &str, user: &str, iam: bool) -> String {
+    if code == "0A000" {
+        return "; a startup parameter is not on DSQL's allow-list".into();
+    }
+    if !iam || !code.starts_with("28") {
+        return String::new();
+    }
+    let role = quote_ident(user);
+    let grant = format!(
+        "as admin: CREATE ROLE {role} WITH LOGIN; AWS IAM GRANT {role} TO '<IAM role ARN>'"
+    );
+    if message.starts_with("role ") && message.ends_with(" does not exist") {
+        // The token was accepted; the role is missing.
+        format!("; create role {role} and grant it to your IAM identity ({grant})")
+    } else if user == "admin" {
+        "; check the system clock, the AWS credentials and the region".into()
+    } else {
+        format!(
+            "; check that role {role} exists and is granted to your IAM identity ({grant}), \
+             then the system clock, the AWS credentials and the region"
+        )
+    }
+}
+
+/// A role name as SQL names it: bare when PostgreSQL would keep it as typed, else quoted.
+fn quote_ident(name: &str) -> String {
+    let bare = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if bare {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
     }
 }
 
@@ -1169,6 +1204,36 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_match_the_error() {
+        // A missing role: the role and how to grant it, not the clock.
+        let hint = rejection_hint("28000", "role \"app\" does not exist", "app", true);
+        assert!(
+            hint.contains("AWS IAM GRANT app TO '<IAM role ARN>'"),
+            "{hint}"
+        );
+        assert!(hint.contains("CREATE ROLE app WITH LOGIN"), "{hint}");
+        assert!(!hint.contains("clock"), "{hint}");
+        // DSQL's one message for any refusal: the role first for a custom role.
+        let hint = rejection_hint(
+            "28000",
+            "IAM authentication failed for user \"App\"",
+            "App",
+            true,
+        );
+        assert!(hint.contains("AWS IAM GRANT \"App\" TO"), "{hint}");
+        assert!(hint.contains("clock"), "{hint}");
+        let hint = rejection_hint("28P01", "IAM authentication failed", "admin", true);
+        assert!(hint.contains("clock") && !hint.contains("GRANT"), "{hint}");
+        // Without IAM a password failure is PostgreSQL's own business.
+        assert_eq!(
+            rejection_hint("28P01", "password authentication failed", "u", false),
+            ""
+        );
+        assert!(rejection_hint("0A000", "", "admin", true).contains("allow-list"));
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
 
     #[test]
     fn stats_of_several_pools_add_up() {
