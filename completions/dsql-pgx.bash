@@ -85,7 +85,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__bench)
-            opts="-v -q -h -V --clients --duration --warmup --refresh-every --pipeline --threads --format --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
+            opts="-v -q -h -V --clients --duration --warmup --refresh-every --pipeline --threads --format --local --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -213,7 +213,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__connect)
-            opts="-v -q -h -V --count --format --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
+            opts="-v -q -h -V --count --format --local --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -503,7 +503,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__query)
-            opts="-f -x -v -q -h -V --file --transaction --expanded --format --no-header --retries --retry-base --retry-max --no-retry --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
+            opts="-f -x -v -q -h -V --file --transaction --expanded --format --no-header --retries --retry-base --retry-max --no-retry --local --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -613,7 +613,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__refresh__subcmd__demo)
-            opts="-v -q -h -V --interval --duration --refreshes --workers --format --refresh --refresh-interval --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
+            opts="-v -q -h -V --interval --duration --refreshes --workers --format --refresh --refresh-interval --local --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -131,6 +131,10 @@ pub enum Command {
     Query(QueryArgs),
 
     /// Open the pool and show each connection's session ID, TLS and timing.
+    ///
+    /// One row per connection: number, session ID, server version, TLS version, connect time
+    /// and token age; the pool's statistics in one line on stderr. `-v` splits the connect
+    /// time into token, TCP, TLS handshake and auth, and prints every pool counter.
     Connect(ConnectArgs),
 
     /// Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`.
@@ -238,15 +242,15 @@ pub struct TargetArgs {
 /// How to connect: the target plus TLS, pool and IAM options.
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
-    #[command(flatten)]
-    pub target: TargetArgs,
-
     /// Run against an ephemeral local endpoint (needs PostgreSQL server binaries).
     ///
     /// Starts `dsql-pgx local` in-process on a free port, connects with its credentials and
     /// CA, and tears it down afterwards. Endpoint, region, port and TLS flags are ignored.
     #[arg(long, help_heading = "Connection options")]
     pub local: bool,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     #[command(flatten)]
     pub address: AddressArgs,
