@@ -98,29 +98,37 @@ pub async fn run_plain(pg: &TestPg, args: &[&str]) -> Output {
     output(cmd).await
 }
 
-/// Runs a prepared command with stdout on a pseudo-terminal of `columns` columns and returns
-/// what it printed (stderr captured as usual) and what the terminal showed (`\r\n` as `\n`).
-pub async fn on_terminal(mut cmd: std::process::Command, columns: u16) -> (Output, String) {
+/// A pseudo-terminal of `columns` columns (the system's default size when `None`): the side
+/// to give a child as stdout or stderr, and a thread collecting everything the terminal
+/// shows until the last process holding that side is gone.
+pub fn terminal(columns: Option<u16>) -> (std::os::fd::OwnedFd, std::thread::JoinHandle<String>) {
     use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    let size = nix::pty::Winsize {
+    let size = columns.map(|ws_col| nix::pty::Winsize {
         ws_row: 24,
-        ws_col: columns,
+        ws_col,
         ws_xpixel: 0,
         ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&size), None).expect("a pseudo-terminal");
-    let mut terminal = std::fs::File::from(pty.master);
+    });
+    let pty = nix::pty::openpty(size.as_ref(), None).expect("a pseudo-terminal");
+    let mut master = std::fs::File::from(pty.master);
     let reader = std::thread::spawn(move || {
         let mut shown = Vec::new();
         let mut buf = [0u8; 4096];
         // Linux reports EIO on the master once no process holds the other side.
-        while let Ok(n @ 1..) = terminal.read(&mut buf) {
+        while let Ok(n @ 1..) = master.read(&mut buf) {
             shown.extend_from_slice(&buf[..n]);
         }
-        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
+        String::from_utf8_lossy(&shown).into_owned()
     });
-    cmd.stdout(std::process::Stdio::from(pty.slave));
+    (pty.slave, reader)
+}
+
+/// Runs a prepared command with stdout on a pseudo-terminal of `columns` columns and returns
+/// what it printed (stderr captured as usual) and what the terminal showed (`\r\n` as `\n`).
+pub async fn on_terminal(mut cmd: std::process::Command, columns: u16) -> (Output, String) {
+    use std::os::unix::process::CommandExt;
+    let (side, reader) = terminal(Some(columns));
+    cmd.stdout(std::process::Stdio::from(side));
     // SAFETY: setsid is async-signal-safe. In a session of its own the child has no
     // controlling terminal, so its terminal size is its stdout's, not that of whatever
     // terminal runs the tests.
@@ -131,6 +139,16 @@ pub async fn on_terminal(mut cmd: std::process::Command, columns: u16) -> (Outpu
                 .map_err(std::io::Error::from)
         });
     }
+    let (out, shown) = run_on_terminal(cmd, reader).await;
+    (out, shown.replace("\r\n", "\n"))
+}
+
+/// Runs a command wired to a [`terminal`] and returns what it printed and what the terminal
+/// showed.
+pub async fn run_on_terminal(
+    mut cmd: std::process::Command,
+    reader: std::thread::JoinHandle<String>,
+) -> (Output, String) {
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("running dsql-pgx"))
         .await
         .unwrap();
