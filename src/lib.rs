@@ -14,7 +14,7 @@
 //! | [`auth`] | credentials, token signing, the credential cache |
 //! | [`tls`] | the rustls configuration and the TLS connector |
 //! | [`pool`] | the bb8 manager, connection registry, refresh, statistics |
-//! | [`latency`] | latency samples and percentiles, for the commands that measure |
+//! | [`latency`] | latency histograms (constant memory) and percentiles, for the commands that measure |
 //! | [`retry`] | optimistic-concurrency conflict detection and retry |
 //! | [`sql`] | splitting SQL into statements, running them, command tags |
 //! | [`output`] | tables, csv, tsv, json, terminal detection, escaping |
