@@ -346,10 +346,24 @@ async fn bench_reports_json_with_refreshes_and_no_errors() {
     let ep = TestEndpoint::start().await;
     let report = bench_json(&ep, "4", "3s", "500ms", &["--refresh-every", "1s"]).await;
     for key in [
-        "qps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "pool",
+        "qps",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
+        "errors",
+        "pool",
+        "duration_ms",
+        "warmup_ms",
     ] {
         assert!(report.get(key).is_some(), "{key} in {report}");
     }
+    // Durations are whole microseconds: milliseconds with at most three decimals.
+    let ms = report["duration_ms"].as_f64().unwrap();
+    assert!(
+        ms >= 3000.0 && (ms * 1e3 - (ms * 1e3).round()).abs() < 1e-6,
+        "{ms}"
+    );
     assert!(report["qps"].as_f64().unwrap() > 0.0);
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}));
