@@ -10,6 +10,8 @@
 //!   the errors are rewritten into DSQL's.
 
 pub(crate) mod parse;
+#[cfg(test)]
+mod props;
 pub(crate) mod relay;
 pub(crate) mod rules;
 
