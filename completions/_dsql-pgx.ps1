@@ -190,6 +190,8 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('--secret-access-key', '--secret-access-key', [CompletionResultType]::ParameterName, 'Secret access key to accept (default: generated and kept in the data dir)')
             [CompletionResult]::new('--secret-access-key-file', '--secret-access-key-file', [CompletionResultType]::ParameterName, 'Read the secret access key from this file (yours, mode 0600, not a symbolic link)')
             [CompletionResult]::new('--env-file', '--env-file', [CompletionResultType]::ParameterName, 'Write the exports to this file instead of stdout, once the endpoint accepts connections')
+            [CompletionResult]::new('--dialect', '--dialect', [CompletionResultType]::ParameterName, 'SQL spoken behind IAM: DSQL''s (statements DSQL refuses are refused with its SQLSTATEs and words, CREATE INDEX ASYNC builds in the background), or plain PostgreSQL')
+            [CompletionResult]::new('--max-transaction-age', '--max-transaction-age', [CompletionResultType]::ParameterName, 'Fail transactions older than this, as DSQL does at 5 minutes (with --dialect dsql)')
             [CompletionResult]::new('--max-connection-age', '--max-connection-age', [CompletionResultType]::ParameterName, 'Close client connections older than this, as DSQL does at one hour')
             [CompletionResult]::new('--max-connections', '--max-connections', [CompletionResultType]::ParameterName, 'Refuse connections beyond this many (SQLSTATE 53300)')
             [CompletionResult]::new('--rate', '--rate', [CompletionResultType]::ParameterName, 'New connections per second before refusing (SQLSTATE 53400)')

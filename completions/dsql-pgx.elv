@@ -182,6 +182,8 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand --secret-access-key 'Secret access key to accept (default: generated and kept in the data dir)'
             cand --secret-access-key-file 'Read the secret access key from this file (yours, mode 0600, not a symbolic link)'
             cand --env-file 'Write the exports to this file instead of stdout, once the endpoint accepts connections'
+            cand --dialect 'SQL spoken behind IAM: DSQL''s (statements DSQL refuses are refused with its SQLSTATEs and words, CREATE INDEX ASYNC builds in the background), or plain PostgreSQL'
+            cand --max-transaction-age 'Fail transactions older than this, as DSQL does at 5 minutes (with --dialect dsql)'
             cand --max-connection-age 'Close client connections older than this, as DSQL does at one hour'
             cand --max-connections 'Refuse connections beyond this many (SQLSTATE 53300)'
             cand --rate 'New connections per second before refusing (SQLSTATE 53400)'

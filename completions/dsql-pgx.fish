@@ -164,6 +164,9 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l access-key-i
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l secret-access-key -d 'Secret access key to accept (default: generated and kept in the data dir)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l secret-access-key-file -d 'Read the secret access key from this file (yours, mode 0600, not a symbolic link)' -r -F
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l env-file -d 'Write the exports to this file instead of stdout, once the endpoint accepts connections' -r -F
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l dialect -d 'SQL spoken behind IAM: DSQL\'s (statements DSQL refuses are refused with its SQLSTATEs and words, CREATE INDEX ASYNC builds in the background), or plain PostgreSQL' -r -f -a "dsql\t'Aurora DSQL\'s: what DSQL refuses is refused as DSQL refuses it'
+postgres\t'Plain PostgreSQL, statements relayed as they are'"
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-transaction-age -d 'Fail transactions older than this, as DSQL does at 5 minutes (with --dialect dsql)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connection-age -d 'Close client connections older than this, as DSQL does at one hour' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connections -d 'Refuse connections beyond this many (SQLSTATE 53300)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l rate -d 'New connections per second before refusing (SQLSTATE 53400)' -r

@@ -372,6 +372,24 @@ pub enum SslNegotiation {
     Direct,
 }
 
+/// The SQL `local` speaks behind IAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LocalDialect {
+    /// Aurora DSQL's: what DSQL refuses is refused as DSQL refuses it.
+    Dsql,
+    /// Plain PostgreSQL, statements relayed as they are.
+    Postgres,
+}
+
+impl From<LocalDialect> for crate::local::Dialect {
+    fn from(d: LocalDialect) -> Self {
+        match d {
+            LocalDialect::Dsql => Self::Dsql,
+            LocalDialect::Postgres => Self::Postgres,
+        }
+    }
+}
+
 /// Arguments of `query`.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
@@ -656,6 +674,15 @@ pub struct LocalArgs {
     #[arg(long, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
 
+    /// SQL spoken behind IAM: DSQL's (statements DSQL refuses are refused with its SQLSTATEs
+    /// and words, CREATE INDEX ASYNC builds in the background), or plain PostgreSQL.
+    #[arg(long, value_enum, default_value_t = LocalDialect::Dsql)]
+    pub dialect: LocalDialect,
+
+    /// Fail transactions older than this, as DSQL does at 5 minutes (with --dialect dsql).
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub max_transaction_age: String,
+
     /// Close client connections older than this, as DSQL does at one hour.
     #[arg(long, default_value = "1h", value_name = "DURATION")]
     pub max_connection_age: String,
@@ -730,5 +757,22 @@ mod tests {
             let cli = parse_isolated(&argv).unwrap();
             assert_eq!(cli.command.name(), name);
         }
+    }
+
+    #[test]
+    fn local_dialect_defaults_to_dsql_and_can_be_switched_off() {
+        let dialect = |extra: &[&str]| {
+            let argv: Vec<&str> = ["dsql-pgx", "local"].iter().chain(extra).copied().collect();
+            match parse_isolated(&argv).unwrap().command {
+                Command::Local(a) => crate::local::Dialect::from(a.dialect),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(dialect(&[]), crate::local::Dialect::Dsql);
+        assert_eq!(
+            dialect(&["--dialect", "postgres"]),
+            crate::local::Dialect::Postgres
+        );
+        assert!(parse_isolated(&["dsql-pgx", "local", "--dialect", "mysql"]).is_err());
     }
 }

@@ -139,6 +139,15 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let max_transaction_age =
+        resolve::duration(&args.max_transaction_age, "--max-transaction-age", None)?;
+    if max_transaction_age.is_zero() {
+        return Err(ConfigError(format!(
+            "--max-transaction-age must be above 0, got {}",
+            settings::shown(&args.max_transaction_age)
+        ))
+        .into());
+    }
     // Judged before the (slow) start, written once the endpoint accepts connections.
     let env_file = match &args.env_file {
         Some(path) => Some(files::PrivateFile::at(path, "--env-file")?),
@@ -173,6 +182,8 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
             rate_per_sec: args.rate,
             burst: args.burst,
         },
+        dialect: args.dialect.into(),
+        max_transaction_age,
         ..EndpointOptions::default()
     });
     // A signal during the start drops it: PostgreSQL is stopped, a temporary dir removed.
