@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::certs::LocalCa;
 use super::clock::Clock;
-use super::dialect::{Classifier, Dialect};
+use super::dialect::{self, Classifier, Dialect};
 use super::files::{self, Dir};
 use super::postgres::{
     DEFAULT_UNIX_PORT, MAX_CLIENT_CONNECTIONS, PgOptions, PgServer, check_data_dir,
@@ -453,7 +453,12 @@ impl LocalEndpoint {
         );
         if opts.dialect == Dialect::Dsql {
             let classifier = Classifier::start().context("starting the SQL parser threads")?;
-            shared = shared.with_dialect(classifier, opts.max_transaction_age);
+            let jobs = dialect::jobs::Jobs::start(&pg)
+                .await
+                .context("starting the job runner of CREATE INDEX ASYNC")?;
+            shared = shared
+                .with_dialect(classifier, opts.max_transaction_age)
+                .with_jobs(jobs);
         }
         let shared = Arc::new(shared);
         let (stop, stop_rx) = watch::channel(false);

@@ -223,6 +223,8 @@ pub(crate) struct Shared {
     classifier: Option<Arc<Classifier>>,
     /// DSQL's transaction age limit, with the dialect.
     max_transaction_age: Duration,
+    /// The runner of `CREATE INDEX ASYNC` jobs, with the dialect.
+    jobs: Option<Arc<dialect::jobs::Jobs>>,
 }
 
 impl Shared {
@@ -251,6 +253,7 @@ impl Shared {
             upstream_failed: AtomicBool::new(false),
             classifier: None,
             max_transaction_age: Duration::ZERO,
+            jobs: None,
         }
     }
 
@@ -263,6 +266,12 @@ impl Shared {
     ) -> Self {
         self.classifier = Some(Arc::new(classifier));
         self.max_transaction_age = max_transaction_age;
+        self
+    }
+
+    /// Runs `ASYNC` statements as background jobs of `jobs`.
+    pub(crate) fn with_jobs(mut self, jobs: dialect::jobs::Jobs) -> Self {
+        self.jobs = Some(Arc::new(jobs));
         self
     }
 
@@ -388,6 +397,8 @@ pub(crate) async fn shutdown_signaled(rx: &mut watch::Receiver<bool>) {
 struct Established {
     client: TlsStream<TcpStream>,
     upstream: UnixStream,
+    /// The role the client logged in as.
+    user: String,
     _slot: OpenGuard,
     _key: Option<BackendKey>,
 }
@@ -427,6 +438,7 @@ pub(crate) async fn serve(
     let Established {
         client,
         mut upstream,
+        user,
         _slot,
         _key,
     } = established;
@@ -454,6 +466,9 @@ pub(crate) async fn serve(
                     refusals.clone(),
                     shared.max_transaction_age,
                 );
+                if let Some(jobs) = &shared.jobs {
+                    side = side.with_jobs(jobs.clone(), user.clone());
+                }
                 dialect::relay::relay_from_client(&mut from_client, &mut to_upstream, &mut side)
                     .await
             }
@@ -836,6 +851,7 @@ async fn establish(
     Ok(Some(Established {
         client: tls,
         upstream,
+        user,
         _slot: slot,
         _key: key.map(|k| shared.register_backend(k)),
     }))

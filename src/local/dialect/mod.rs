@@ -6,9 +6,11 @@
 //!
 //! - [`rules`]: DSQL's verdict on one parsed statement.
 //! - [`parse`]: text → statements and verdicts, bounded and cached ([`Classifier`]).
+//! - [`jobs`]: `CREATE INDEX ASYNC` as background jobs, `sys.jobs`, `sys.wait_for_job`.
 //! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
 //!   the errors are rewritten into DSQL's.
 
+pub(crate) mod jobs;
 pub(crate) mod parse;
 #[cfg(test)]
 mod props;

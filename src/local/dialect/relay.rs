@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::time::Instant;
 
+use super::jobs::{JobKind, Jobs};
 use super::parse::{Classified, Classifier};
 use super::rules::{FEATURE_NOT_SUPPORTED, Kind, Refusal};
 
@@ -74,7 +75,7 @@ impl Refusals {
     }
 
     /// Registers `r`; returns the statement that makes PostgreSQL fail in its place.
-    fn stand_in(&mut self, r: Refusal) -> String {
+    pub(super) fn stand_in(&mut self, r: Refusal) -> String {
         let id = self.next;
         self.next += 1;
         self.pending.insert(id, r);
@@ -82,6 +83,24 @@ impl Refusals {
             self.pending.pop_first();
         }
         format!("SELECT {}{id}", self.prefix)
+    }
+
+    /// The column name standing for `job_id` in the row of an async job of `kind`: the
+    /// filter renames it and gives the statement DSQL's command tag.
+    pub(super) fn job_marker(&self, kind: JobKind) -> String {
+        match kind {
+            JobKind::IndexBuild => format!("{}job_ci", self.prefix),
+            JobKind::Validate => format!("{}job_at", self.prefix),
+        }
+    }
+
+    /// The kind of async job a RowDescription's one column name stands for.
+    fn job_of_marker(&self, name: &[u8]) -> Option<JobKind> {
+        match name.strip_prefix(self.prefix.as_bytes())? {
+            b"job_ci" => Some(JobKind::IndexBuild),
+            b"job_at" => Some(JobKind::Validate),
+            _ => None,
+        }
     }
 
     /// The refusal a PostgreSQL error message stands for, if it is one of ours.
@@ -165,6 +184,8 @@ pub(crate) struct ClientSide {
     portals: HashMap<Vec<u8>, Kind>,
     /// DSQL's transaction age limit.
     max_age: Duration,
+    /// The job runner for `ASYNC` statements, and the role the client logged in as.
+    jobs: Option<(Arc<Jobs>, String)>,
 }
 
 fn aborted() -> Refusal {
@@ -202,7 +223,14 @@ impl ClientSide {
             statements: HashMap::new(),
             portals: HashMap::new(),
             max_age,
+            jobs: None,
         }
+    }
+
+    /// Runs `ASYNC` statements as jobs of `jobs`, built as `role`.
+    pub(crate) fn with_jobs(mut self, jobs: Arc<Jobs>, role: String) -> Self {
+        self.jobs = Some((jobs, role));
+        self
     }
 
     /// Why the transaction is over before this statement runs: the row limit crossed by an
@@ -242,8 +270,8 @@ impl ClientSide {
     }
 
     /// The text to run for a simple Query: the client's, or up to the refused statement
-    /// followed by its stand-in.
-    fn plan_query(&mut self, sql: &str, c: &Classified) -> String {
+    /// followed by its stand-in; and where the client's statements that run end.
+    fn plan_query(&mut self, sql: &str, c: &Classified) -> (String, usize) {
         let text = c.rewritten.as_deref().unwrap_or(sql);
         let mut tx = self.tx;
         for st in &c.statements {
@@ -253,12 +281,12 @@ impl ClientSide {
                 self.tx = tx;
                 let stand_in = lock(&self.refusals).stand_in(r);
                 let before = text.get(..st.start).unwrap_or("");
-                return format!("{before}{stand_in}");
+                return (format!("{before}{stand_in}"), before.len());
             }
         }
         tx.end_implicit();
         self.tx = tx;
-        text.to_owned()
+        (text.to_owned(), text.len())
     }
 
     /// Rewrites one client message; `None` forwards it as it is.
@@ -281,7 +309,14 @@ impl ClientSide {
                     }
                     return Some(self.stand_in_query(r));
                 }
-                let text = self.plan_query(sql, &c);
+                let (text, ran) = self.plan_query(sql, &c);
+                let text = match &self.jobs {
+                    Some((jobs, role)) => {
+                        super::jobs::submit_in_query(jobs, role, &c, text, ran, &self.refusals)
+                            .await
+                    }
+                    None => text,
+                };
                 self.publish();
                 if text == sql {
                     return None;
@@ -415,6 +450,8 @@ pub(crate) struct ResponseFilter {
     /// The row limit failed a statement: PostgreSQL's answers are dropped until its
     /// ReadyForQuery, which then says the transaction failed.
     dropping: bool,
+    /// The statement whose result is coming is an async job's: its tag is DSQL's.
+    job: Option<JobKind>,
 }
 
 /// Rows a command tag says were modified.
@@ -438,6 +475,7 @@ impl ResponseFilter {
             body_left: 0,
             held: None,
             dropping: false,
+            job: None,
         }
     }
 
@@ -475,7 +513,7 @@ impl ResponseFilter {
                 self.header[4],
             ]) as usize;
             self.body_left = len.saturating_sub(4);
-            let checked = matches!(self.header[0], b'E' | b'C' | b'Z');
+            let checked = matches!(self.header[0], b'E' | b'C' | b'Z' | b'T');
             if checked && self.body_left <= MAX_HELD_ERROR {
                 let mut h = Vec::with_capacity(len + 1);
                 h.extend_from_slice(&self.header);
@@ -506,6 +544,19 @@ impl ResponseFilter {
                 }
             }
             _ if self.dropping => return,
+            b'T' => {
+                if let Some(renamed) = self.job_row(body) {
+                    out.extend_from_slice(&renamed);
+                    return;
+                }
+            }
+            b'C' if self.job.is_some() => {
+                let tag = self.job.take().map_or("", JobKind::tag);
+                let mut b = tag.as_bytes().to_vec();
+                b.push(0);
+                out.extend_from_slice(&message(b'C', &b));
+                return;
+            }
             b'C' => {
                 let rows = cstr(body).and_then(|(tag, _)| tag_rows(tag));
                 if let Some(rows) = rows {
@@ -530,6 +581,22 @@ impl ResponseFilter {
             _ => {}
         }
         out.extend_from_slice(&msg);
+    }
+
+    /// An async job's RowDescription (one column, named by its marker) with the column
+    /// renamed `job_id`; the statement's tag is then DSQL's.
+    fn job_row(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        let (count, fields) = body.split_first_chunk::<2>()?;
+        if *count != 1u16.to_be_bytes() {
+            return None;
+        }
+        let (name, rest) = cstr(fields)?;
+        let kind = lock(&self.refusals).job_of_marker(name)?;
+        self.job = Some(kind);
+        let mut b = count.to_vec();
+        b.extend_from_slice(b"job_id\0");
+        b.extend_from_slice(rest);
+        Some(message(b'T', &b))
     }
 
     fn rewrite_error(&self, body: &[u8]) -> Option<Vec<u8>> {
