@@ -843,7 +843,8 @@ async fn establish(
     }
     upstream.write_all(&Startup { params }.encode()).await?;
     let mut key = None;
-    if !relay_until_ready(&mut upstream, &mut tls, &mut key).await? {
+    let dsql_env = shared.classifier.is_some();
+    if !relay_until_ready(&mut upstream, &mut tls, &mut key, dsql_env).await? {
         let _ = tls.shutdown().await;
         return Ok(None);
     }
@@ -863,6 +864,7 @@ async fn relay_until_ready<U, C>(
     upstream: &mut U,
     client: &mut C,
     key: &mut Option<[u8; 8]>,
+    dsql_env: bool,
 ) -> anyhow::Result<bool>
 where
     U: AsyncRead + Unpin,
@@ -885,6 +887,11 @@ where
         if tag == b'K' {
             *key = body.as_slice().try_into().ok();
         }
+        let body = if dsql_env {
+            dialect::env::parameter_status(tag, body)
+        } else {
+            body
+        };
         let mut msg = Vec::with_capacity(body.len() + 5);
         msg.push(tag);
         msg.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
@@ -969,7 +976,7 @@ mod tests {
         let mut out = Vec::new();
         let mut key = None;
         assert!(
-            relay_until_ready(&mut ok, &mut out, &mut key)
+            relay_until_ready(&mut ok, &mut out, &mut key, false)
                 .await
                 .unwrap()
         );
@@ -980,7 +987,7 @@ mod tests {
         );
         let mut out = Vec::new();
         assert!(
-            !relay_until_ready(&mut err.as_slice(), &mut out, &mut key)
+            !relay_until_ready(&mut err.as_slice(), &mut out, &mut key, false)
                 .await
                 .unwrap()
         );
@@ -988,7 +995,7 @@ mod tests {
         let mut md5: &[u8] = &[b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4];
         let mut out = Vec::new();
         assert!(
-            !relay_until_ready(&mut md5, &mut out, &mut key)
+            !relay_until_ready(&mut md5, &mut out, &mut key, false)
                 .await
                 .unwrap()
         );

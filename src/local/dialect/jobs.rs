@@ -209,6 +209,9 @@ impl Jobs {
     pub(crate) async fn start(pg: &PgServer) -> anyhow::Result<Self> {
         let control = Arc::new(pg.admin_client().await?);
         control.batch_execute(&jobs_sql()).await?;
+        for sql in super::env::ENV_SQL {
+            control.batch_execute(sql).await?;
+        }
         let upstream = pg
             .upstream()
             .ok_or_else(|| anyhow::anyhow!("the private PostgreSQL is not running"))?;
@@ -275,11 +278,12 @@ impl Jobs {
     }
 }
 
-/// Submits the `ASYNC` statements of a simple Query that run (those starting before `ran`
-/// in `text`, the text PostgreSQL is to run) and puts in the place of each the row of its
-/// job id, under the marker the response filter renames `job_id` (or, if it cannot be
-/// submitted, a refusal's stand-in).
-pub(crate) async fn submit_in_query(
+/// Rewrites the statements of a simple Query that run (those starting before `ran` in
+/// `text`, the text PostgreSQL is to run): an `ASYNC` one is submitted and replaced by the
+/// row of its job id, under the marker the response filter renames `job_id` (or, if it
+/// cannot be submitted, by a refusal's stand-in); a question for the server version is
+/// replaced by DSQL's answer ([`super::env::answer`]).
+pub(crate) async fn rewrite_in_query(
     jobs: &Jobs,
     role: &str,
     c: &Classified,
@@ -290,7 +294,7 @@ pub(crate) async fn submit_in_query(
     let lock = || refusals.lock().unwrap_or_else(|p| p.into_inner());
     // Last first, so the offsets of the earlier ones hold.
     for (i, st) in c.statements.iter().enumerate().rev() {
-        if !st.is_async || st.verdict.is_err() || st.start >= ran {
+        if st.verdict.is_err() || st.start >= ran {
             continue;
         }
         let end = c
@@ -303,6 +307,12 @@ pub(crate) async fn submit_in_query(
         };
         let trimmed = span.trim_end();
         let ddl = trimmed.strip_suffix(';').unwrap_or(trimmed).to_owned();
+        if !st.is_async {
+            if let Some(answer) = super::env::answer(&ddl) {
+                text.replace_range(st.start..st.start + ddl.len(), &answer);
+            }
+            continue;
+        }
         let replacement = match jobs.submit(&ddl, role).await {
             Ok(id) => {
                 let marker = lock().job_marker(JobKind::of(&ddl));

@@ -6,10 +6,12 @@
 //!
 //! - [`rules`]: DSQL's verdict on one parsed statement.
 //! - [`parse`]: text → statements and verdicts, bounded and cached ([`Classifier`]).
+//! - [`env`]: the server version, `sys` functions and the one database DSQL shows.
 //! - [`jobs`]: `CREATE INDEX ASYNC` as background jobs, `sys.jobs`, `sys.wait_for_job`.
 //! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
 //!   the errors are rewritten into DSQL's.
 
+pub(crate) mod env;
 pub(crate) mod jobs;
 pub(crate) mod parse;
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! (`../shared/reference/dsql-dialect.md` §6): `CREATE INDEX ASYNC` answers a `job_id` row
 //! at once and the index is built in the background; `sys.jobs` follows the job to its end;
 //! `CALL sys.wait_for_job` waits, and refuses what DSQL refuses; `sys` gives clients no
-//! more than DSQL does.
+//! more than DSQL does; the environment (§10: version, `sys` functions, one database) is
+//! DSQL's.
 
 mod common;
 
@@ -244,6 +245,61 @@ async fn sys_refuses_as_dsql_does() {
             unlike.push(format!("{sql}: got {got:?}, want {code} {message}"));
         }
     }
+    assert!(unlike.is_empty(), "{}", unlike.join("\n"));
+    ep.stop().await;
+}
+
+/// §10: what a client asks of the environment, and DSQL's answer (one row, one column).
+#[tokio::test]
+async fn the_environment_is_dsql_s() {
+    let ep = TestEndpoint::start().await;
+    let client = ep.connect("admin").await.unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("SHOW server_version", "server_version", "16.15"),
+        ("show SERVER_VERSION;", "server_version", "16.15"),
+        ("SHOW server_version_num", "server_version_num", "160015"),
+        (
+            "SELECT current_setting('server_version')",
+            "current_setting",
+            "16.15",
+        ),
+        (
+            "SELECT current_setting('server_version_num')",
+            "current_setting",
+            "160015",
+        ),
+        ("SELECT version()", "version", "PostgreSQL 16"),
+        ("SELECT sys.dsql_major_version()", "dsql_major_version", "1"),
+        (
+            "SELECT string_agg(datname, ',') AS dbs FROM pg_database",
+            "dbs",
+            "postgres",
+        ),
+        ("SELECT current_database()", "current_database", "postgres"),
+        (
+            "SHOW transaction_isolation",
+            "transaction_isolation",
+            "repeatable read",
+        ),
+    ];
+    let mut unlike = Vec::new();
+    for (sql, column, value) in cases {
+        let got = results(&client, sql).await;
+        let want = [Ok(vec![column.to_string()]), Ok(vec![value.to_string()])];
+        if got.get(..2) != Some(&want[..]) {
+            unlike.push(format!("{sql}: got {got:?}, want {want:?}"));
+        }
+    }
+    // In a multi-statement query, each statement keeps its own answer.
+    let got = results(&client, "SELECT 1 AS a; SHOW server_version; SELECT 2 AS b").await;
+    assert_eq!(got[4], Ok(vec!["16.15".to_owned()]), "{got:?}");
+    // The extended protocol too.
+    let v: String = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "16.15");
     assert!(unlike.is_empty(), "{}", unlike.join("\n"));
     ep.stop().await;
 }
