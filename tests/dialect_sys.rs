@@ -303,3 +303,57 @@ async fn the_environment_is_dsql_s() {
     assert!(unlike.is_empty(), "{}", unlike.join("\n"));
     ep.stop().await;
 }
+
+/// §7: 10 MiB of modified data per transaction, checked at COMMIT: 54000 with DSQL's
+/// message and DETAIL; the transaction is failed and nothing survives. Below the limit,
+/// COMMIT answers as ever (the size check leaves no trace).
+#[tokio::test]
+async fn the_size_limit_fails_the_commit_of_a_transaction_over_10_mib() {
+    let ep = TestEndpoint::start().await;
+    let client = ep.connect("admin").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    // About 1 MiB of hex per row, which compresses to about half.
+    let row = |id: i32| {
+        format!(
+            "INSERT INTO big SELECT {id}, string_agg(md5(random()::text), '') \
+               FROM generate_series(1, 32768)"
+        )
+    };
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute(&row(1)).await.unwrap();
+    assert_eq!(results(&client, "COMMIT").await, [Err(0)], "no DO tag");
+
+    client.batch_execute("BEGIN").await.unwrap();
+    for id in 2..32 {
+        client.batch_execute(&row(id)).await.unwrap();
+    }
+    let err = client.batch_execute("COMMIT").await.unwrap_err();
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("54000", "transaction size limit 10mb exceeded")
+    );
+    let detail = db.detail().unwrap_or_default();
+    assert!(
+        detail.starts_with("Current transaction size ") && detail.ends_with("mb > 10mb"),
+        "{detail}"
+    );
+    assert!(
+        db.where_().is_none(),
+        "no PL/pgSQL context: {:?}",
+        db.where_()
+    );
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "25P02");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "only the first transaction's row");
+    ep.stop().await;
+}

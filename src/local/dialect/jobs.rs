@@ -40,7 +40,7 @@ use tokio_postgres::Client;
 
 use super::parse::Classified;
 use super::relay::Refusals;
-use super::rules::Refusal;
+use super::rules::{Kind, Refusal};
 use crate::local::postgres::{PgServer, Upstream};
 
 /// Jobs waiting for the runner; one more is refused.
@@ -282,7 +282,8 @@ impl Jobs {
 /// `text`, the text PostgreSQL is to run): an `ASYNC` one is submitted and replaced by the
 /// row of its job id, under the marker the response filter renames `job_id` (or, if it
 /// cannot be submitted, by a refusal's stand-in); a question for the server version is
-/// replaced by DSQL's answer ([`super::env::answer`]).
+/// replaced by DSQL's answer ([`super::env::answer`]); with `measure`, a `COMMIT` is
+/// preceded by the check of the transaction's size ([`super::size`]).
 pub(crate) async fn rewrite_in_query(
     jobs: &Jobs,
     role: &str,
@@ -290,7 +291,14 @@ pub(crate) async fn rewrite_in_query(
     mut text: String,
     ran: usize,
     refusals: &Mutex<Refusals>,
+    measure: bool,
 ) -> String {
+    // The open transaction ends at the first end of transaction.
+    let commit_at = c
+        .statements
+        .iter()
+        .position(|s| s.verdict == Ok(Kind::End))
+        .filter(|_| measure);
     let lock = || refusals.lock().unwrap_or_else(|p| p.into_inner());
     // Last first, so the offsets of the earlier ones hold.
     for (i, st) in c.statements.iter().enumerate().rev() {
@@ -307,6 +315,11 @@ pub(crate) async fn rewrite_in_query(
         };
         let trimmed = span.trim_end();
         let ddl = trimmed.strip_suffix(';').unwrap_or(trimmed).to_owned();
+        if commit_at == Some(i) && super::size::commits(&ddl) {
+            lock().expect_size_check();
+            text.insert_str(st.start, &super::size::check_sql());
+            continue;
+        }
         if !st.is_async {
             if let Some(answer) = super::env::answer(&ddl) {
                 text.replace_range(st.start..st.start + ddl.len(), &answer);

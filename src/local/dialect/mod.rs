@@ -8,6 +8,7 @@
 //! - [`parse`]: text → statements and verdicts, bounded and cached ([`Classifier`]).
 //! - [`env`]: the server version, `sys` functions and the one database DSQL shows.
 //! - [`jobs`]: `CREATE INDEX ASYNC` as background jobs, `sys.jobs`, `sys.wait_for_job`.
+//! - [`size`]: DSQL's 10 MiB per transaction, measured at COMMIT.
 //! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
 //!   the errors are rewritten into DSQL's.
 
@@ -18,6 +19,7 @@ pub(crate) mod parse;
 mod props;
 pub(crate) mod relay;
 pub(crate) mod rules;
+pub(crate) mod size;
 
 pub(crate) use parse::Classifier;
 

@@ -58,6 +58,10 @@ pub(crate) struct Refusals {
     rows: u64,
     /// The row limit failed the transaction, and PostgreSQL does not know it yet.
     over_row_limit: bool,
+    /// Size checks sent before a COMMIT whose `DO` tag is yet to be dropped.
+    size_checks: u32,
+    /// The last ReadyForQuery said the transaction is failed (a COMMIT is not measured).
+    failed: bool,
 }
 
 impl Refusals {
@@ -71,6 +75,8 @@ impl Refusals {
             explicit: false,
             rows: 0,
             over_row_limit: false,
+            size_checks: 0,
+            failed: false,
         }))
     }
 
@@ -101,6 +107,19 @@ impl Refusals {
             b"job_at" => Some(JobKind::Validate),
             _ => None,
         }
+    }
+
+    /// Takes one pending size check's `DO` tag.
+    fn take_size_check(&mut self) -> bool {
+        let pending = self.size_checks > 0;
+        self.size_checks = self.size_checks.saturating_sub(1);
+        pending
+    }
+
+    /// A size check ([`super::size`]) runs before the next COMMIT: its `DO` tag is not the
+    /// client's.
+    pub(super) fn expect_size_check(&mut self) {
+        self.size_checks += 1;
     }
 
     /// The refusal a PostgreSQL error message stands for, if it is one of ours.
@@ -309,11 +328,21 @@ impl ClientSide {
                     }
                     return Some(self.stand_in_query(r));
                 }
+                // A COMMIT of a transaction that wrote is measured (DSQL's 10 MiB).
+                let measure = self.tx.explicit && self.tx.dml && !lock(&self.refusals).failed;
                 let (text, ran) = self.plan_query(sql, &c);
                 let text = match &self.jobs {
                     Some((jobs, role)) => {
-                        super::jobs::rewrite_in_query(jobs, role, &c, text, ran, &self.refusals)
-                            .await
+                        super::jobs::rewrite_in_query(
+                            jobs,
+                            role,
+                            &c,
+                            text,
+                            ran,
+                            &self.refusals,
+                            measure,
+                        )
+                        .await
                     }
                     None => text,
                 };
@@ -537,11 +566,14 @@ impl ResponseFilter {
         match msg[0] {
             b'Z' => {
                 let status = body.first().copied().unwrap_or(b'I');
+                let mut shared = lock(&self.refusals);
+                shared.size_checks = 0;
+                shared.failed = status == b'E' || self.dropping && status == b'T';
                 if status == b'I' {
-                    let mut shared = lock(&self.refusals);
                     shared.rows = 0;
                     shared.over_row_limit = false;
                 }
+                drop(shared);
                 if std::mem::take(&mut self.dropping) && status == b'T' {
                     out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'E']);
                     return;
@@ -554,6 +586,7 @@ impl ResponseFilter {
                     return;
                 }
             }
+            b'C' if body == b"DO\0" && lock(&self.refusals).take_size_check() => return,
             b'C' if self.job.is_some() => {
                 let tag = self.job.take().map_or("", JobKind::tag);
                 let mut b = tag.as_bytes().to_vec();
@@ -607,6 +640,7 @@ impl ResponseFilter {
         let mut fields = body;
         let mut code = None;
         let mut text = None;
+        let mut detail = None;
         while let Some((&field, rest)) = fields.split_first() {
             if field == 0 {
                 break;
@@ -615,9 +649,18 @@ impl ResponseFilter {
             match field {
                 b'C' => code = Some(value),
                 b'M' => text = Some(value),
+                b'D' => detail = Some(value),
                 _ => {}
             }
             fields = rest;
+        }
+        if code == Some(b"54000") && text == Some(super::size::SIZE_MESSAGE.as_bytes()) {
+            // The size check's error, without PL/pgSQL's CONTEXT.
+            return Some(error_response(&Refusal {
+                code: "54000",
+                message: super::size::SIZE_MESSAGE.to_owned(),
+                detail: detail.and_then(|d| String::from_utf8(d.to_vec()).ok()),
+            }));
         }
         if code? != b"42703" {
             return None;
