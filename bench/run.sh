@@ -16,6 +16,8 @@
 #          `bench --pipeline 4` (tokio-postgres pipelining) at 8 connections;
 #      (2) `dsql-pgx bench` through the local endpoint vs direct (endpoint overhead): the
 #          endpoint as its own process (`dsql-pgx local`) and in-process (`bench --local`);
+#          the cost of DSQL's dialect: `dsql-pgx local` (dialect dsql, the default) vs
+#          `dsql-pgx local --dialect postgres`, both as their own process;
 #          and, when nginx with its stream module is installed, through nginx terminating TLS in
 #          front of the same PostgreSQL's Unix socket: what any TLS-terminating hop costs;
 #      (3) one-shot `dsql-pgx query "select 1"` (both --ssl-negotiation styles) vs
@@ -85,6 +87,10 @@ log "starting the local endpoint"
 "$BIN" local --port 0 --data-dir "$work/local" >"$work/endpoint.env" 2>"$work/endpoint.log" &
 pids+=($!)
 wait_for_line "$work/endpoint.env" "$!" "the local endpoint"
+log "starting a local endpoint with --dialect postgres"
+"$BIN" local --port 0 --data-dir "$work/local-pg" --dialect postgres >"$work/endpoint-pg.env" 2>"$work/endpoint-pg.log" &
+pids+=($!)
+wait_for_line "$work/endpoint-pg.env" "$!" "the local endpoint (--dialect postgres)"
 
 # The TLS-proxy baseline: nginx terminating TLS (PostgreSQL 17 direct TLS, ALPN postgresql)
 # and relaying to the PostgreSQL's Unix socket, as the endpoint relays to its own.
@@ -124,6 +130,7 @@ fi
 direct() { PGPASSWORD=$PG_PASSWORD "$@" --endpoint localhost --region us-east-1 --port "$PG_PORT" --no-iam --ca-file "$PG_CA"; }
 via_nginx() { PGPASSWORD=$PG_PASSWORD "$@" --endpoint localhost --region us-east-1 --port "$NGINX_PORT" --no-iam --ca-file "$PG_CA" --ssl-negotiation direct; }
 endpoint() { ( source "$work/endpoint.env"; "$@" ); }
+endpoint_pg() { ( source "$work/endpoint-pg.env"; "$@" ); }
 in_process() { "$@" --local; }
 printf 'select 1;\n' >"$work/select1.sql"
 
@@ -167,6 +174,8 @@ for i in $(seq 1 "$RUNS"); do
   bench_once direct8j "$i" direct 8 --threads "$(nproc)"
   bench_once pipe8 "$i" direct 8 --pipeline 4
   bench_once endpoint8 "$i" endpoint 8
+  bench_once endpointpg1 "$i" endpoint_pg 1
+  bench_once endpointpg8 "$i" endpoint_pg 8
   bench_once inproc1 "$i" in_process 1
   bench_once inproc8 "$i" in_process 8
   if [ -n "$NGINX_PORT" ]; then
@@ -180,6 +189,7 @@ pgb1=$(median_of pgbench1 tps); pgb8=$(median_of pgbench8 tps); pgb8j=$(median_o
 dir1=$(median_of direct1 qps); dir8=$(median_of direct8 qps); pipe8=$(median_of pipe8 qps)
 dir8j=$(median_of direct8j qps)
 ep1=$(median_of endpoint1 qps); ep8=$(median_of endpoint8 qps)
+eppg1=$(median_of endpointpg1 qps); eppg8=$(median_of endpointpg8 qps)
 inproc1=$(median_of inproc1 qps); inproc8=$(median_of inproc8 qps)
 ngx1=0; ngx8=0
 [ -n "$NGINX_PORT" ] && { ngx1=$(median_of nginx1 qps); ngx8=$(median_of nginx8 qps); }
@@ -213,11 +223,12 @@ pgver=$("$PGBENCH" --version | awk '{print $3}')
 python3 - "$pgb1" "$dir1" "$pgb8" "$dir8" "$ep1" "$ep8" "$p99_plain" "$p99_refresh" \
   "$errors_plain" "$errors_refresh" "$refreshes" "$q_mean" "$qd_mean" "$psql_mean" "$rss_kb" \
   "$pgb8j" "$pipe8" "$ngx1" "$ngx8" "$inproc1" "$inproc8" "$dir8j" "$commit" "$cpu" "$(nproc)" "$pgver" "$DURATION" "$RUNS" \
-  "$SHOTS" "$ngxver" "$work" <<'EOF'
+  "$SHOTS" "$ngxver" "$work" "$eppg1" "$eppg8" <<'EOF'
 import sys, datetime, json, os, statistics
 (pgb1, dir1, pgb8, dir8, ep1, ep8, p99_plain, p99_refresh, err_plain, err_refresh, refreshes,
  q, qd, psql, rss_kb, pgb8j, pipe8, ngx1, ngx8, inproc1, inproc8, dir8j) = map(float, sys.argv[1:23])
 commit, cpu, cores, pgver, duration, runs, shots, ngxver, work = sys.argv[23:32]
+eppg1, eppg8 = map(float, sys.argv[32:34])
 
 def run_value(name, i, key):
     """One run's figure: pgbench's tps, or a key of dsql-pgx's JSON."""
@@ -248,6 +259,9 @@ print(f"| 1 | the same, 4 queries in flight per connection (`--pipeline 4`) vs `
 o1, o8 = 1 - paired('endpoint1', 'direct1'), 1 - paired('endpoint8', 'direct8')
 print(f"| 2 | through `dsql-pgx local` (own process) vs direct, 1 client | {ep1:,.0f} q/s | {dir1:,.0f} q/s | overhead {o1:.0%} | ≤ 10 % {ok(o1 <= 0.10)} |")
 print(f"| 2 | through `dsql-pgx local` (own process) vs direct, 8 clients | {ep8:,.0f} q/s | {dir8:,.0f} q/s | overhead {o8:.0%} | ≤ 10 % {ok(o8 <= 0.10)} |")
+d1, d8 = paired('endpoint1', 'endpointpg1'), paired('endpoint8', 'endpointpg8')
+print(f"| 2 | DSQL's dialect: `local` vs `local --dialect postgres`, 1 client | {ep1:,.0f} q/s | {eppg1:,.0f} q/s | {d1:.2f}× | ≥ 0.95× {ok(d1 >= 0.95)} |")
+print(f"| 2 | DSQL's dialect: `local` vs `local --dialect postgres`, 8 clients | {ep8:,.0f} q/s | {eppg8:,.0f} q/s | {d8:.2f}× | ≥ 0.95× {ok(d8 >= 0.95)} |")
 i1, i8 = 1 - paired('inproc1', 'direct1'), 1 - paired('inproc8', 'direct8')
 print(f"| 2 | through the in-process endpoint (`bench --local`) vs direct, 1 client | {inproc1:,.0f} q/s | {dir1:,.0f} q/s | overhead {i1:.0%} | ≤ 10 % {ok(i1 <= 0.10)} |")
 print(f"| 2 | through the in-process endpoint (`bench --local`) vs direct, 8 clients | {inproc8:,.0f} q/s | {dir8:,.0f} q/s | overhead {i8:.0%} | ≤ 10 % {ok(i8 <= 0.10)} |")
