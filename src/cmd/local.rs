@@ -130,24 +130,9 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let max_connection_age =
-        resolve::duration(&args.max_connection_age, "--max-connection-age", None)?;
-    if max_connection_age.is_zero() {
-        return Err(ConfigError(format!(
-            "--max-connection-age must be above 0, got {}",
-            settings::shown(&args.max_connection_age)
-        ))
-        .into());
-    }
+    let max_connection_age = positive_duration(&args.max_connection_age, "--max-connection-age")?;
     let max_transaction_age =
-        resolve::duration(&args.max_transaction_age, "--max-transaction-age", None)?;
-    if max_transaction_age.is_zero() {
-        return Err(ConfigError(format!(
-            "--max-transaction-age must be above 0, got {}",
-            settings::shown(&args.max_transaction_age)
-        ))
-        .into());
-    }
+        positive_duration(&args.max_transaction_age, "--max-transaction-age")?;
     // Judged before the (slow) start, written once the endpoint accepts connections.
     let env_file = match &args.env_file {
         Some(path) => Some(files::PrivateFile::at(path, "--env-file")?),
@@ -221,6 +206,19 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
     }
     endpoint.shutdown().await?;
     stopped
+}
+
+/// `value` of `flag` as a duration above zero (a bad one exits 2).
+fn positive_duration(value: &str, flag: &str) -> anyhow::Result<std::time::Duration> {
+    let d = resolve::duration(value, flag, None)?;
+    if d.is_zero() {
+        return Err(ConfigError(format!(
+            "{flag} must be above 0, got {}",
+            settings::shown(value)
+        ))
+        .into());
+    }
+    Ok(d)
 }
 
 /// Waits for Ctrl-C or SIGTERM (`Ok`), or for the private PostgreSQL to die (an error
