@@ -212,6 +212,14 @@ impl Jobs {
         for sql in super::env::ENV_SQL {
             control.batch_execute(sql).await?;
         }
+        // The failed jobs of an earlier run stay failed for their waiters.
+        control
+            .execute(
+                "SELECT pg_advisory_lock($1, hashtext(job_id)) FROM dsql_pgx.jobs
+                  WHERE status = 'failed'",
+                &[&FAILED_LOCK],
+            )
+            .await?;
         let upstream = pg
             .upstream()
             .ok_or_else(|| anyhow::anyhow!("the private PostgreSQL is not running"))?;
