@@ -357,3 +357,30 @@ async fn the_size_limit_fails_the_commit_of_a_transaction_over_10_mib() {
     assert_eq!(n, 1, "only the first transaction's row");
     ep.stop().await;
 }
+
+/// The extended protocol (tokio-postgres `query`): the job's row and tag come back too.
+#[tokio::test]
+async fn an_async_index_through_the_extended_protocol_answers_its_job_id() {
+    let ep = TestEndpoint::start().await;
+    let client = ep.connect("admin").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE x (id int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let rows = client
+        .query("CREATE INDEX ASYNC x_v ON x (v)", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].columns()[0].name(), "job_id");
+    let id: String = rows[0].get(0);
+    assert!(is_job_id(&id), "{id}");
+    assert_eq!(finished(&client, &id).await, "completed");
+    let object: String = client
+        .query_one("SELECT object_name FROM sys.jobs WHERE job_id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(object, "public.x_v");
+    ep.stop().await;
+}

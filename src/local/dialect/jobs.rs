@@ -28,10 +28,10 @@
 //! when a new one is submitted, as DSQL does.
 //!
 //! Approximations: the job is submitted when the statement runs, even if its transaction
-//! later rolls back; PostgreSQL's `CREATE INDEX` blocks writes to the table while it builds
-//! (DSQL's does not), and a failed build leaves no INVALID index behind; the extended
-//! protocol (Parse) still builds synchronously; a well-formed id no job has answers 42704
-//! (DSQL's answer was never seen).
+//! later rolls back, and in the extended protocol when it is prepared (Parse), not executed;
+//! PostgreSQL's `CREATE INDEX` blocks writes to the table while it builds (DSQL's does not),
+//! and a failed build leaves no INVALID index behind; a well-formed id no job has answers
+//! 42704 (DSQL's answer was never seen).
 
 use std::sync::{Arc, Mutex};
 

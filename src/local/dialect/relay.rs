@@ -368,14 +368,29 @@ impl ClientSide {
                             _ => Kind::Other,
                         };
                         self.statements.insert(name.to_vec(), kind);
-                        if let Some(answer) = super::env::answer(sql) {
-                            (answer, params)
-                        } else {
-                            match &c.rewritten {
-                                Some(t) => (t.clone(), params),
-                                None => return None,
+                        let text = c.rewritten.clone().unwrap_or_else(|| sql.to_owned());
+                        // One statement (PostgreSQL refuses more in a Parse): an ASYNC one
+                        // is submitted now, a version question answered.
+                        let text = match (&self.jobs, c.statements.len()) {
+                            (Some((jobs, role)), 1) => {
+                                let len = text.len();
+                                super::jobs::rewrite_in_query(
+                                    jobs,
+                                    role,
+                                    &c,
+                                    text,
+                                    len,
+                                    &self.refusals,
+                                    false,
+                                )
+                                .await
                             }
+                            _ => text,
+                        };
+                        if text == sql {
+                            return None;
                         }
+                        (text, params)
                     }
                 };
                 let mut b = name.to_vec();
