@@ -17,6 +17,9 @@
 //! hides: the runner's control session holds `(JOB_LOCK, hashtext(id))` from submission to
 //! the job's end, and from a failure on holds `(FAILED_LOCK, hashtext(id))` until the job
 //! is purged. The waiter takes and drops the first in shared mode, then tries the second.
+//! The runner only ever *tries* its locks: a client holding one of these keys itself (any
+//! role may take advisory locks) can make a waiter wait or misread that one job, never
+//! stall the runner.
 //!
 //! **The build runs as the client's role**, on a connection the runner opens for the job as
 //! that role (trust over the private socket, as the endpoint's own relayed connections), so
@@ -215,7 +218,7 @@ impl Jobs {
         // The failed jobs of an earlier run stay failed for their waiters.
         control
             .execute(
-                "SELECT pg_advisory_lock($1, hashtext(job_id)) FROM dsql_pgx.jobs
+                "SELECT pg_try_advisory_lock($1, hashtext(job_id)) FROM dsql_pgx.jobs
                   WHERE status = 'failed'",
                 &[&FAILED_LOCK],
             )
@@ -252,7 +255,7 @@ impl Jobs {
             Ok(()) => {
                 self.control
                     .execute(
-                        "SELECT pg_advisory_lock($1, hashtext($2::text))",
+                        "SELECT pg_try_advisory_lock($1, hashtext($2::text))",
                         &[&JOB_LOCK, &id],
                     )
                     .await
@@ -373,7 +376,7 @@ async fn run(control: Arc<Client>, upstream: Upstream, mut rx: mpsc::Receiver<Bu
         if status == "failed" {
             let _ = control
                 .execute(
-                    "SELECT pg_advisory_lock($1, hashtext($2::text))",
+                    "SELECT pg_try_advisory_lock($1, hashtext($2::text))",
                     &[&FAILED_LOCK, &job.id],
                 )
                 .await;
