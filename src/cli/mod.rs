@@ -211,9 +211,13 @@ pub struct ConnArgs {
     #[arg(long, env = "PGSSLMODE", value_enum, default_value_t = SslMode::VerifyFull)]
     pub sslmode: SslMode,
 
-    /// How TLS is negotiated.
-    #[arg(long, env = "PGSSLNEGOTIATION", value_enum, default_value_t = SslNegotiation::Postgres)]
-    pub ssl_negotiation: SslNegotiation,
+    /// How TLS is negotiated [default: direct for *.dsql.<region>.on.aws endpoints (and
+    /// --local), postgres for other hosts].
+    ///
+    /// DSQL accepts PostgreSQL 17 direct TLS, which saves the SSLRequest's round trip on every
+    /// connection; a server that predates PostgreSQL 17 needs `postgres`.
+    #[arg(long, env = "PGSSLNEGOTIATION", value_enum)]
+    pub ssl_negotiation: Option<SslNegotiation>,
 
     /// Maximum connections in the pool.
     #[arg(long, env = "DB_MAX_CONNS", default_value_t = 10, value_name = "N")]

@@ -72,8 +72,8 @@ pub enum Destination {
         database: String,
         /// Token lifetime.
         token_expires_in: Duration,
-        /// TLS negotiation style.
-        negotiation: SslNegotiation,
+        /// TLS negotiation style (`None`: the endpoint's default).
+        negotiation: Option<SslNegotiation>,
     },
 }
 
@@ -175,7 +175,7 @@ fn iam_enabled(args: &ConnArgs, env: &dyn Environment) -> Result<bool, ConfigErr
 /// Validates a connecting command's arguments.
 pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination, ConfigError> {
     let pool = pool(args)?;
-    let negotiation = args.ssl_negotiation.into();
+    let negotiation = args.ssl_negotiation.map(SslNegotiation::from);
     if args.local {
         let token_expires_in = duration(
             &args.target.token_expires_in,
@@ -207,8 +207,10 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
         .pool(pool)
         .port(args.address.port)
         .database(args.address.database.clone())
-        .ssl_mode(args.sslmode.into())
-        .ssl_negotiation(negotiation);
+        .ssl_mode(args.sslmode.into());
+    if let Some(negotiation) = negotiation {
+        b = b.ssl_negotiation(negotiation);
+    }
     if !iam {
         b = b.password(env.var("PGPASSWORD").map(Secret::new));
     }
