@@ -71,16 +71,12 @@ _dsql__pgx() {
 
     case "${cmd}" in
         dsql__pgx)
-            opts="-v -q -h -V --format --no-header --verbose --quiet --help --version query connect token refresh-demo local bench completions help"
+            opts="-v -q -h -V --verbose --quiet --help --version query connect token refresh-demo local bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --format)
-                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
-                    return 0
-                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -89,7 +85,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__bench)
-            opts="-v -q -h -V --clients --duration --warmup --refresh-every --pipeline --threads --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --clients --duration --warmup --refresh-every --pipeline --threads --format --local --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -119,6 +115,10 @@ _dsql__pgx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --format)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
                 --endpoint)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -189,10 +189,6 @@ _dsql__pgx() {
                     ;;
                 --connect-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --format)
-                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -203,16 +199,12 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__completions)
-            opts="-v -q -h -V --format --no-header --verbose --quiet --help --version bash elvish fish powershell zsh"
+            opts="-v -q -h -V --verbose --quiet --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --format)
-                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
-                    return 0
-                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -221,7 +213,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__connect)
-            opts="-v -q -h -V --count --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --count --format --local --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -229,6 +221,10 @@ _dsql__pgx() {
             case "${prev}" in
                 --count)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
                     return 0
                     ;;
                 --endpoint)
@@ -301,10 +297,6 @@ _dsql__pgx() {
                     ;;
                 --connect-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --format)
-                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -441,7 +433,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__local)
-            opts="-v -q -h -V --listen --port --data-dir --persist --hostname --region --access-key-id --secret-access-key --secret-access-key-file --env-file --max-connection-age --max-connections --rate --burst --threads --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --port --data-dir --persist --hostname --region --access-key-id --secret-access-key --secret-access-key-file --env-file --max-connection-age --max-connections --rate --burst --threads --format --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -504,7 +496,7 @@ _dsql__pgx() {
                     return 0
                     ;;
                 --format)
-                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -515,7 +507,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__query)
-            opts="-f -x -v -q -h -V --file --transaction --expanded --retries --retry-base --retry-max --no-retry --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-f -x -v -q -h -V --file --transaction --expanded --format --no-header --retries --retry-base --retry-max --no-retry --local --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -527,6 +519,10 @@ _dsql__pgx() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
                     return 0
                     ;;
                 --retries)
@@ -613,10 +609,6 @@ _dsql__pgx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --format)
-                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
-                    return 0
-                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -625,7 +617,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__refresh__subcmd__demo)
-            opts="-v -q -h -V --interval --duration --refreshes --workers --refresh --refresh-interval --hostname --endpoint --region --user --profile --expires-in --token-expires-in --local --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --interval --duration --refreshes --workers --format --refresh --refresh-interval --local --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --iam --no-iam --sslmode --ssl-negotiation --max-conns --min-idle --max-lifetime --idle-timeout --connect-timeout --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -645,6 +637,10 @@ _dsql__pgx() {
                     ;;
                 --workers)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
                     return 0
                     ;;
                 --refresh)
@@ -727,10 +723,6 @@ _dsql__pgx() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --format)
-                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
-                    return 0
-                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -739,12 +731,16 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__token)
-            opts="-v -q -h -V --admin --url --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --format --no-header --verbose --quiet --help --version"
+            opts="-v -q -h -V --admin --url --format --hostname --endpoint --region --user --profile --expires-in --token-expires-in --host --port --database --ca-file --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 --endpoint)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -787,10 +783,6 @@ _dsql__pgx() {
                     ;;
                 --ca-file)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --format)
-                    COMPREPLY=($(compgen -W "table csv tsv json" -- "${cur}"))
                     return 0
                     ;;
                 *)

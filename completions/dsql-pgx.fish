@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_dsql_pgx_global_optspecs
-    string join \n format= no-header v/verbose q/quiet h/help V/version
+    string join \n v/verbose q/quiet h/help V/version
 end
 
 function __fish_dsql_pgx_needs_command
@@ -24,15 +24,10 @@ function __fish_dsql_pgx_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
-csv\t'Comma-separated values (RFC 4180), header row first'
-tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
-json\t'JSON: one object per row for `query`, one document for other commands'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
-complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -s V -l version -d 'Print version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -s h -l help -d 'Print help (a summary with -h)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -s V -l version -d 'Print the version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "query" -d 'Run SQL with tokens handled and print the results'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "connect" -d 'Open the pool and show each connection\'s session ID, TLS and timing'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "token" -d 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`'
@@ -42,11 +37,15 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "bench" -d 'Measur
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c dsql-pgx -n "__fish_dsql_pgx_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s f -l file -d 'Read SQL from a file' -r -F
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l format -d 'Format of the results on stdout' -r -f -a "table\t'Aligned tables (boxed on a terminal, plain when piped), command tags after'
+csv\t'Comma-separated values (RFC 4180), header row first'
+tsv\t'Tab-separated values; tabs, newlines and backslashes escaped as \\t, \\n, \\\\'
+json\t'One JSON object per row, keys in column order, numbers with every digit'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l retries -d 'Retries after an optimistic-concurrency conflict (SQLSTATE 40001, OC000, OC001)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l retry-base -d 'Backoff ceiling of the first retry; doubles each retry, with full jitter' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l retry-max -d 'Largest backoff ceiling' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l region -d 'AWS region to sign for [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]. Not needed with --no-iam' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
@@ -64,24 +63,22 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l min-idle -d 
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l idle-timeout -d 'Close connections idle longer than this' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
-csv\t'Comma-separated values (RFC 4180), header row first'
-tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
-json\t'JSON: one object per row for `query`, one document for other commands'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l transaction -d 'Run all statements in one transaction (BEGIN ... COMMIT), retried as a whole'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s x -l expanded -d 'Print each row as a record of `column | value` lines, as psql\'s `\\x` does'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l no-retry -d 'Never retry conflicts'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l local -d 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l iam -d 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l no-iam -d 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s V -l version -d 'Print version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s h -l help -d 'Print help (a summary with -h)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -s V -l version -d 'Print the version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l count -d 'Connections to open at once (default: --min-idle, at least 1)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l format -d 'Format of the report on stdout' -r -f -a "table\t'Aligned tables (boxed on a terminal, plain when piped)'
+json\t'One JSON document'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l region -d 'AWS region to sign for [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]. Not needed with --no-iam' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
@@ -99,20 +96,17 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l min-idle -
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l idle-timeout -d 'Close connections idle longer than this' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
-csv\t'Comma-separated values (RFC 4180), header row first'
-tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
-json\t'JSON: one object per row for `query`, one document for other commands'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l local -d 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l iam -d 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l no-iam -d 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s V -l version -d 'Print version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s h -l help -d 'Print help (a summary with -h)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -s V -l version -d 'Print the version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l format -d 'Format of the output: the token (or URL) alone, or JSON with its hostname, region, action and expiry' -r -f -a "text\t'Plain text'
+json\t'One JSON object'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l region -d 'AWS region to sign for [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]. Not needed with --no-iam' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
@@ -120,26 +114,23 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l host -d 'Hos
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l port -d 'Port to connect to' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l database -d 'Database name (DSQL has only `postgres`)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l ca-file -d 'PEM file of CA certificates to trust instead of the Mozilla/webpki roots' -r -F
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
-csv\t'Comma-separated values (RFC 4180), header row first'
-tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
-json\t'JSON: one object per row for `query`, one document for other commands'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l admin -d 'Sign a DbConnectAdmin token whatever the user'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l url -d 'Print a libpq connection URL instead, the token as its password (percent-encoded): `psql "$(dsql-pgx token --url)"`'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s V -l version -d 'Print version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s h -l help -d 'Print help (a summary with -h)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand token" -s V -l version -d 'Print the version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l interval -d 'Time between refreshes [default: the refresh interval]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l duration -d 'Stop after this long [default: until Ctrl-C or SIGTERM]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refreshes -d 'Stop after this many refreshes [default: until Ctrl-C or SIGTERM]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l workers -d 'Tasks querying continuously through the pool' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l format -d 'Format of the output on stdout' -r -f -a "table\t'A line per refresh, then a summary table'
+json\t'A JSON object per refresh, then a summary object, one per line'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refresh -d 'Refresh tokens and replace connections periodically (`--refresh false` to turn off)' -r -f -a "true\t''
 false\t''"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refresh-interval -d 'Refresh period: seconds (as the Go example\'s variable) or humantime' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l refresh-interval -d 'Refresh period: humantime (`15m`, `1h`) or bare seconds (`900`)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l region -d 'AWS region to sign for [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]. Not needed with --no-iam' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
@@ -157,18 +148,13 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l min-i
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l idle-timeout -d 'Close connections idle longer than this' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
-csv\t'Comma-separated values (RFC 4180), header row first'
-tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
-json\t'JSON: one object per row for `query`, one document for other commands'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l local -d 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l iam -d 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l no-iam -d 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -s V -l version -d 'Print version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -s h -l help -d 'Print help (a summary with -h)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -s V -l version -d 'Print the version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l listen -d 'Address to listen on for TLS clients' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l port -d 'Port to listen on, overriding the one in --listen (0 picks a free port)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l data-dir -d 'Directory for the PostgreSQL cluster, CA and credentials (default: a fresh temp dir)' -r -F
@@ -183,24 +169,23 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connecti
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l rate -d 'New connections per second before refusing (SQLSTATE 53400)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l burst -d 'Burst of new connections allowed above the rate' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l threads -d 'Runtime worker threads for TLS and relaying (0 = one per core)' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
-csv\t'Comma-separated values (RFC 4180), header row first'
-tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
-json\t'JSON: one object per row for `query`, one document for other commands'"
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l format -d 'Format of what is printed once the endpoint is ready: `unset`/`export` lines for a shell to eval, or the same variables as one JSON object' -r -f -a "text\t'Plain text'
+json\t'One JSON object'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l persist -d 'Keep state in your own default data dir instead of a temp dir'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s V -l version -d 'Print version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s h -l help -d 'Print help (a summary with -h)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -s V -l version -d 'Print the version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l clients -d 'Tasks querying concurrently, each checking a connection out of the pool per query' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l duration -d 'How long to measure, after the warm-up' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l warmup -d 'How long to run before measuring (statements prepared, caches warm); `0s` for none' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l refresh-every -d 'Refresh tokens and replace every connection this often while measuring' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l pipeline -d 'Queries each client keeps in flight on its connection (tokio-postgres pipelining)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l threads -d 'Threads, as pgbench\'s -j: each runs its share of the clients on a pool of its own, with no wake-ups crossing threads. 1 (the default) runs everything on one thread' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l format -d 'Format of the report on stdout' -r -f -a "table\t'Aligned tables (boxed on a terminal, plain when piped)'
+json\t'One JSON document'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l endpoint -l hostname -d 'Cluster endpoint to sign for, or a bare 26-character cluster id' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l region -d 'AWS region [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l region -d 'AWS region to sign for [env: REGION; default: parsed from the endpoint, else AWS_REGION or AWS_DEFAULT_REGION]. Not needed with --no-iam' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l user -d 'Database role [env: DB_USER, CLUSTER_USER; default: admin]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l profile -d 'AWS profile for credentials (default: the AWS default chain)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l token-expires-in -l expires-in -d 'Token lifetime: humantime (`90s`, `15m`, `1h`) or bare seconds, 1 s to 1 week' -r
@@ -218,27 +203,17 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l min-idle -d 
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l idle-timeout -d 'Close connections idle longer than this' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
-csv\t'Comma-separated values (RFC 4180), header row first'
-tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
-json\t'JSON: one object per row for `query`, one document for other commands'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l local -d 'Run against an ephemeral local endpoint (needs PostgreSQL server binaries)'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l iam -d 'Authenticate with IAM tokens: the default, DSQL accepts nothing else [env: DB_USE_IAM]'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l no-iam -d 'Use the password from PGPASSWORD instead of IAM tokens (plain PostgreSQL)'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l no-header -d 'Omit the header row in csv and tsv output'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s V -l version -d 'Print version'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -l format -d 'Output format for data on stdout' -r -f -a "table\t'Aligned table (boxed on a terminal, plain when piped)'
-csv\t'Comma-separated values (RFC 4180), header row first'
-tsv\t'Tab-separated values, tabs and newlines in values escaped as \\t and \\n'
-json\t'JSON: one object per row for `query`, one document for other commands'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -l no-header -d 'Omit the header row in csv and tsv output'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s h -l help -d 'Print help (a summary with -h)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -s V -l version -d 'Print the version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s v -l verbose -d 'Print more on stderr: `-v` timing and info, `-vv` debug tracing. RUST_LOG overrides'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s q -l quiet -d 'Print results only: no statistics or notices on stderr, errors still shown'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s h -l help -d 'Print help (a summary with -h)'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand completions" -s V -l version -d 'Print the version'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "query" -d 'Run SQL with tokens handled and print the results'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "connect" -d 'Open the pool and show each connection\'s session ID, TLS and timing'
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand help; and not __fish_seen_subcommand_from query connect token refresh-demo local bench completions help" -f -a "token" -d 'Print an IAM auth token, for `PGPASSWORD=$(dsql-pgx token) psql ...`'

@@ -40,11 +40,11 @@
 //! | core | [`tls`] | the rustls configuration and the TLS connector |
 //! | core | [`pool`] | the bb8 manager, connection registry, refresh, statistics |
 //! | core | [`retry`] | optimistic-concurrency conflict detection and retry |
-//! | core | [`latency`] | latency samples and percentiles, for the commands that measure |
 //! | core | [`sql`] | splitting SQL into statements, running them, command tags |
 //! | `local` | `local` | the local DSQL-compatible endpoint and its private PostgreSQL |
 //! | front | `cli` | every clap type; `cli::resolve`: flags and environment → settings |
 //! | front | `output` | tables, csv, tsv, json, terminal detection, escaping |
+//! | front | `latency` | latency histograms (constant memory) and percentiles, for the commands that measure |
 //! | front | `exit` | exit codes and error reporting, with the flags named |
 //! | front | `cmd` | one module per subcommand |
 //!
@@ -66,6 +66,8 @@ pub mod error;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod exit;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod latency;
 #[cfg(feature = "local")]
 pub mod local;
@@ -108,7 +110,8 @@ use crate::output::Output;
 #[doc(hidden)]
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(&cli);
-    let out = Output::new(&cli.global);
+    let (format, no_header) = cli.command.output_format();
+    let out = Output::new(&cli.global, format, no_header);
     let threads = match &cli.command {
         Command::Completions(args) => return cmd::completions::run(args),
         Command::Local(args) if args.threads > 0 => args.threads as usize,

@@ -37,11 +37,11 @@ pub struct Output {
 }
 
 impl Output {
-    /// Decides, once, what stdout and stderr are.
-    pub fn new(global: &GlobalArgs) -> Output {
+    /// Decides, once, what stdout and stderr are; `format` and `no_header` are the command's.
+    pub fn new(global: &GlobalArgs, format: Format, no_header: bool) -> Output {
         Output {
-            format: global.format,
-            no_header: global.no_header,
+            format,
+            no_header,
             quiet: global.quiet,
             verbose: global.verbose,
             expanded: false,
@@ -63,9 +63,22 @@ impl Output {
         self.stderr_tty
     }
 
-    /// Renders a table for stdout (boxed on a terminal, plain when piped).
+    /// Columns to fit stdout's lines in: the terminal's, else 80.
+    pub fn width(&self) -> usize {
+        self.stdout_width.unwrap_or(80)
+    }
+
+    /// Renders a table for stdout: boxed on a terminal, plain when piped; as records (psql's
+    /// `\x`) when `expanded` is set or a boxed table would be wider than the terminal, so no
+    /// cell is ever wrapped. No newline at the end.
     pub fn table(&self, header: &[&str], rows: &[Vec<String>]) -> String {
-        render_table(header, rows, self.stdout_tty)
+        if self.expanded || self.too_wide(header, rows) {
+            let mut records = render_expanded(header, rows, self.stdout_width);
+            records.truncate(records.trim_end_matches('\n').len());
+            records
+        } else {
+            render_table(header, rows, self.stdout_tty)
+        }
     }
 
     /// Renders a table for stderr.
@@ -81,7 +94,8 @@ impl Output {
         first: bool,
     ) -> anyhow::Result<()> {
         match self.format {
-            Format::Table => {
+            // `query` takes no `text`; were it given, a table is its text.
+            Format::Table | Format::Text => {
                 if result.returned_rows && result.columns.is_empty() {
                     // Zero columns (`select;`): psql's empty header rule, then the tag.
                     writeln!(out, "--")?;
@@ -92,14 +106,10 @@ impl Output {
                         .iter()
                         .map(|row| row.iter().map(|v| v.clone().unwrap_or_default()).collect())
                         .collect();
-                    if self.expanded || self.too_wide(&header, &rows) {
-                        write!(
-                            out,
-                            "{}",
-                            render_expanded(&header, &rows, self.stdout_width)
-                        )?;
-                    } else {
-                        writeln!(out, "{}", self.table(&header, &rows))?;
+                    let table = self.table(&header, &rows);
+                    // Records of no rows are nothing at all, as in psql.
+                    if !table.is_empty() {
+                        writeln!(out, "{table}")?;
                     }
                 }
                 if !result.tag.is_empty() {
@@ -428,6 +438,21 @@ pub fn json_millis(d: std::time::Duration) -> f64 {
 /// Formats a duration in milliseconds with one decimal, for tables.
 pub fn millis(d: std::time::Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The pool statistics in one line, for stderr after a command (`pool gen 1: 2 open, 1
+/// closed, 0.4 ms waited`, and gets that timed out if any); [`stats_rows`] has every counter.
+pub fn stats_line(stats: &crate::pool::PoolStats) -> String {
+    let s = stats;
+    let closed = s.closed_lifetime + s.closed_idle + s.closed_broken + s.closed_retired;
+    let mut line = format!(
+        "pool gen {}: {} open, {closed} closed, {:.1} ms waited",
+        s.generation, s.total, s.wait_ms
+    );
+    if s.timeouts > 0 {
+        line.push_str(&format!(", {} gets timed out", s.timeouts));
+    }
+    line
 }
 
 /// The pool statistics as a two-column table body.

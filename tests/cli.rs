@@ -22,8 +22,9 @@ async fn query_prints_every_format() {
     );
     assert!(text.trim_end().ends_with("SELECT 1"), "{text}");
     assert!(
-        stderr(&out).contains("session id"),
-        "statistics go to stderr"
+        stderr(&out).starts_with("session ") && stderr(&out).contains("; pool gen 1: "),
+        "statistics go to stderr: {}",
+        stderr(&out)
     );
 
     let out = run_plain(&pg, &["query", "--format", "csv", sql]).await;
@@ -277,8 +278,13 @@ async fn connect_shows_distinct_connections_and_statistics() {
     assert_code(&out, 0);
     let text = stdout(&out);
     assert!(
-        text.contains("session id") && text.contains("TLSv1.3") && text.contains("generation"),
+        text.contains("session id") && text.contains("TLSv1.3"),
         "{text}"
+    );
+    assert!(
+        stderr(&out).starts_with("pool gen 1: "),
+        "the pool in one line on stderr: {}",
+        stderr(&out)
     );
 }
 

@@ -235,7 +235,23 @@ const CASES: &[Case] = &[
         args: &["connect", "--format", "csv"],
         env: &[],
         code: 2,
-        fragment: "--format csv is for query results; connect prints a table, or json",
+        fragment: "invalid value 'csv' for '--format <FORMAT>' [possible values: table, json]; see 'dsql-pgx connect --help'",
+    },
+    Case {
+        name: "csv for local",
+        at: At::Nowhere,
+        args: &["local", "--format", "csv"],
+        env: &[],
+        code: 2,
+        fragment: "invalid value 'csv' for '--format <FORMAT>' [possible values: text, json]; see 'dsql-pgx local --help'",
+    },
+    Case {
+        name: "no-header where there is no header",
+        at: At::Nowhere,
+        args: &["token", "--no-header"],
+        env: &[],
+        code: 2,
+        fragment: "unexpected argument '--no-header' found",
     },
     Case {
         name: "refused host",
@@ -262,7 +278,7 @@ const CASES: &[Case] = &[
         args: &["query", "select 1", "--user", "nobody"],
         env: &[],
         code: 3,
-        fragment: "role \"nobody\" does not exist (SQLSTATE 28000); check",
+        fragment: "role \"nobody\" does not exist (SQLSTATE 28000); create role nobody and grant it to your IAM identity (as admin: CREATE ROLE nobody WITH LOGIN; AWS IAM GRANT nobody TO '<IAM role ARN>')",
     },
     Case {
         name: "wrong CA",

@@ -346,10 +346,24 @@ async fn bench_reports_json_with_refreshes_and_no_errors() {
     let ep = TestEndpoint::start().await;
     let report = bench_json(&ep, "4", "3s", "500ms", &["--refresh-every", "1s"]).await;
     for key in [
-        "qps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "pool",
+        "qps",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
+        "errors",
+        "pool",
+        "duration_ms",
+        "warmup_ms",
     ] {
         assert!(report.get(key).is_some(), "{key} in {report}");
     }
+    // Durations are whole microseconds: milliseconds with at most three decimals.
+    let ms = report["duration_ms"].as_f64().unwrap();
+    assert!(
+        ms >= 3000.0 && (ms * 1e3 - (ms * 1e3).round()).abs() < 1e-6,
+        "{ms}"
+    );
     assert!(report["qps"].as_f64().unwrap() > 0.0);
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}));
@@ -433,20 +447,8 @@ async fn bench_tables_and_a_bad_statement() {
 /// JSON on stdout is untouched.
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_shows_progress_when_stderr_is_a_terminal() {
-    use std::io::Read;
     let ep = TestEndpoint::start().await;
-    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
-    let mut terminal = std::fs::File::from(pty.master);
-    // Everything the terminal shows, until the last writer (the child) is gone.
-    let reader = std::thread::spawn(move || {
-        let mut shown = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Linux reports EIO on the master once no process holds the other side.
-        while let Ok(n @ 1..) = terminal.read(&mut buf) {
-            shown.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&shown).into_owned()
-    });
+    let (side, reader) = common::dsql::terminal(None);
     let mut cmd = common::dsql::dsql_pgx_std();
     cmd.envs(ep.env())
         .args([
@@ -459,13 +461,8 @@ async fn bench_shows_progress_when_stderr_is_a_terminal() {
             "2500ms",
         ])
         .args(["--format", "json"])
-        .stderr(std::process::Stdio::from(pty.slave));
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running dsql-pgx"))
-        .await
-        .unwrap();
-    let shown = tokio::task::spawn_blocking(move || reader.join().unwrap())
-        .await
-        .unwrap();
+        .stderr(std::process::Stdio::from(side));
+    let (out, shown) = common::dsql::run_on_terminal(cmd, reader).await;
     assert_code(&out, 0);
     let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert!(report["queries"].as_u64().unwrap() > 0, "{report}");

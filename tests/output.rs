@@ -1,11 +1,14 @@
 //! Golden output through the built binary against a real PostgreSQL (`--no-iam`): what
 //! `--format json` makes of each column type, and how tables and csv/tsv print what is
-//! awkward to print (tabs, zero columns).
+//! awkward to print (tabs, zero columns); and through the local endpoint (26-character
+//! session IDs), what `connect`, `refresh-demo` and `query` show on an 80-column terminal.
 
 mod common;
 
-use common::TestPg;
-use common::dsql::{assert_code, plain_flags, run_plain, stderr, stdout};
+use common::dsql::{
+    assert_code, assert_fits, on_terminal, plain_flags, run_plain, stderr, stdout, whole_ids,
+};
+use common::{TestEndpoint, TestPg};
 
 /// `query -q --format FORMAT SQL`'s stdout, asserting exit 0.
 async fn query(pg: &TestPg, format: &str, sql: &str) -> String {
@@ -211,48 +214,13 @@ async fn expanded_prints_records_as_psql_x_does() {
 
 /// `dsql-pgx query -q ARGS` with stdout on an 80-column pseudo-terminal: what it shows.
 async fn query_on_terminal(pg: &TestPg, args: &[&str]) -> String {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    let size = nix::pty::Winsize {
-        ws_row: 24,
-        ws_col: 80,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&size), None).expect("a pseudo-terminal");
-    let mut terminal = std::fs::File::from(pty.master);
-    let reader = std::thread::spawn(move || {
-        let mut shown = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Linux reports EIO on the master once no process holds the other side.
-        while let Ok(n @ 1..) = terminal.read(&mut buf) {
-            shown.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
-    });
     let mut cmd = common::dsql::dsql_pgx_std();
     cmd.env("PGPASSWORD", pg.password())
         .env("PGSSLROOTCERT", pg.ca_path())
         .args(["query", "-q"])
         .args(args)
-        .args(plain_flags(pg))
-        .stdout(std::process::Stdio::from(pty.slave));
-    // SAFETY: setsid is async-signal-safe. In a session of its own the child has no
-    // controlling terminal, so its terminal size is its stdout's (80 columns), not that of
-    // whatever terminal runs the tests.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running dsql-pgx"))
-        .await
-        .unwrap();
-    let shown = tokio::task::spawn_blocking(move || reader.join().unwrap())
-        .await
-        .unwrap();
+        .args(plain_flags(pg));
+    let (out, shown) = common::dsql::on_terminal(cmd, 80).await;
     assert_code(&out, 0);
     shown
 }
@@ -304,5 +272,120 @@ async fn json_on_a_terminal_escapes_every_control_character() {
     assert_eq!(
         shown,
         "{\"s\":\"a\\u001b[31m\\u009b2J\\u007f\",\"j\":{\"k\": \"\\u009b\"}}\n"
+    );
+}
+
+/// `dsql-pgx ARGS` against the endpoint, stdout on an 80-column pseudo-terminal: what it
+/// printed (stderr) and what the terminal showed, asserting exit 0.
+async fn at_on_terminal(ep: &TestEndpoint, args: &[&str]) -> (std::process::Output, String) {
+    let mut cmd = common::dsql::dsql_pgx_std();
+    cmd.envs(ep.env()).args(args);
+    let (out, shown) = on_terminal(cmd, 80).await;
+    assert_code(&out, 0);
+    (out, shown)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_fits_80_columns_with_every_id_whole() {
+    let ep = TestEndpoint::start().await;
+    let (out, shown) = at_on_terminal(&ep, &["connect", "--count", "3"]).await;
+    assert_fits(&shown, 80);
+    assert_eq!(whole_ids(&shown).len(), 3, "{shown}");
+    // A boxed table, one line per connection: top, header, rule, 3 rows, bottom.
+    assert!(shown.starts_with('╭'), "{shown}");
+    assert_eq!(shown.lines().count(), 7, "{shown}");
+    for head in ["session id", "server", "tls", "connect", "token age"] {
+        assert!(shown.contains(head), "{head} in {shown}");
+    }
+    // The pool in one line on stderr.
+    let diag = stderr(&out);
+    assert_eq!(diag.lines().count(), 1, "{diag}");
+    assert!(diag.starts_with("pool gen 1: 3 open, 0 closed, "), "{diag}");
+
+    // -v adds the parts of the connect time: too wide for 80 columns, so records, not
+    // wrapped cells, then every pool counter.
+    let (_, shown) = at_on_terminal(&ep, &["connect", "--count", "3", "-v"]).await;
+    assert_fits(&shown, 80);
+    assert_eq!(whole_ids(&shown).len(), 3, "{shown}");
+    for line in ["-[ RECORD 3 ]", "\ntls hs     | ", "\nauth       | "] {
+        assert!(shown.contains(line), "{line:?} in {shown}");
+    }
+    assert!(
+        shown.contains("closed: lifetime / idle / broken / retired"),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_demo_prints_one_line_per_refresh_in_80_columns() {
+    let ep = TestEndpoint::start().await;
+    let demo = [
+        "refresh-demo",
+        "--interval",
+        "1s",
+        "--refreshes",
+        "2",
+        "--workers",
+        "2",
+    ];
+    let (out, shown) = at_on_terminal(&ep, &demo).await;
+    assert_fits(&shown, 80);
+    assert!(whole_ids(&shown).is_empty(), "IDs only with -v: {shown}");
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(
+        lines[0],
+        " gen    retired → opened  overlap         ok  failed  p50 ms  p99 ms  took ms"
+    );
+    for (line, generation) in lines[1..3].iter().zip([2, 3]) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[0], generation.to_string(), "{line}");
+        assert_eq!(cells[cells.len() - 6], "0", "overlap 0: {line}");
+        assert_eq!(cells[cells.len() - 4], "0", "no query failed: {line}");
+    }
+    // Then the summary table, and nothing per refresh beyond its line.
+    assert!(lines[3].starts_with('╭'), "{shown}");
+    assert!(shown.contains("queries ok / failed"), "{shown}");
+    assert_eq!(lines.len(), 3 + 9, "{shown}");
+    let diag = stderr(&out);
+    assert!(
+        diag.contains("(+N) of them opened since the last one"),
+        "{diag}"
+    );
+
+    // -v: the session IDs under each line, whole, as many to a line as fit.
+    let verbose: Vec<&str> = demo.iter().copied().chain(["-v"]).collect();
+    let (_, shown) = at_on_terminal(&ep, &verbose).await;
+    assert_fits(&shown, 80);
+    let retired = shown
+        .lines()
+        .filter(|l| l.starts_with("      retired "))
+        .count();
+    assert_eq!(retired, 2, "{shown}");
+    let ids = whole_ids(&shown);
+    assert!(ids.len() >= 4, "{shown}");
+    let pieces = shown
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| w.len() > 12 && w.len() != 26)
+        .count();
+    assert_eq!(pieces, 0, "no ID cut: {shown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_statistics_are_one_line_on_stderr() {
+    let ep = TestEndpoint::start().await;
+    let (out, shown) = at_on_terminal(&ep, &["query", "select 1 as a"]).await;
+    assert!(shown.ends_with("SELECT 1\n"), "{shown}");
+    let diag = stderr(&out);
+    assert_eq!(diag.lines().count(), 1, "{diag}");
+    let (session, pool) = diag.trim_end().split_once("; ").expect("session; pool");
+    assert_eq!(whole_ids(session).len(), 1, "{diag}");
+    assert!(pool.starts_with("pool gen 1: 1 open, 0 closed, "), "{diag}");
+    assert!(diag.trim_end().chars().count() <= 80, "{diag}");
+    // -v: every counter.
+    let (out, _) = at_on_terminal(&ep, &["query", "-v", "select 1 as a"]).await;
+    assert!(
+        stderr(&out).contains("gets (waited, timed out)"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -341,7 +341,20 @@ async fn refresh_demo_local_end_to_end() {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert!(!after.is_empty() && before.is_disjoint(&after));
+        // Of `before`, those the pool opened since the refresh before (so not in its `after`).
+        assert!(
+            line["grew"].as_u64().unwrap() <= before.len() as u64,
+            "{line}"
+        );
     }
+    let (first_after, second_before) = (&lines[0]["after"], &lines[1]["before"]);
+    let grew = second_before
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|id| !first_after.as_array().unwrap().contains(id))
+        .count();
+    assert_eq!(lines[1]["grew"], grew, "{}", lines[1]);
     assert_eq!(lines[2]["summary"], true);
     assert_eq!(lines[2]["failed"], 0);
     assert_eq!(lines[2]["refreshes"], 2);

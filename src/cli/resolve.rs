@@ -365,6 +365,24 @@ mod tests {
     }
 
     #[test]
+    fn only_signing_needs_a_region() {
+        // Plain PostgreSQL without IAM: nothing is signed, so no region is asked for.
+        let s = remote(&["--endpoint", "localhost", "--no-iam"], &[]);
+        assert_eq!(s.target.region, "");
+        assert!(matches!(s.auth, Auth::Password(_)));
+        let s = remote(&["--endpoint", "localhost"], &[("DB_USE_IAM", "false")]);
+        assert_eq!(s.target.region, "");
+        // A region given is still checked, and a bare cluster id still needs one to expand.
+        let error = conn(
+            &["--endpoint", "localhost", "--no-iam", "--region", "x y"],
+            &[],
+        );
+        assert!(error.unwrap_err().0.contains("--region (or REGION)"));
+        let error = conn(&["--endpoint", &HOST[..26], "--no-iam"], &[]);
+        assert!(error.unwrap_err().0.contains("set --region or REGION"));
+    }
+
+    #[test]
     fn user_falls_back_to_cluster_user() {
         let s = remote(&["--endpoint", HOST], &[("CLUSTER_USER", "app")]);
         assert_eq!(s.target.user, "app");

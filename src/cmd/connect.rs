@@ -32,6 +32,11 @@ struct ConnectJson {
     pool: PoolStats,
 }
 
+/// The version number that starts `server_version` (`15.18` of `15.18 (Debian 15.18-0+deb12u1)`).
+fn version_number(server_version: &str) -> &str {
+    server_version.split_whitespace().next().unwrap_or_default()
+}
+
 /// Opens `--count` connections at once and prints them.
 pub async fn run(args: ConnectArgs, out: &Output) -> anyhow::Result<()> {
     let count = args.count.unwrap_or(args.conn.min_idle.max(1));
@@ -85,43 +90,41 @@ pub async fn run(args: ConnectArgs, out: &Output) -> anyhow::Result<()> {
         )?;
         writeln!(stdout)?;
     } else {
-        let header = [
-            "#",
-            "session id",
-            "server",
-            "tls",
-            "connect",
-            "token",
-            "tcp",
-            "tls hs",
-            "auth",
-            "token age",
-        ];
+        // What fits in 80 columns: the version number, the connect time; -v adds its parts
+        // (token, TCP, TLS handshake, auth), which a narrow terminal gets as records.
+        let mut header = vec!["#", "session id", "server", "tls", "connect", "token age"];
+        if out.verbose > 0 {
+            header.extend(["token", "tcp", "tls hs", "auth"]);
+        }
         let body: Vec<Vec<String>> = rows
             .iter()
             .map(|r| {
                 let t = &r.info.timing;
-                vec![
+                let mut row = vec![
                     r.info.number.to_string(),
                     r.info.session_id.clone(),
-                    r.server_version.clone(),
+                    version_number(&r.server_version).to_string(),
                     r.info.tls_version.clone().unwrap_or_else(|| "none".into()),
                     output::millis(t.total),
-                    output::millis(t.token),
-                    output::millis(t.tcp),
-                    output::millis(t.tls),
-                    output::millis(t.auth),
                     r.token_age_ms
                         .map_or_else(|| "-".into(), |ms| format!("{:.1} s", ms / 1000.0)),
-                ]
+                ];
+                if out.verbose > 0 {
+                    row.extend([t.token, t.tcp, t.tls, t.auth].map(output::millis));
+                }
+                row
             })
             .collect();
         writeln!(stdout, "{}", out.table(&header, &body))?;
-        writeln!(
-            stdout,
-            "{}",
-            out.table(&["pool", "value"], &output::stats_rows(&stats))
-        )?;
+        if out.verbose > 0 {
+            writeln!(
+                stdout,
+                "{}",
+                out.table(&["pool", "value"], &output::stats_rows(&stats))
+            )?;
+        } else if !out.quiet {
+            crate::exit::diag!("{}", output::stats_line(&stats));
+        }
     }
     stdout.flush()?;
     session.close().await;

@@ -14,32 +14,14 @@ use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::resolve::{self, ProcessEnv};
-use crate::cli::{Command, ConnArgs, Format};
+use crate::cli::{Command, ConnArgs};
 use crate::exit::Interrupted;
 use crate::output::Output;
 use crate::pool::Pool;
-use crate::settings::{ConfigError, ConnSettings};
+use crate::settings::ConnSettings;
 
 /// Runs a subcommand on the current runtime.
 pub async fn dispatch(command: Command, out: &Output) -> anyhow::Result<()> {
-    let rows_only = match out.format {
-        Format::Csv => Some("csv"),
-        Format::Tsv => Some("tsv"),
-        Format::Table | Format::Json => None,
-    };
-    if let Some(format) = rows_only
-        && !matches!(command, Command::Query(_))
-    {
-        let prints = match command {
-            Command::Token(_) => "the token, or json",
-            _ => "a table, or json",
-        };
-        return Err(ConfigError(format!(
-            "--format {format} is for query results; {} prints {prints}",
-            command.name()
-        ))
-        .into());
-    }
     // `query` cancels its statement and `refresh-demo` prints its summary on a signal; `local`
     // shuts its endpoint down. `connect` and `bench` just stop: dropping their session stops
     // a `--local` endpoint and removes its temporary directory.

@@ -164,10 +164,15 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     if !out.quiet {
+        // One line after the results; every counter with -v.
         let stats = session.pool.stats();
-        let mut rows = vec![vec!["session id".to_string(), session_id]];
-        rows.extend(output::stats_rows(&stats));
-        crate::exit::diag!("{}", out.stderr_table(&["connection", "value"], &rows));
+        if out.verbose > 0 {
+            let mut rows = vec![vec!["session id".to_string(), session_id]];
+            rows.extend(output::stats_rows(&stats));
+            crate::exit::diag!("{}", out.stderr_table(&["connection", "value"], &rows));
+        } else {
+            crate::exit::diag!("session {session_id}; {}", output::stats_line(&stats));
+        }
     }
     session.close().await;
     Ok(())

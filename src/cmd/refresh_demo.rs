@@ -1,5 +1,5 @@
 //! `dsql-pgx refresh-demo`: live proof that a refresh replaces every connection while
-//! workers keep querying, with per-refresh tables (or JSON lines) and a summary.
+//! workers keep querying: one line per refresh (or a JSON line), then a summary table.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::cli::resolve;
 use crate::cli::{Format, RefreshDemoArgs};
 use crate::exit::{Exit, Failed};
-use crate::latency::percentile_ms;
-use crate::output::{self, Output};
+use crate::latency::Latencies;
+use crate::output::Output;
 use crate::pool::{Pool, PoolStats};
 use crate::settings::ConfigError;
 
@@ -24,7 +24,7 @@ use super::{Session, StopSignal};
 struct Tally {
     ok: u64,
     failed: u64,
-    latencies: Vec<Duration>,
+    latencies: Latencies,
 }
 
 /// What one period looked like, as printed.
@@ -34,6 +34,9 @@ struct RefreshLine {
     time: String,
     generation: u64,
     before: Vec<String>,
+    /// How many of `before` the pool opened since the previous refresh (for busy workers),
+    /// so were not among its `after`.
+    grew: usize,
     after: Vec<String>,
     overlap: usize,
     ok: u64,
@@ -128,21 +131,29 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
         .collect();
     let mut refresher = pool.spawn_refresher(interval);
     let mut stdout = std::io::stdout().lock();
-    if out.format != Format::Json && !out.quiet {
-        let first: Vec<String> = pool
-            .connections()
-            .into_iter()
-            .map(|c| c.session_id)
-            .collect();
-        crate::exit::diag!(
-            "refresh-demo: {} workers, a refresh every {}; connections now: {}",
-            args.workers,
-            humantime::format_duration(interval),
-            first.join(", ")
-        );
+    // The IDs each refresh left open, to tell which of the next one's `before` are new.
+    let mut last_after: BTreeSet<String> = pool
+        .connections()
+        .into_iter()
+        .map(|c| c.session_id)
+        .collect();
+    if out.format != Format::Json {
+        if !out.quiet {
+            crate::exit::diag!(
+                "refresh-demo: {} workers, a refresh every {}, {} connections open",
+                args.workers,
+                humantime::format_duration(interval),
+                last_after.len()
+            );
+            if out.verbose > 0 {
+                crate::exit::diag!("{}", id_lines("open", &last_after, out.width()));
+            }
+            crate::exit::diag!("{LEGEND}");
+        }
+        writeln!(stdout, "{}", header())?;
     }
 
-    let mut all_latencies = Vec::new();
+    let mut all_latencies = Latencies::default();
     let (mut refreshes, mut failed_refreshes, mut total_ok, mut total_failed, mut total_overlap) =
         (0u64, 0u64, 0u64, 0u64, 0usize);
     let sleep_until_deadline = async {
@@ -176,31 +187,36 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
         };
         refreshes += 1;
         let mut period = take(&tally);
-        period.latencies.sort();
         let before: BTreeSet<&String> = report.retired.iter().collect();
         let overlap = report
             .opened
             .iter()
             .filter(|id| before.contains(id))
             .count();
+        let grew = before
+            .iter()
+            .filter(|id| !last_after.contains(**id))
+            .count();
         let line = RefreshLine {
             refresh: refreshes,
             time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             generation: report.generation,
             before: report.retired.clone(),
+            grew,
             after: report.opened.clone(),
             overlap,
             ok: period.ok,
             failed: period.failed,
-            p50_ms: percentile_ms(&period.latencies, 0.50),
-            p99_ms: percentile_ms(&period.latencies, 0.99),
+            p50_ms: period.latencies.percentile_ms(0.50),
+            p99_ms: period.latencies.percentile_ms(0.99),
             took_ms: report.took_ms,
             pool: pool.stats(),
         };
         total_ok += line.ok;
         total_failed += line.failed;
         total_overlap += overlap;
-        all_latencies.extend(period.latencies);
+        all_latencies.append(&mut period.latencies);
+        last_after = report.opened.iter().cloned().collect();
         print_line(&mut stdout, out, &line)?;
     }
 
@@ -209,11 +225,10 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
     for worker in workers {
         let _ = worker.await;
     }
-    let last = take(&tally);
+    let mut last = take(&tally);
     total_ok += last.ok;
     total_failed += last.failed;
-    all_latencies.extend(last.latencies);
-    all_latencies.sort();
+    all_latencies.append(&mut last.latencies);
     let summary = Summary {
         summary: true,
         refreshes,
@@ -221,8 +236,8 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
         ok: total_ok,
         failed: total_failed,
         overlap: total_overlap,
-        p50_ms: percentile_ms(&all_latencies, 0.50),
-        p99_ms: percentile_ms(&all_latencies, 0.99),
+        p50_ms: all_latencies.percentile_ms(0.50),
+        p99_ms: all_latencies.percentile_ms(0.99),
         pool: pool.stats(),
     };
     print_summary(&mut stdout, out, &summary)?;
@@ -241,36 +256,88 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A refresh line's cells in fixed widths (77 columns with numbers of up to 9 digits), so
+/// each line prints as it comes and they all fit in 80 columns.
+fn columns(cells: [&str; 9]) -> String {
+    let [
+        generation,
+        retired,
+        opened,
+        overlap,
+        ok,
+        failed,
+        p50,
+        p99,
+        took,
+    ] = cells;
+    format!(
+        "{generation:>4}  {retired:>9} → {opened:<6}  {overlap:>7}  {ok:>9}  {failed:>6}  \
+         {p50:>6}  {p99:>6}  {took:>7}"
+    )
+}
+
+/// The column heads of the refresh lines.
+fn header() -> String {
+    columns([
+        "gen", "retired", "opened", "overlap", "ok", "failed", "p50 ms", "p99 ms", "took ms",
+    ])
+}
+
+/// What the refresh lines count, for the reader (on stderr, before the first line).
+const LEGEND: &str = "\
+retired: open when a refresh starts, (+N) of them opened since the last one
+opened: fresh when it ends (the pool opens more as workers need them)
+ok, failed, p50, p99: queries since the last refresh";
+
+/// One refresh as a line under [`header`].
+fn refresh_row(line: &RefreshLine) -> String {
+    let retired = if line.grew > 0 {
+        format!("{} (+{})", line.before.len(), line.grew)
+    } else {
+        line.before.len().to_string()
+    };
+    columns([
+        &line.generation.to_string(),
+        &retired,
+        &line.after.len().to_string(),
+        &line.overlap.to_string(),
+        &line.ok.to_string(),
+        &line.failed.to_string(),
+        &format!("{:.2}", line.p50_ms),
+        &format!("{:.2}", line.p99_ms),
+        &format!("{:.1}", line.took_ms),
+    ])
+}
+
+/// Session IDs under a label, as many to a line as fit in `width` columns, none split.
+fn id_lines<'a>(label: &str, ids: impl IntoIterator<Item = &'a String>, width: usize) -> String {
+    let indent = format!("      {label:<8}");
+    let mut out = String::new();
+    let mut line = indent.clone();
+    for id in ids {
+        if line.len() > indent.len() && line.len() + 1 + id.len() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = " ".repeat(indent.len());
+        }
+        if line.len() > indent.len() {
+            line.push(' ');
+        }
+        line.push_str(id);
+    }
+    out.push_str(line.trim_end());
+    out
+}
+
 fn print_line(stdout: &mut dyn Write, out: &Output, line: &RefreshLine) -> anyhow::Result<()> {
     if out.format == Format::Json {
         serde_json::to_writer(&mut *stdout, line)?;
         writeln!(stdout)?;
     } else {
-        let header = [
-            "refresh",
-            "time",
-            "IDs before → after",
-            "overlap",
-            "ok / failed",
-            "p50 / p99",
-            "took",
-        ];
-        let row = vec![
-            format!("#{} (gen {})", line.refresh, line.generation),
-            line.time.clone(),
-            format!("{}\n→ {}", line.before.join(", "), line.after.join(", ")),
-            line.overlap.to_string(),
-            format!("{} / {}", line.ok, line.failed),
-            format!("{:.2} / {:.2} ms", line.p50_ms, line.p99_ms),
-            format!("{:.1} ms", line.took_ms),
-        ];
-        writeln!(stdout, "{}", out.table(&header, &[row]))?;
-        if !out.quiet {
-            writeln!(
-                stdout,
-                "{}",
-                out.table(&["pool", "value"], &output::stats_rows(&line.pool))
-            )?;
+        writeln!(stdout, "{}", refresh_row(line))?;
+        if out.verbose > 0 {
+            writeln!(stdout, "{}", id_lines("retired", &line.before, out.width()))?;
+            writeln!(stdout, "{}", id_lines("opened", &line.after, out.width()))?;
         }
     }
     stdout.flush()?;
@@ -299,6 +366,10 @@ fn print_summary(stdout: &mut dyn Write, out: &Output, summary: &Summary) -> any
         vec![
             "latency p50 / p99".to_string(),
             format!("{:.2} / {:.2} ms", summary.p50_ms, summary.p99_ms),
+        ],
+        vec![
+            "connections opened / retired".to_string(),
+            format!("{} / {}", summary.pool.opened, summary.pool.closed_retired),
         ],
     ];
     writeln!(stdout, "{}", out.table(&["summary", "value"], &rows))?;

@@ -56,31 +56,87 @@ impl ConnectPhase {
     }
 }
 
-/// Advice added to a refusal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Advice added to a refusal, matched to its error.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Hint {
     /// None.
     None,
-    /// An IAM token was refused.
-    IamRefused,
+    /// An IAM token was refused for `role` (DSQL gives one message for every cause).
+    IamRefused {
+        /// The role the connection asked for.
+        role: String,
+    },
+    /// The token was accepted but `role` does not exist (or is not granted to the identity).
+    RoleMissing {
+        /// The role the connection asked for.
+        role: String,
+    },
     /// A startup parameter is not on DSQL's allow-list.
     AllowList,
 }
 
 impl Hint {
-    /// The advice, `user` naming how the role is set.
-    pub fn text(self, user: &str) -> String {
+    /// Sorts a refusal with SQLSTATE `code` and `message`, for `role`, signed with IAM or not.
+    fn for_refusal(code: &str, message: &str, role: &str, iam: bool) -> Hint {
+        if code == SqlState::FEATURE_NOT_SUPPORTED.code() {
+            return Hint::AllowList;
+        }
+        if !iam || !code.starts_with("28") {
+            return Hint::None;
+        }
+        let role = role.to_string();
+        if message.starts_with("role ") && message.ends_with(" does not exist") {
+            Hint::RoleMissing { role }
+        } else {
+            Hint::IamRefused { role }
+        }
+    }
+
+    /// The advice, `user` naming how the role is set (`--user`, or the setting).
+    pub fn text(&self, user: &str) -> String {
+        let grant = |role: &str| {
+            format!(
+                "as {ADMIN_USER}: CREATE ROLE {role} WITH LOGIN; AWS IAM GRANT {role} TO '<IAM role ARN>'"
+            )
+        };
         match self {
             Hint::None => String::new(),
-            Hint::IamRefused => format!(
-                "; check the system clock, the AWS credentials and region, and that {user} matches \
-                 the role the IAM identity may use ({ADMIN_USER} gets a {} token, other roles {})",
-                Action::DbConnectAdmin.as_str(),
-                Action::DbConnect.as_str()
+            Hint::RoleMissing { role } => {
+                let role = quote_ident(role);
+                format!(
+                    "; create role {role} and grant it to your IAM identity ({})",
+                    grant(&role)
+                )
+            }
+            Hint::IamRefused { role } if role == ADMIN_USER => format!(
+                "; check the system clock, the AWS credentials and the region ({ADMIN_USER} needs \
+                 a {} token)",
+                Action::DbConnectAdmin.as_str()
             ),
+            Hint::IamRefused { role } => {
+                let role = quote_ident(role);
+                format!(
+                    "; check that role {role} ({user}) exists and is granted to your IAM identity \
+                     ({}), then the system clock, the AWS credentials and the region",
+                    grant(&role)
+                )
+            }
             Hint::AllowList => "; a startup parameter is not on DSQL's allow-list".to_string(),
         }
+    }
+}
+
+/// A role name as SQL names it: bare when PostgreSQL would keep it as typed, else quoted.
+fn quote_ident(name: &str) -> String {
+    let bare = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if bare {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
     }
 }
 
@@ -199,7 +255,12 @@ impl ConnectError {
     }
 
     /// Sorts a driver error from connecting: TLS, authentication (class 28) or startup.
-    pub(crate) fn rejected(addr: &str, iam: bool, error: tokio_postgres::Error) -> ConnectError {
+    pub(crate) fn rejected(
+        addr: &str,
+        role: &str,
+        iam: bool,
+        error: tokio_postgres::Error,
+    ) -> ConnectError {
         let code = error.code().map(SqlState::code).unwrap_or_default();
         let tls = std::error::Error::source(&error).is_some_and(|e| e.is::<TlsError>());
         let phase = if tls {
@@ -209,12 +270,11 @@ impl ConnectError {
         } else {
             ConnectPhase::Startup
         };
-        let hint = if iam && phase == ConnectPhase::Auth {
-            Hint::IamRefused
-        } else if error.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) {
-            Hint::AllowList
-        } else {
+        let message = error.as_db_error().map_or("", |e| e.message());
+        let hint = if tls {
             Hint::None
+        } else {
+            Hint::for_refusal(code, message, role, iam)
         };
         ConnectError::Rejected {
             addr: addr.to_string(),
@@ -249,5 +309,42 @@ impl TlsError {
     /// The underlying I/O error from the handshake.
     pub fn io_error(&self) -> &io::Error {
         &self.source
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(code: &str, message: &str, role: &str, iam: bool) -> String {
+        Hint::for_refusal(code, message, role, iam).text("--user")
+    }
+
+    #[test]
+    fn hints_match_the_error() {
+        // A missing role: the role and how to grant it, not the clock.
+        let h = hint("28000", "role \"app\" does not exist", "app", true);
+        assert!(h.contains("AWS IAM GRANT app TO '<IAM role ARN>'"), "{h}");
+        assert!(h.contains("CREATE ROLE app WITH LOGIN"), "{h}");
+        assert!(!h.contains("clock"), "{h}");
+        // DSQL's one message for any refusal: the role first for a custom role.
+        let h = hint(
+            "28000",
+            "IAM authentication failed for user \"App\"",
+            "App",
+            true,
+        );
+        assert!(h.contains("AWS IAM GRANT \"App\" TO"), "{h}");
+        assert!(h.contains("clock") && h.contains("--user"), "{h}");
+        let h = hint("28P01", "IAM authentication failed", "admin", true);
+        assert!(h.contains("clock") && !h.contains("GRANT"), "{h}");
+        assert!(h.contains("DbConnectAdmin"), "{h}");
+        // Without IAM a password failure is PostgreSQL's own business.
+        assert_eq!(
+            hint("28P01", "password authentication failed", "u", false),
+            ""
+        );
+        assert!(hint("0A000", "", "admin", true).contains("allow-list"));
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -237,7 +237,8 @@ impl Opener {
     }
 
     pub(super) fn rejected(&self, source: tokio_postgres::Error) -> ConnectError {
-        ConnectError::rejected(&self.addr, self.iam_hint, source)
+        let role = self.config.get_user().unwrap_or_default();
+        ConnectError::rejected(&self.addr, role, self.iam_hint, source)
     }
 
     async fn session_id(&self, client: &Client) -> Result<String, tokio_postgres::Error> {

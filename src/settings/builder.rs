@@ -284,14 +284,20 @@ impl ConnSettingsBuilder {
                 name(Setting::Host)
             ));
         }
-        let Some(region) = self.region.or_else(|| region_from_endpoint(raw)) else {
-            return bad(format!(
-                "cannot tell the region of endpoint {}: {}",
-                shown(raw),
-                names.fix(Setting::Region)
-            ));
+        let iam = matches!(self.auth, Auth::Iam);
+        // Only signing needs a region (and expanding a bare cluster id).
+        let region = match self.region.or_else(|| region_from_endpoint(raw)) {
+            Some(region) => region,
+            None if !iam && !is_cluster_id(raw) => String::new(),
+            None => {
+                return bad(format!(
+                    "cannot tell the region of endpoint {}: {}",
+                    shown(raw),
+                    names.fix(Setting::Region)
+                ));
+            }
         };
-        if !valid_region(&region) {
+        if !(region.is_empty() && !iam || valid_region(&region)) {
             return bad(format!(
                 "{} {} is not a region name such as us-east-1",
                 name(Setting::Region),
@@ -308,7 +314,6 @@ impl ConnSettingsBuilder {
         let lifetime = self.token_lifetime;
         check_token_lifetime(lifetime, names)?;
         check_pool(&self.pool, names)?;
-        let iam = matches!(self.auth, Auth::Iam);
         if iam && self.tls.mode == SslMode::Disable {
             return bad(format!(
                 "{} disable cannot be used with IAM: DSQL requires TLS; use verify-full",

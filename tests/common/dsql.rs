@@ -91,20 +91,14 @@ pub async fn run_at(endpoint: &TestEndpoint, args: &[&str]) -> Output {
 }
 
 /// The flags that reach the plain PostgreSQL without IAM (its password and CA come from
-/// `PGPASSWORD` and `PGSSLROOTCERT`, or whatever the test sets instead).
+/// `PGPASSWORD` and `PGSSLROOTCERT`, or whatever the test sets instead). No region: only
+/// signing needs one.
 pub fn plain_flags(pg: &TestPg) -> Vec<String> {
-    [
-        "--endpoint",
-        "localhost",
-        "--region",
-        "us-east-1",
-        "--no-iam",
-        "--port",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([pg.port().to_string()])
-    .collect()
+    ["--endpoint", "localhost", "--no-iam", "--port"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([pg.port().to_string()])
+        .collect()
 }
 
 /// Runs `dsql-pgx ARGS` against the plain PostgreSQL with `--no-iam` and its CA.
@@ -115,6 +109,84 @@ pub async fn run_plain(pg: &TestPg, args: &[&str]) -> Output {
         .args(args)
         .args(plain_flags(pg));
     output(cmd).await
+}
+
+/// A pseudo-terminal of `columns` columns (the system's default size when `None`): the side
+/// to give a child as stdout or stderr, and a thread collecting everything the terminal
+/// shows until the last process holding that side is gone.
+pub fn terminal(columns: Option<u16>) -> (std::os::fd::OwnedFd, std::thread::JoinHandle<String>) {
+    use std::io::Read;
+    let size = columns.map(|ws_col| nix::pty::Winsize {
+        ws_row: 24,
+        ws_col,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty = nix::pty::openpty(size.as_ref(), None).expect("a pseudo-terminal");
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Linux reports EIO on the master once no process holds the other side.
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            shown.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&shown).into_owned()
+    });
+    (pty.slave, reader)
+}
+
+/// Runs a prepared command with stdout on a pseudo-terminal of `columns` columns and returns
+/// what it printed (stderr captured as usual) and what the terminal showed (`\r\n` as `\n`).
+pub async fn on_terminal(mut cmd: std::process::Command, columns: u16) -> (Output, String) {
+    use std::os::unix::process::CommandExt;
+    let (side, reader) = terminal(Some(columns));
+    cmd.stdout(std::process::Stdio::from(side));
+    // SAFETY: setsid is async-signal-safe. In a session of its own the child has no
+    // controlling terminal, so its terminal size is its stdout's, not that of whatever
+    // terminal runs the tests.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let (out, shown) = run_on_terminal(cmd, reader).await;
+    (out, shown.replace("\r\n", "\n"))
+}
+
+/// Runs a command wired to a [`terminal`] and returns what it printed and what the terminal
+/// showed.
+pub async fn run_on_terminal(
+    mut cmd: std::process::Command,
+    reader: std::thread::JoinHandle<String>,
+) -> (Output, String) {
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running dsql-pgx"))
+        .await
+        .unwrap();
+    let shown = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    (out, shown)
+}
+
+/// Asserts that no line of `text` is wider than `columns` (so a terminal wraps none).
+pub fn assert_fits(text: &str, columns: usize) {
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= columns,
+            "a line wider than {columns} columns:\n{line}\nin\n{text}"
+        );
+    }
+}
+
+/// The session IDs (26 letters and digits) `text` shows whole; one cut over two lines
+/// shows as pieces, which are not counted.
+pub fn whole_ids(text: &str) -> Vec<&str> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| word.len() == 26)
+        .collect()
 }
 
 /// stdout as text.

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cli::BenchArgs;
 use crate::cli::resolve;
 use crate::error::ConfigError;
-use crate::output::Output;
+use crate::output::{self, Output};
 use crate::pool::PoolStats;
 
 use super::Session;
@@ -158,8 +158,8 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
         clients: args.clients,
         pipeline: plan.depth,
         threads: shares.len() as u32,
-        duration_s: measured.as_secs_f64(),
-        warmup_s: warmup.as_secs_f64(),
+        duration_ms: output::json_millis(measured),
+        warmup_ms: output::json_millis(warmup),
         queries: total.ok,
         qps: if measured.is_zero() {
             0.0

@@ -22,8 +22,10 @@ pub(super) struct BenchJson {
     pub(super) clients: u32,
     pub(super) pipeline: u32,
     pub(super) threads: u32,
-    pub(super) duration_s: f64,
-    pub(super) warmup_s: f64,
+    /// The measured time, milliseconds to three decimals.
+    pub(super) duration_ms: f64,
+    /// The warm-up before it.
+    pub(super) warmup_ms: f64,
     pub(super) queries: u64,
     pub(super) qps: f64,
     pub(super) p50_ms: f64,
@@ -83,7 +85,11 @@ pub(super) fn print_report(
         vec!["clients".to_string(), report.clients.to_string()],
         vec![
             "measured (warm-up)".to_string(),
-            format!("{:.1} s ({:.1} s)", report.duration_s, report.warmup_s),
+            format!(
+                "{:.1} s ({:.1} s)",
+                report.duration_ms / 1e3,
+                report.warmup_ms / 1e3
+            ),
         ],
         vec!["queries".to_string(), report.queries.to_string()],
         vec!["throughput".to_string(), format!("{:.1} q/s", report.qps)],
