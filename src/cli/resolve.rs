@@ -9,6 +9,9 @@
 
 use std::time::Duration;
 
+/// Idle connections kept open unless `--min-idle` says (at most `--max-conns`).
+pub const DEFAULT_MIN_IDLE: u32 = 2;
+
 use super::{ConnArgs, RefreshArgs, RetryArgs, SslMode as CliSslMode, TargetArgs};
 use crate::auth::Secret;
 use crate::error::ConfigError;
@@ -156,7 +159,10 @@ fn pool(args: &ConnArgs) -> Result<PoolSettings, ConfigError> {
         idle_timeout: duration(&args.idle_timeout, "--idle-timeout", None)?,
         connect_timeout: duration(&args.connect_timeout, "--connect-timeout", None)?,
         max_size: args.max_conns,
-        min_idle: args.min_idle,
+        min_idle: args
+            .min_idle
+            .unwrap_or(DEFAULT_MIN_IDLE.min(args.max_conns)),
+        session_id_on_connect: true,
     };
     settings::check_pool(&pool, &Flags)?;
     Ok(pool)

@@ -118,6 +118,11 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// A new connection must be ready within this.
     pub connect_timeout: Duration,
+    /// Read each connection's session ID as it opens (default `true`; one round trip per
+    /// connection). When `false`, [`crate::pool::PooledConn::session_id`] is empty until
+    /// [`crate::pool::PooledConn::fetch_session_id`] reads it, and refresh reports list
+    /// only the IDs known.
+    pub session_id_on_connect: bool,
 }
 
 impl Default for PoolSettings {
@@ -130,6 +135,7 @@ impl Default for PoolSettings {
             max_lifetime: Duration::from_secs(55 * 60),
             idle_timeout: Duration::from_secs(10 * 60),
             connect_timeout: Duration::from_secs(10),
+            session_id_on_connect: true,
         }
     }
 }

@@ -60,7 +60,7 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
         None => None,
     };
     let shares = split(args.clients, args.threads);
-    let session = Session::open(&args.conn, Some(shares[0])).await?;
+    let session = Session::open(&args.conn, Some(shares[0]), false).await?;
     let pool = session.pool.clone();
     let max_size = session.settings.pool.max_size;
     if shares[0] > max_size && !out.quiet {
