@@ -65,7 +65,7 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     let max_size = session.settings.pool.max_size;
     if shares[0] > max_size && !out.quiet {
         crate::exit::diag!(
-            "bench: {} clients per thread share at most {max_size} connections; raise --max-conns to give each its own",
+            "bench: {} clients per thread share at most {max_size} connections, so some wait for one (the wait is in their latency); raise --max-conns to give each its own",
             shares[0]
         );
     }
