@@ -1,7 +1,8 @@
 //! Round trips of one-shot commands, counted through a relay (not timed): `query` at the
 //! physical minimum (TCP, TLS, startup, password, query) against a DSQL-shaped endpoint with
 //! direct TLS by default, the session ID riding with the first statement, no failing probe
-//! against plain PostgreSQL, and `connect --count N` without a query per connection.
+//! against plain PostgreSQL, `connect --count N` without a query per connection, and every
+//! connection ending with a goodbye (Terminate) rather than just a close.
 
 mod common;
 
@@ -23,8 +24,8 @@ async fn run_via(ep: &TestEndpoint, relay: &CountingRelay, args: &[&str]) -> std
 }
 
 /// The one connection `relay` saw since it was cleared.
-fn only_connection(relay: &CountingRelay) -> common::relay::RelayConn {
-    let conns = relay.connections();
+async fn only_connection(relay: &CountingRelay) -> common::relay::RelayConn {
+    let conns = relay.closed_connections().await;
     assert_eq!(conns.len(), 1, "one connection: {conns:?}");
     relay.clear();
     conns[0].clone()
@@ -39,9 +40,10 @@ async fn a_one_shot_query_with_iam_waits_for_five_round_trips() {
     let out = run_via(&ep, &relay, &["query", "-q", "select 1"]).await;
     assert_code(&out, 0);
     assert!(stdout(&out).contains('1'), "{}", stdout(&out));
-    let conn = only_connection(&relay);
+    let conn = only_connection(&relay).await;
     assert!(conn.direct_tls(), "direct TLS by default for {DSQL_NAME}");
     assert_eq!(conn.round_trips(), 5, "{conn:?}");
+    assert!(conn.said_goodbye, "Terminate before the close: {conn:?}");
 
     // The session ID is printed: its query rides with the statement.
     let out = run_via(&ep, &relay, &["query", "select 1"]).await;
@@ -54,13 +56,13 @@ async fn a_one_shot_query_with_iam_waits_for_five_round_trips() {
         .unwrap_or_default();
     assert!(err.starts_with("session "), "{err}");
     assert_eq!(id.len(), 26, "a DSQL session id in {err:?}");
-    assert_eq!(only_connection(&relay).round_trips(), 5);
+    assert_eq!(only_connection(&relay).await.round_trips(), 5);
 
     // csv without -v prints no session ID, so none is read.
     let out = run_via(&ep, &relay, &["query", "--format", "csv", "select 1"]).await;
     assert_code(&out, 0);
     assert!(!stderr(&out).contains("session"), "{}", stderr(&out));
-    assert_eq!(only_connection(&relay).round_trips(), 5);
+    assert_eq!(only_connection(&relay).await.round_trips(), 5);
 
     // The classic negotiation on request: one more, for the SSLRequest.
     let out = run_via(
@@ -70,7 +72,7 @@ async fn a_one_shot_query_with_iam_waits_for_five_round_trips() {
     )
     .await;
     assert_code(&out, 0);
-    let conn = only_connection(&relay);
+    let conn = only_connection(&relay).await;
     assert!(!conn.direct_tls());
     assert_eq!(conn.round_trips(), 6, "{conn:?}");
 }
@@ -97,9 +99,10 @@ async fn connect_count_reads_no_details_per_connection() {
         );
         assert_eq!(conn["session_id"].as_str().unwrap().len(), 26);
     }
-    let conns = relay.connections();
+    let conns = relay.closed_connections().await;
     assert_eq!(conns.len(), 3);
     for conn in conns {
+        assert!(conn.said_goodbye, "Terminate before the close: {conn:?}");
         // TCP, TLS, startup, password, session ID; no `show server_version` after.
         assert_eq!(conn.round_trips(), 5, "{conn:?}");
     }
@@ -121,11 +124,12 @@ async fn plain_postgresql_gets_no_failing_probe() {
     };
     let out = run(vec!["query".into(), "-q".into(), "select 1".into()]).await;
     assert_code(&out, 0);
-    let quiet = only_connection(&relay);
+    let quiet = only_connection(&relay).await;
     assert!(
         !quiet.direct_tls(),
         "an SSLRequest for a host that is not DSQL's"
     );
+    assert!(quiet.said_goodbye, "Terminate before the close: {quiet:?}");
 
     // The session ID (the backend PID) rides with the statement, and nothing fails.
     let out = run(vec!["query".into(), "select 1".into()]).await;
@@ -137,7 +141,10 @@ async fn plain_postgresql_gets_no_failing_probe() {
         "a backend PID in {err:?}"
     );
     // The old code probed `sys.current_session_id()` (failing) and then fell back: 2 more.
-    assert_eq!(only_connection(&relay).round_trips(), quiet.round_trips());
+    assert_eq!(
+        only_connection(&relay).await.round_trips(),
+        quiet.round_trips()
+    );
     let log = pg.log();
     assert!(!log.contains("ERROR"), "the server logged an error:\n{log}");
     assert!(

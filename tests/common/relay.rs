@@ -32,6 +32,9 @@ pub struct RelayConn {
     pub first_byte: Option<u8>,
     /// The client closed its side.
     pub client_closed: bool,
+    /// The client's last flight before it closed went unanswered: a goodbye (Terminate, TLS
+    /// close_notify) rather than closing right after the last answer.
+    pub said_goodbye: bool,
 }
 
 impl RelayConn {
@@ -93,6 +96,21 @@ impl CountingRelay {
             .collect()
     }
 
+    /// Every connection so far, once each has been closed by its client (bounded wait: the
+    /// relay sees the close a moment after the client process is gone).
+    pub async fn closed_connections(&self) -> Vec<RelayConn> {
+        super::eventually(
+            "the relay to see every close",
+            Duration::from_secs(10),
+            || {
+                let closed = self.connections().iter().all(|c| c.client_closed);
+                async move { closed }
+            },
+        )
+        .await;
+        self.connections()
+    }
+
     /// Forgets the connections so far.
     pub fn clear(&self) {
         self.conns.lock().unwrap().clear();
@@ -122,6 +140,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, state: Arc<Mutex<State>>
                     let mut s = state.lock().unwrap();
                     if n == 0 {
                         s.seen.client_closed = true;
+                        s.seen.said_goodbye = s.pending;
                     } else {
                         s.seen.first_byte.get_or_insert(buf[0]);
                         s.pending = true;
