@@ -10,7 +10,8 @@
 # local endpoint (IAM, its DSQL-shaped name, so direct TLS by default) and against plain
 # PostgreSQL (password, SSLRequest), it measures:
 #   - round trips of `dsql-pgx query -q "select 1"` and of `psql -c "select 1"`;
-#   - wall time of the same (hyperfine, mean of SHOTS runs), psql given a token signed
+#   - wall time of the same (mean of SHOTS interleaved runs, each started from bash, so
+#     both pay the same shell), psql given a token signed
 #     beforehand (PGPASSWORD=<token>), so only the connection is compared;
 #   - `dsql-pgx bench --clients 8` through the relay with and without `--refresh-every 1s`:
 #     throughput and p99 (latency counted from before the checkout).
@@ -90,9 +91,20 @@ for delay in 1 10; do
       printf '%s\n' "$(trips "$tool-$side-$rtt")" >"$work/$tool-$side-$rtt.trips"
     done
     relay "wall-$side-$rtt" "$delay" "$upstream"
-    log "$side at $rtt ms RTT: hyperfine, $SHOTS runs each"
-    hyperfine -N --style none --warmup 2 --runs "$SHOTS" --export-json "$work/wall-$side-$rtt.hf" \
-      -n ours "bash -c 'ours_$side $RPORT'" -n psql "bash -c 'psql_$side $RPORT'" >&2
+    log "$side at $rtt ms RTT: $SHOTS runs each, interleaved"
+    # The mean wall time of each, runs interleaved (so drift hits both), after 2 warm-ups.
+    python3 - "$work/wall-$side-$rtt.hf" "$SHOTS" "ours_$side $RPORT" "psql_$side $RPORT" <<'PY'
+import json, subprocess, sys, time
+out, shots, cmds = sys.argv[1], int(sys.argv[2]), {"ours": sys.argv[3], "psql": sys.argv[4]}
+times = {name: [] for name in cmds}
+for i in range(shots + 2):
+    for name, cmd in cmds.items():
+        start = time.perf_counter()
+        subprocess.run(["bash", "-c", cmd], check=True)
+        if i >= 2:
+            times[name].append(time.perf_counter() - start)
+json.dump({"results": [{"command": n, "mean": sum(t) / len(t)} for n, t in times.items()]}, open(out, "w"))
+PY
     stop_relay
   done
   if [ "$delay" = 10 ] || [ "${BENCH_ALL:-}" = 1 ]; then
