@@ -2,10 +2,13 @@
 //!
 //! Every new physical connection signs a fresh IAM token (tokens are only checked when a
 //! connection opens), connects over TLS and records who it is (session ID, timing, TLS
-//! version) in a registry. A refresh is a *generation bump*: connections of an older
-//! generation are never handed out again, idle ones close at once, busy ones close when they
-//! are returned, and fresh ones are opened at once. There is one pool for the program's life;
-//! no holder of a [`Pool`] ever sees it swapped, and the query path takes no lock.
+//! version) in a registry. A refresh makes before it breaks: it opens the replacements while
+//! the old connections serve, then bumps the *generation*: connections of an older generation
+//! are never handed out again, and each is swapped for a replacement in its pool slot, idle
+//! ones at once, busy ones when they are returned, so no checkout waits for an open. There is
+//! one pool for the program's life; no holder of a [`Pool`] ever sees it swapped, and the query
+//! path takes no lock. [`Pool::close`] lets every connection say Terminate before the program
+//! exits.
 //!
 //! Files: `open` (one connection, phase by phase), `manager` (the bb8 manager and the
 //! checked-out connection), `registry` (what is open, counters, [`PoolStats`]), `refresh`
