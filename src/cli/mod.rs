@@ -272,7 +272,7 @@ pub struct ConnArgs {
           help_heading = "TLS options")]
     pub sslmode: SslMode,
 
-    /// How TLS is negotiated [default: direct for *.dsql.<region>.on.aws endpoints (and
+    /// How TLS is negotiated [default: direct for *.dsql.REGION.on.aws endpoints (and
     /// --local), postgres for other hosts].
     ///
     /// DSQL accepts PostgreSQL 17 direct TLS, which saves the SSLRequest's round trip on every
