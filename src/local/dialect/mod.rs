@@ -13,6 +13,7 @@
 //!   the errors are rewritten into DSQL's.
 
 pub(crate) mod env;
+mod ffi;
 pub(crate) mod jobs;
 pub(crate) mod parse;
 #[cfg(test)]
