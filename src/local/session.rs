@@ -223,6 +223,8 @@ pub(crate) struct Shared {
     classifier: Option<Arc<Classifier>>,
     /// DSQL's transaction age limit, with the dialect.
     max_transaction_age: Duration,
+    /// Committed schema changes, for OCC's OC001.
+    schema: Arc<dialect::occ::SchemaVersion>,
 }
 
 impl Shared {
@@ -251,6 +253,7 @@ impl Shared {
             upstream_failed: AtomicBool::new(false),
             classifier: None,
             max_transaction_age: Duration::ZERO,
+            schema: Arc::default(),
         }
     }
 
@@ -441,7 +444,7 @@ pub(crate) async fn serve(
     // When the client leaves, PostgreSQL is told (its read side ends) and the relay goes on
     // until PostgreSQL closes: until then its backend lives, may still be cancelled (its key
     // stays registered) and holds its connection slot.
-    let refusals = dialect::relay::Refusals::new();
+    let refusals = dialect::relay::Refusals::new(shared.schema.clone());
     let mut filter = shared
         .classifier
         .as_ref()
@@ -453,6 +456,7 @@ pub(crate) async fn serve(
                     c.clone(),
                     refusals.clone(),
                     shared.max_transaction_age,
+                    shared.clock.clone(),
                 );
                 dialect::relay::relay_from_client(&mut from_client, &mut to_upstream, &mut side)
                     .await
@@ -825,6 +829,11 @@ async fn establish(
     let mut params = startup.params.clone();
     if startup.get("database").is_none() {
         params.push(("database".into(), "postgres".into()));
+    }
+    if shared.classifier.is_some() {
+        // Clients may not send `options`: this is the only one.
+        let option = dialect::occ::LOCK_TIMEOUT_OPTION;
+        params.push(("options".into(), option.into()));
     }
     upstream.write_all(&Startup { params }.encode()).await?;
     let mut key = None;

@@ -6,9 +6,11 @@
 //!
 //! - [`rules`]: DSQL's verdict on one parsed statement.
 //! - [`parse`]: text → statements and verdicts, bounded and cached ([`Classifier`]).
+//! - [`occ`]: optimistic concurrency: no statement waits, conflicts fail at `COMMIT`.
 //! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
 //!   the errors are rewritten into DSQL's.
 
+pub(crate) mod occ;
 pub(crate) mod parse;
 pub(crate) mod relay;
 pub(crate) mod rules;

@@ -28,8 +28,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::time::Instant;
 
+use super::occ::{self, Occ, OccFilter, OccSide, SchemaVersion};
 use super::parse::{Classified, Classifier};
 use super::rules::{FEATURE_NOT_SUPPORTED, Kind, Refusal};
+use crate::local::clock::Clock;
 
 /// Largest message a client may send (DSQL's limit: 10 MiB). Past it the connection closes,
 /// as DSQL was seen to do.
@@ -57,11 +59,14 @@ pub(crate) struct Refusals {
     rows: u64,
     /// The row limit failed the transaction, and PostgreSQL does not know it yet.
     over_row_limit: bool,
+    /// Optimistic concurrency.
+    occ: Occ,
 }
 
 impl Refusals {
-    /// A new set with a marker prefix no client can guess.
-    pub(crate) fn new() -> Arc<Mutex<Self>> {
+    /// A new set with a marker prefix no client can guess, for a connection of the
+    /// endpoint whose schema changes `schema` counts.
+    pub(crate) fn new(schema: Arc<SchemaVersion>) -> Arc<Mutex<Self>> {
         let nonce: u64 = rand::random();
         Arc::new(Mutex::new(Self {
             prefix: format!("dsql_pgx_refusal_{nonce:016x}_"),
@@ -70,6 +75,7 @@ impl Refusals {
             explicit: false,
             rows: 0,
             over_row_limit: false,
+            occ: Occ::new(schema),
         }))
     }
 
@@ -111,12 +117,12 @@ pub(crate) struct Transaction {
 }
 
 impl Transaction {
-    /// Counts a statement of `kind`, or refuses it as DSQL does (§7).
-    pub(crate) fn apply(&mut self, kind: Kind) -> Result<(), Refusal> {
+    /// Counts a statement of `kind` run at `now`, or refuses it as DSQL does (§7).
+    pub(crate) fn apply(&mut self, kind: Kind, now: Instant) -> Result<(), Refusal> {
         match kind {
             Kind::Begin => {
                 if !self.explicit {
-                    self.started = Some(Instant::now());
+                    self.started = Some(now);
                 }
                 self.explicit = true;
             }
@@ -165,6 +171,9 @@ pub(crate) struct ClientSide {
     portals: HashMap<Vec<u8>, Kind>,
     /// DSQL's transaction age limit.
     max_age: Duration,
+    /// The endpoint's clock, for that age.
+    clock: Clock,
+    occ: OccSide,
 }
 
 fn aborted() -> Refusal {
@@ -194,6 +203,7 @@ impl ClientSide {
         classifier: Arc<Classifier>,
         refusals: Arc<Mutex<Refusals>>,
         max_age: Duration,
+        clock: Clock,
     ) -> Self {
         Self {
             classifier,
@@ -202,6 +212,8 @@ impl ClientSide {
             statements: HashMap::new(),
             portals: HashMap::new(),
             max_age,
+            clock,
+            occ: OccSide::default(),
         }
     }
 
@@ -215,7 +227,7 @@ impl ClientSide {
         }
         drop(shared);
         let started = self.tx.started.filter(|_| self.tx.explicit)?;
-        let age = started.elapsed();
+        let age = self.clock.instant().saturating_duration_since(started);
         if age <= self.max_age {
             return None;
         }
@@ -246,8 +258,9 @@ impl ClientSide {
     fn plan_query(&mut self, sql: &str, c: &Classified) -> String {
         let text = c.rewritten.as_deref().unwrap_or(sql);
         let mut tx = self.tx;
+        let now = self.clock.instant();
         for st in &c.statements {
-            let verdict = st.verdict.clone().and_then(|k| tx.apply(k));
+            let verdict = st.verdict.clone().and_then(|k| tx.apply(k, now));
             if let Err(r) = verdict {
                 tx.end_implicit();
                 self.tx = tx;
@@ -263,6 +276,37 @@ impl ClientSide {
 
     /// Rewrites one client message; `None` forwards it as it is.
     pub(crate) async fn rewrite(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
+        let before = occ::before_message(&mut lock(&self.refusals).occ);
+        let out = self.rewrite_message(tag, body).await;
+        match before {
+            None => out,
+            Some(mut b) => {
+                b.extend(out.unwrap_or_else(|| message(tag, body)));
+                Some(b)
+            }
+        }
+    }
+
+    /// The OCC hook for a simple Query `c` of `sql`: the message to send instead, or the
+    /// refusal of its first statement.
+    fn occ_query(&self, sql: &str, c: &Classified) -> Result<Option<Vec<u8>>, Refusal> {
+        let mut kinds = c.statements.iter().map(|s| s.verdict.clone());
+        let Some(Ok(first)) = kinds.next() else {
+            return Ok(None);
+        };
+        let mut ddl = first == Kind::Ddl;
+        for k in kinds {
+            match k {
+                Ok(k) => ddl |= k == Kind::Ddl,
+                Err(_) => return Ok(None),
+            }
+        }
+        let only = c.statements.len() == 1;
+        let occ = &mut lock(&self.refusals).occ;
+        occ::on_query(occ, sql, first, only, ddl, self.tx.explicit)
+    }
+
+    async fn rewrite_message(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
         match tag {
             b'Q' => {
                 let (sql, _) = cstr(body)?;
@@ -281,8 +325,15 @@ impl ClientSide {
                     }
                     return Some(self.stand_in_query(r));
                 }
+                let instead = match self.occ_query(sql, &c) {
+                    Ok(instead) => instead,
+                    Err(r) => return Some(self.stand_in_query(r)),
+                };
                 let text = self.plan_query(sql, &c);
                 self.publish();
+                if instead.is_some() {
+                    return instead;
+                }
                 if text == sql {
                     return None;
                 }
@@ -304,6 +355,7 @@ impl ClientSide {
                             _ => Kind::Other,
                         };
                         self.statements.insert(name.to_vec(), kind);
+                        self.occ.parsed(name, sql);
                         match &c.rewritten {
                             Some(t) => (t.clone(), params),
                             None => return None,
@@ -322,6 +374,7 @@ impl ClientSide {
                 let (stmt, _) = cstr(rest)?;
                 let kind = self.statements.get(stmt).copied().unwrap_or(Kind::Other);
                 self.portals.insert(portal.to_vec(), kind);
+                self.occ.bound(portal, stmt);
                 None
             }
             b'E' => {
@@ -330,9 +383,25 @@ impl ClientSide {
                 let r = match self.transaction_failed() {
                     Some(r) => r,
                     None => {
-                        let applied = self.tx.apply(kind);
-                        self.publish();
-                        applied.err()?
+                        let explicit = self.tx.explicit;
+                        let hook = occ::on_execute(
+                            &mut lock(&self.refusals).occ,
+                            &self.occ,
+                            portal,
+                            kind,
+                            explicit,
+                        );
+                        match hook {
+                            Err(r) => r,
+                            Ok(instead) => {
+                                let applied = self.tx.apply(kind, self.clock.instant());
+                                self.publish();
+                                if instead.is_some() && applied.is_ok() {
+                                    return instead;
+                                }
+                                applied.err()?
+                            }
+                        }
                     }
                 };
                 let stand_in = lock(&self.refusals).stand_in(r);
@@ -350,6 +419,7 @@ impl ClientSide {
                     b'P' => self.portals.remove(name),
                     _ => None,
                 };
+                self.occ.closed(what, name);
                 None
             }
             b'S' => {
@@ -415,6 +485,7 @@ pub(crate) struct ResponseFilter {
     /// The row limit failed a statement: PostgreSQL's answers are dropped until its
     /// ReadyForQuery, which then says the transaction failed.
     dropping: bool,
+    occ: OccFilter,
 }
 
 /// Rows a command tag says were modified.
@@ -438,6 +509,7 @@ impl ResponseFilter {
             body_left: 0,
             held: None,
             dropping: false,
+            occ: OccFilter::default(),
         }
     }
 
@@ -448,7 +520,7 @@ impl ResponseFilter {
                 let take = self.body_left.min(input.len());
                 match &mut self.held {
                     Some(h) => h.extend_from_slice(&input[..take]),
-                    None if self.dropping => {}
+                    None if self.dropping || self.occ.skipping() => {}
                     None => out.extend_from_slice(&input[..take]),
                 }
                 self.body_left -= take;
@@ -484,13 +556,32 @@ impl ResponseFilter {
                 } else {
                     self.held = Some(h);
                 }
-            } else if !self.dropping {
+            } else if !self.dropping && !self.occ.skipping() {
                 out.extend_from_slice(&self.header);
             }
         }
     }
 
-    fn emit(&mut self, msg: Vec<u8>, out: &mut Vec<u8>) {
+    fn emit(&mut self, mut msg: Vec<u8>, out: &mut Vec<u8>) {
+        let answer = {
+            let mut shared = lock(&self.refusals);
+            let explicit = shared.explicit;
+            let body = &msg[5..];
+            let code = (msg[0] == b'E').then(|| occ::error_code(body)).flatten();
+            self.occ.answer(
+                &mut shared.occ,
+                explicit,
+                msg[0],
+                body,
+                code,
+                error_response,
+            )
+        };
+        match answer {
+            occ::Answer::Pass => {}
+            occ::Answer::Drop => return,
+            occ::Answer::Replace(m) => msg = m,
+        }
         let body = &msg[5..];
         match msg[0] {
             b'Z' => {
