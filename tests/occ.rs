@@ -85,7 +85,7 @@ async fn two_writers_of_a_row_the_second_committer_fails_at_commit() {
     let (ep, s) = setup(2).await;
     let (a, b) = (&s[0], &s[1]);
     run(a, "BEGIN").await;
-    run(b, "BEGIN").await;
+    run(b, "BEGIN -- a comment ends at the end of the line").await;
     assert_eq!(run(a, "UPDATE t SET v = 1 WHERE id = 1").await, 1);
     // Holds no lock wait: on PostgreSQL this UPDATE waits for `a`.
     run(b, "UPDATE t SET v = 2 WHERE id = 1").await;

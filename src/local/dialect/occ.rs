@@ -215,9 +215,10 @@ pub(crate) fn on_query(
             occ.ddl = false;
             occ.began_at = occ.schema.get();
             occ.begins += 1;
+            // On a line of its own: a `--` comment at the end of the client's text ends.
             let begin = sql.trim_end().trim_end_matches(';');
             Ok(Some(query(&format!(
-                "{begin}; SELECT 1; SAVEPOINT {SAVEPOINT}"
+                "{begin}\n; SELECT 1; SAVEPOINT {SAVEPOINT}"
             ))))
         }
         Kind::End if explicit => Ok(end(occ, is_rollback(sql), false)),
@@ -399,6 +400,8 @@ impl OccFilter {
     }
 
     fn ready(&mut self, occ: &mut Occ, body: &[u8]) -> Answer {
+        // A rewritten `BEGIN` that did not get to its `SAVEPOINT`: no savepoint.
+        self.skipping_begin = false;
         if std::mem::take(&mut self.drop_ready) {
             return Answer::Drop;
         }
