@@ -419,3 +419,45 @@ impl OccFilter {
         Answer::Pass
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_doomed_statement_completes_with_its_command_and_no_rows() {
+        assert_eq!(empty_tag("  update t set v = 1"), "UPDATE 0");
+        assert_eq!(empty_tag("INSERT INTO t VALUES (1)"), "INSERT 0 0");
+        assert_eq!(empty_tag("delete from t"), "DELETE 0");
+        assert_eq!(empty_tag("(select 1) for update"), "SELECT 0");
+        assert_eq!(empty_tag(""), "SELECT 0");
+    }
+
+    #[test]
+    fn rollback_is_told_from_commit() {
+        assert!(is_rollback(" ROLLBACK"));
+        assert!(is_rollback("abort"));
+        assert!(!is_rollback("COMMIT"));
+        assert!(!is_rollback("end"));
+    }
+
+    #[test]
+    fn the_sqlstate_is_found_among_the_fields() {
+        let body = b"SERROR\0C55P03\0Mcould not obtain lock\0\0";
+        assert_eq!(error_code(body), Some(&b"55P03"[..]));
+        assert_eq!(error_code(b"SERROR\0\0"), None);
+        assert_eq!(error_code(b"SERR"), None);
+    }
+
+    #[test]
+    fn a_doomed_commit_is_rolled_back_and_fails_a_rollback_is_not() {
+        let mut occ = Occ::new(Arc::default());
+        occ.doomed = true;
+        assert_eq!(end(&mut occ, true, false), None);
+        occ.doomed = true;
+        assert_eq!(end(&mut occ, false, false), Some(query("ROLLBACK")));
+        let (r, _) = occ.failing_commit.take().unwrap();
+        assert_eq!((r.code, r.message.as_str()), ("40001", OC000));
+        assert!(!occ.doomed);
+    }
+}
