@@ -140,14 +140,18 @@ pub(crate) struct OccSide {
     portals: HashMap<Vec<u8>, (&'static str, bool)>,
 }
 
+/// A message `tag` whose body is the one string `text`.
+fn with_string(tag: u8, text: &str) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(text.len() as u32 + 5).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.push(0);
+    out
+}
+
 /// A simple Query message carrying `sql`.
 fn query(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    let mut out = vec![b'Q'];
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    with_string(b'Q', sql)
 }
 
 impl OccSide {
@@ -307,12 +311,7 @@ pub(crate) fn error_code(body: &[u8]) -> Option<&[u8]> {
 }
 
 fn command_complete(tag: &str) -> Vec<u8> {
-    let mut body = tag.as_bytes().to_vec();
-    body.push(0);
-    let mut out = vec![b'C'];
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    with_string(b'C', tag)
 }
 
 /// Filter state for OCC on the response side.
@@ -447,6 +446,7 @@ mod tests {
         assert_eq!(error_code(body), Some(&b"55P03"[..]));
         assert_eq!(error_code(b"SERROR\0\0"), None);
         assert_eq!(error_code(b"SERR"), None);
+        assert_eq!(query("ROLLBACK"), b"Q\0\0\0\x0dROLLBACK\0");
     }
 
     #[test]
