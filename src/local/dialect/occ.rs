@@ -189,7 +189,7 @@ pub(crate) fn before_message(occ: &mut Occ) -> Option<Vec<u8>> {
     if !std::mem::take(&mut occ.rollback_due) {
         return None;
     }
-    occ.rollbacks += 1;
+    occ.rollbacks = occ.rollbacks.saturating_add(1);
     Some(query(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")))
 }
 
@@ -218,7 +218,7 @@ pub(crate) fn on_query(
             reset(occ);
             occ.ddl = false;
             occ.began_at = occ.schema.get();
-            occ.begins += 1;
+            occ.begins = occ.begins.saturating_add(1);
             // On a line of its own: a `--` comment at the end of the client's text ends.
             let begin = sql.trim_end().trim_end_matches(';');
             Ok(Some(query(&format!(
