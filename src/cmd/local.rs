@@ -245,7 +245,7 @@ pub async fn ephemeral(
             negotiation,
         } => (pool, user, database, token_expires_in, negotiation),
     };
-    let endpoint = LocalEndpoint::start(EndpointOptions { dialect: if std::env::var_os("BENCH_PG").is_some() { crate::local::Dialect::Postgres } else { Default::default() }, ..EndpointOptions::default() }).await?;
+    let endpoint = LocalEndpoint::start(EndpointOptions::default()).await?;
     let mut settings = endpoint.conn_settings(&user);
     settings.pool = pool;
     settings.database = database;
