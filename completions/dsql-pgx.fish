@@ -56,10 +56,10 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l ca-file -d '
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
 require\t'Encrypt without verifying the certificate (testing only)'
 disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l ssl-negotiation -d 'How TLS is negotiated [default: direct for *.dsql.REGION.on.aws endpoints (and --local), postgres for other hosts]' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
 direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l max-conns -d 'Maximum connections in the pool' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l min-idle -d 'Idle connections the pool keeps open' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l min-idle -d 'Idle connections the pool keeps open [default: 2, or --max-conns if that is less]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l idle-timeout -d 'Close connections idle longer than this' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand query" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r
@@ -89,10 +89,10 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l ca-file -d
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
 require\t'Encrypt without verifying the certificate (testing only)'
 disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l ssl-negotiation -d 'How TLS is negotiated [default: direct for *.dsql.REGION.on.aws endpoints (and --local), postgres for other hosts]' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
 direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l max-conns -d 'Maximum connections in the pool' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l min-idle -d 'Idle connections the pool keeps open' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l min-idle -d 'Idle connections the pool keeps open [default: 2, or --max-conns if that is less]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l idle-timeout -d 'Close connections idle longer than this' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand connect" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r
@@ -141,10 +141,10 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l ca-fi
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
 require\t'Encrypt without verifying the certificate (testing only)'
 disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l ssl-negotiation -d 'How TLS is negotiated [default: direct for *.dsql.REGION.on.aws endpoints (and --local), postgres for other hosts]' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
 direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l max-conns -d 'Maximum connections in the pool' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l min-idle -d 'Idle connections the pool keeps open' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l min-idle -d 'Idle connections the pool keeps open [default: 2, or --max-conns if that is less]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l idle-timeout -d 'Close connections idle longer than this' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand refresh-demo" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r
@@ -196,10 +196,10 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l ca-file -d '
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l sslmode -d 'TLS mode' -r -f -a "verify-full\t'Encrypt and verify the certificate chain and host name (DSQL\'s production setting)'
 require\t'Encrypt without verifying the certificate (testing only)'
 disable\t'No TLS: refused with IAM on, since DSQL rejects plaintext'"
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l ssl-negotiation -d 'How TLS is negotiated' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l ssl-negotiation -d 'How TLS is negotiated [default: direct for *.dsql.REGION.on.aws endpoints (and --local), postgres for other hosts]' -r -f -a "postgres\t'Classic SSLRequest, then TLS'
 direct\t'PostgreSQL 17 direct TLS with ALPN `postgresql`: one round trip less'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l max-conns -d 'Maximum connections in the pool' -r
-complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l min-idle -d 'Idle connections the pool keeps open' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l min-idle -d 'Idle connections the pool keeps open [default: 2, or --max-conns if that is less]' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l max-lifetime -d 'Close connections older than this (must stay below DSQL\'s 60-minute limit)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l idle-timeout -d 'Close connections idle longer than this' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand bench" -l connect-timeout -d 'Give up on a new connection (token, TCP, TLS, auth) after this long' -r

@@ -15,6 +15,11 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_dsql::auth_token::{AuthTokenGenerator, Config as GeneratorConfig};
 use aws_smithy_async::time::{SharedTimeSource, SystemTimeSource};
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_types::SdkConfig;
 use tokio::sync::Mutex;
 use tracing::instrument::WithSubscriber as _;
@@ -342,7 +347,7 @@ async fn provider(source: &CredentialSource, region: &str) -> SharedCredentialsP
                 .tls_provider(Provider::Rustls(CryptoMode::Ring))
                 .build_https();
             let mut loader = aws_config::defaults(BehaviorVersion::latest())
-                .http_client(http)
+                .http_client(SharedHttpClient::new(LazyHttpClient(http)))
                 .region(Region::new(region.to_string()));
             if let Some(profile) = profile {
                 loader = loader.profile_name(profile);
@@ -352,6 +357,31 @@ async fn provider(source: &CredentialSource, region: &str) -> SharedCredentialsP
                 .credentials_provider()
                 .unwrap_or_else(|| SharedCredentialsProvider::new(NoCredentials))
         }
+    }
+}
+
+/// The SDK's HTTP client, with its trusted certificates loaded when it first connects.
+///
+/// The client as built loads the system's CA bundle as soon as any SDK client is built
+/// (its `validate_base_client_config`), and aws-config builds several (SSO, STS, IMDS) for
+/// the credential chain: about 3 ms of CPU per call, wasted whenever the credentials come
+/// from the environment or a profile file and no request is made. This wrapper leaves that
+/// validation out; `http_connector` builds (and caches) the connector, certificates and all,
+/// on the first request.
+#[derive(Debug)]
+struct LazyHttpClient(SharedHttpClient);
+
+impl HttpClient for LazyHttpClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
     }
 }
 

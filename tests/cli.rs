@@ -505,3 +505,49 @@ async fn the_most_verbose_log_never_shows_credentials() {
         }
     }
 }
+
+/// `bench --clients 1 --max-conns 1` works as given (the idle minimum follows `--max-conns`
+/// when not set), and more clients than connections are told they wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_sizes_its_pool_as_given() {
+    let ep = TestEndpoint::start().await;
+    let one = [
+        "bench",
+        "--clients",
+        "1",
+        "--max-conns",
+        "1",
+        "--duration",
+        "1s",
+    ];
+    let out = run_at(
+        &ep,
+        &[&one[..], &["--warmup", "0s", "--format", "json"]].concat(),
+    )
+    .await;
+    assert_code(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["queries"].as_u64().unwrap() > 0, "{doc}");
+    assert_eq!(doc["pool"]["total"], 1);
+    let out = run_at(
+        &ep,
+        &[
+            "bench",
+            "--clients",
+            "3",
+            "--max-conns",
+            "2",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+        ],
+    )
+    .await;
+    assert_code(&out, 0);
+    assert!(
+        stderr(&out).contains("some wait for one"),
+        "{}",
+        stderr(&out)
+    );
+}

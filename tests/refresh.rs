@@ -359,3 +359,57 @@ async fn refresh_demo_local_end_to_end() {
     assert_eq!(lines[2]["failed"], 0);
     assert_eq!(lines[2]["refreshes"], 2);
 }
+
+/// Make before break: a refresh opens the replacements while the old connections serve, and
+/// each old connection is swapped for one as it is returned (busy) or checked out (idle), so
+/// no checkout after the refresh waits for a connection to open. Counted, not timed: bb8's
+/// "waited" count and the connections opened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_makes_before_it_breaks_so_no_checkout_waits() {
+    let ep = TestEndpoint::start().await;
+    let mut settings = ep.settings("admin");
+    settings.pool.max_size = 4;
+    settings.pool.min_idle = 2;
+    let pool = Pool::new(&settings).await.unwrap();
+    // Two busy, two idle: a full pool, as under load.
+    let held = pool.get_many(4).await.unwrap();
+    let busy: Vec<_> = held.into_iter().take(2).collect();
+    let old = ids(&pool);
+    let before = pool.stats();
+
+    let report = pool.refresh().await.unwrap();
+    assert_eq!(report.retired.len(), 4);
+    assert_eq!(
+        report.opened.len(),
+        4,
+        "every replacement opened before the break"
+    );
+    assert!(report.overlap.is_empty());
+    let opened = pool.stats().opened;
+    assert_eq!(opened, before.opened + 4);
+
+    // The busy ones come back and are swapped; every checkout now is fresh and immediate.
+    drop(busy);
+    let again = pool.get_many(4).await.unwrap();
+    for conn in &again {
+        assert_eq!(conn.info().generation, report.generation);
+        assert!(!old.contains(conn.session_id()));
+    }
+    let after = pool.stats();
+    assert_eq!(
+        after.opened, opened,
+        "no connection opened after the refresh"
+    );
+    assert_eq!(after.waits, before.waits, "no checkout waited");
+    assert_eq!(after.closed_retired, 4);
+    drop(again);
+    eventually(
+        "the old connections to close",
+        Duration::from_secs(10),
+        || {
+            let gone = ids(&pool).is_disjoint(&old);
+            async move { gone }
+        },
+    )
+    .await;
+}

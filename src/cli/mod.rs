@@ -272,10 +272,18 @@ pub struct ConnArgs {
           help_heading = "TLS options")]
     pub sslmode: SslMode,
 
-    /// How TLS is negotiated.
-    #[arg(long, env = "PGSSLNEGOTIATION", value_enum, default_value_t = SslNegotiation::Postgres,
-          help_heading = "TLS options")]
-    pub ssl_negotiation: SslNegotiation,
+    /// How TLS is negotiated [default: direct for *.dsql.REGION.on.aws endpoints (and
+    /// --local), postgres for other hosts].
+    ///
+    /// DSQL accepts PostgreSQL 17 direct TLS, which saves the SSLRequest's round trip on every
+    /// connection; a server that predates PostgreSQL 17 needs `postgres`.
+    #[arg(
+        long,
+        env = "PGSSLNEGOTIATION",
+        value_enum,
+        help_heading = "TLS options"
+    )]
+    pub ssl_negotiation: Option<SslNegotiation>,
 
     /// Maximum connections in the pool.
     #[arg(
@@ -287,15 +295,14 @@ pub struct ConnArgs {
     )]
     pub max_conns: u32,
 
-    /// Idle connections the pool keeps open.
+    /// Idle connections the pool keeps open [default: 2, or --max-conns if that is less].
     #[arg(
         long,
         env = "DB_MIN_CONNS",
-        default_value_t = 2,
         value_name = "N",
         help_heading = "Pool options"
     )]
-    pub min_idle: u32,
+    pub min_idle: Option<u32>,
 
     /// Close connections older than this (must stay below DSQL's 60-minute limit).
     #[arg(

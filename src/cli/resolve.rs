@@ -9,6 +9,9 @@
 
 use std::time::Duration;
 
+/// Idle connections kept open unless `--min-idle` says (at most `--max-conns`).
+pub const DEFAULT_MIN_IDLE: u32 = 2;
+
 use super::{ConnArgs, RefreshArgs, RetryArgs, SslMode as CliSslMode, TargetArgs};
 use crate::auth::Secret;
 use crate::error::ConfigError;
@@ -72,8 +75,8 @@ pub enum Destination {
         database: String,
         /// Token lifetime.
         token_expires_in: Duration,
-        /// TLS negotiation style.
-        negotiation: SslNegotiation,
+        /// TLS negotiation style (`None`: the endpoint's default).
+        negotiation: Option<SslNegotiation>,
     },
 }
 
@@ -156,7 +159,10 @@ fn pool(args: &ConnArgs) -> Result<PoolSettings, ConfigError> {
         idle_timeout: duration(&args.idle_timeout, "--idle-timeout", None)?,
         connect_timeout: duration(&args.connect_timeout, "--connect-timeout", None)?,
         max_size: args.max_conns,
-        min_idle: args.min_idle,
+        min_idle: args
+            .min_idle
+            .unwrap_or(DEFAULT_MIN_IDLE.min(args.max_conns)),
+        session_id_on_connect: true,
     };
     settings::check_pool(&pool, &Flags)?;
     Ok(pool)
@@ -175,7 +181,7 @@ fn iam_enabled(args: &ConnArgs, env: &dyn Environment) -> Result<bool, ConfigErr
 /// Validates a connecting command's arguments.
 pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination, ConfigError> {
     let pool = pool(args)?;
-    let negotiation = args.ssl_negotiation.into();
+    let negotiation = args.ssl_negotiation.map(SslNegotiation::from);
     if args.local {
         let token_expires_in = duration(
             &args.target.token_expires_in,
@@ -207,8 +213,10 @@ pub fn destination(args: &ConnArgs, env: &dyn Environment) -> Result<Destination
         .pool(pool)
         .port(args.address.port)
         .database(args.address.database.clone())
-        .ssl_mode(args.sslmode.into())
-        .ssl_negotiation(negotiation);
+        .ssl_mode(args.sslmode.into());
+    if let Some(negotiation) = negotiation {
+        b = b.ssl_negotiation(negotiation);
+    }
     if !iam {
         b = b.password(env.var("PGPASSWORD").map(Secret::new));
     }

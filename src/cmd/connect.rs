@@ -4,10 +4,9 @@
 use std::io::Write;
 use std::time::SystemTime;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::cli::{ConnectArgs, Format};
+use crate::cli::{ConnectArgs, Format, resolve};
 use crate::output::{self, Output};
 use crate::pool::{ConnInfo, PoolStats};
 use crate::settings::ConfigError;
@@ -18,7 +17,6 @@ use super::Session;
 struct ConnectionJson {
     #[serde(flatten)]
     info: ConnInfo,
-    server_version: String,
     token_age_ms: Option<f64>,
 }
 
@@ -39,9 +37,14 @@ fn version_number(server_version: &str) -> &str {
 
 /// Opens `--count` connections at once and prints them.
 pub async fn run(args: ConnectArgs, out: &Output) -> anyhow::Result<()> {
-    let count = args.count.unwrap_or(args.conn.min_idle.max(1));
+    let count = args.count.unwrap_or_else(|| {
+        let conn = &args.conn;
+        conn.min_idle
+            .unwrap_or(resolve::DEFAULT_MIN_IDLE.min(conn.max_conns))
+            .max(1)
+    });
     // No idle minimum to keep: the pool opens exactly the connections checked out below.
-    let session = Session::open(&args.conn, Some(0)).await?;
+    let session = Session::open(&args.conn, Some(0), true).await?;
     if count > session.settings.pool.max_size {
         return Err(ConfigError(format!(
             "--count {count} exceeds --max-conns {}; raise --max-conns",
@@ -51,26 +54,14 @@ pub async fn run(args: ConnectArgs, out: &Output) -> anyhow::Result<()> {
     }
     let conns = session.pool.get_many(count as usize).await?;
     let mut rows = Vec::new();
+    // Everything shown arrived while the connections opened (the server version in the
+    // startup's parameter status): no query per connection.
     for conn in &conns {
-        let version = conn
-            .simple_query("show server_version")
-            .await
-            .context("reading the server version")?
-            .into_iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-                _ => None,
-            })
-            .unwrap_or_default();
         let info = conn.info();
         let token_age_ms = info.token_signed_at.map(|signed| {
             output::json_millis(SystemTime::now().duration_since(signed).unwrap_or_default())
         });
-        rows.push(ConnectionJson {
-            info,
-            server_version: version,
-            token_age_ms,
-        });
+        rows.push(ConnectionJson { info, token_age_ms });
     }
     drop(conns);
     let stats = session.pool.stats();
@@ -103,7 +94,7 @@ pub async fn run(args: ConnectArgs, out: &Output) -> anyhow::Result<()> {
                 let mut row = vec![
                     r.info.number.to_string(),
                     r.info.session_id.clone(),
-                    version_number(&r.server_version).to_string(),
+                    version_number(r.info.server_version.as_deref().unwrap_or("-")).to_string(),
                     r.info.tls_version.clone().unwrap_or_else(|| "none".into()),
                     output::millis(t.total),
                     r.token_age_ms

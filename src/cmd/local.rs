@@ -250,7 +250,9 @@ pub async fn ephemeral(
     settings.pool = pool;
     settings.database = database;
     settings.target.token_expires_in = token_expires_in;
-    settings.tls.negotiation = negotiation;
+    if let Some(negotiation) = negotiation {
+        settings.tls.negotiation = negotiation;
+    }
     Ok((settings, Some(endpoint)))
 }
 

@@ -86,10 +86,16 @@ pub struct Session {
 
 impl Session {
     /// Validates the flags, starts a local endpoint if asked, and opens the pool with
-    /// `min_idle` connections (`None` keeps the configured minimum).
-    pub async fn open(args: &ConnArgs, min_idle: Option<u32>) -> anyhow::Result<Session> {
+    /// `min_idle` connections (`None` keeps the configured minimum). With `session_ids`, each
+    /// connection's session ID is read as it opens; without, only when asked for.
+    pub async fn open(
+        args: &ConnArgs,
+        min_idle: Option<u32>,
+        session_ids: bool,
+    ) -> anyhow::Result<Session> {
         let destination = resolve::destination(args, &ProcessEnv)?;
         let (mut settings, local) = local::ephemeral(destination).await?;
+        settings.pool.session_id_on_connect = session_ids;
         if let Some(min_idle) = min_idle {
             settings.pool.min_idle = min_idle.min(settings.pool.max_size);
         }
@@ -103,9 +109,9 @@ impl Session {
         })
     }
 
-    /// Closes the pool (and the local endpoint, if any).
+    /// Closes the pool, each connection saying Terminate (and the local endpoint, if any).
     pub async fn close(self) {
-        drop(self.pool);
+        self.pool.close().await;
         if let Some(endpoint) = self.local
             && let Err(error) = endpoint.shutdown().await
         {

@@ -64,12 +64,16 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
     let mut stop = StopSignal::new()?;
     // A one-shot query opens only the connection it uses.
     let session = tokio::select! {
-        session = Session::open(&args.conn, Some(0)) => session?,
+        session = Session::open(&args.conn, Some(0), false) => session?,
         signal = stop.recv() => return Err(Interrupted { signal, cancelled: false }.into()),
     };
     let typed = out.format == crate::cli::Format::Json;
     let current: Arc<Mutex<Option<CancelToken>>> = Arc::default();
     let last_session: Mutex<String> = Mutex::default();
+    // The session ID costs a query: run only when it is printed, and then pipelined with the
+    // first statement on each connection, so it costs no round trip of its own.
+    let show_session = !out.quiet && (out.verbose > 0 || out.format == crate::cli::Format::Table);
+    let noted = show_session.then_some(&last_session);
     let quiet = out.quiet;
     let mut on_retry = move |event: &RetryEvent| {
         if !quiet {
@@ -108,12 +112,10 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
                 &mut on_retry,
                 async |client: &PooledConn| {
                     remember(&current, client);
-                    *last_session.lock().unwrap_or_else(|p| p.into_inner()) =
-                        client.session_id().to_string();
                     let mut results = Vec::with_capacity(statements.len());
-                    tracing::debug!(session_id = client.session_id(), "running a transaction");
+                    tracing::debug!("running a transaction");
                     for statement in &statements {
-                        results.push(sql::execute(client, statement, typed).await?);
+                        results.push(run_one(client, statement, typed, noted).await?);
                     }
                     Ok(results)
                 },
@@ -129,10 +131,8 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
                     &mut on_retry,
                     async |client: &PooledConn| {
                         remember(&current, client);
-                        *last_session.lock().unwrap_or_else(|p| p.into_inner()) =
-                            client.session_id().to_string();
-                        tracing::debug!(session_id = client.session_id(), "running a statement");
-                        Ok(sql::execute(client, statement, typed).await?)
+                        tracing::debug!("running a statement");
+                        Ok(run_one(client, statement, typed, noted).await?)
                     },
                 )
                 .await?;
@@ -164,18 +164,42 @@ pub async fn run(args: QueryArgs, out: &Output) -> anyhow::Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     if !out.quiet {
-        // One line after the results; every counter with -v.
+        // One line after the results (the session only with a table); every counter with -v.
         let stats = session.pool.stats();
         if out.verbose > 0 {
             let mut rows = vec![vec!["session id".to_string(), session_id]];
             rows.extend(output::stats_rows(&stats));
             crate::exit::diag!("{}", out.stderr_table(&["connection", "value"], &rows));
-        } else {
+        } else if show_session {
             crate::exit::diag!("session {session_id}; {}", output::stats_line(&stats));
+        } else {
+            crate::exit::diag!("{}", output::stats_line(&stats));
         }
     }
     session.close().await;
     Ok(())
+}
+
+/// Runs `statement`; with `noted`, the connection's session ID is read alongside (its
+/// query goes out in the same flight as the statement, once per connection) and kept there.
+async fn run_one(
+    client: &PooledConn,
+    statement: &str,
+    typed: bool,
+    noted: Option<&Mutex<String>>,
+) -> Result<StatementResult, tokio_postgres::Error> {
+    let Some(noted) = noted else {
+        return sql::execute(client, statement, typed).await;
+    };
+    let (id, result) = futures_util::future::join(
+        client.fetch_session_id(),
+        sql::execute(client, statement, typed),
+    )
+    .await;
+    if let Ok(id) = id {
+        *noted.lock().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+    }
+    result
 }
 
 fn remember(slot: &Mutex<Option<CancelToken>>, client: &Client) {

@@ -122,7 +122,7 @@ pub async fn run(args: RefreshDemoArgs, out: &Output) -> anyhow::Result<()> {
     }
     // Listening from here, a signal while the pool opens still ends the run with its summary.
     let mut signals = StopSignal::new()?;
-    let session = Session::open(&args.conn, None).await?;
+    let session = Session::open(&args.conn, None, true).await?;
     let pool = session.pool.clone();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));

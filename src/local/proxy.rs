@@ -349,7 +349,7 @@ impl LocalEndpoint {
             tls: Tls {
                 mode: SslMode::VerifyFull,
                 ca_file: Some(self.ca_path().to_path_buf()),
-                negotiation: SslNegotiation::Postgres,
+                negotiation: SslNegotiation::default_for(self.hostname()),
             },
             pool: PoolSettings::default(),
             application_name: DEFAULT_APPLICATION_NAME.to_string(),

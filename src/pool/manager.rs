@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use tokio_postgres::Client;
 
-use super::open::{Opener, PgConn};
+use super::open::{Opener, PgConn, first_value};
 use super::registry::{ConnInfo, Shared};
 use crate::error::ConnectError;
 use crate::error::chain;
@@ -68,7 +68,7 @@ impl bb8::ManageConnection for Manager {
     /// checkout with it.
     async fn connect(&self) -> Result<PgConn, Arc<ConnectError>> {
         self.opener
-            .open_retrying(&self.shared)
+            .open_retrying(&self.shared, None)
             .await
             .map_err(|error| {
                 let error = Arc::new(error);
@@ -84,6 +84,10 @@ impl bb8::ManageConnection for Manager {
             return Err(Arc::new(ConnectError::Closed));
         }
         if self.shared.is_retired(&conn.meta) {
+            // A refresh opened its replacement already: hand that out in its place.
+            if self.swap_for_staged(conn) {
+                return Ok(());
+            }
             // Counted in `has_broken`, which bb8 calls as it drops the connection.
             return Err(Arc::new(ConnectError::Retired));
         }
@@ -95,6 +99,24 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
+        self.check_returned(conn)
+    }
+}
+
+impl Manager {
+    /// Puts a staged fresh connection in `conn`'s place and closes the old one (it sends
+    /// Terminate as it goes). `false` when no staged connection is left.
+    fn swap_for_staged(&self, conn: &mut PgConn) -> bool {
+        let Some(mut fresh) = self.shared.take_staged() else {
+            return false;
+        };
+        std::mem::swap(conn, &mut fresh);
+        self.shared.swapped.fetch_add(1, Ordering::Relaxed);
+        drop(fresh);
+        true
+    }
+
+    fn check_returned(&self, conn: &mut PgConn) -> bool {
         conn.meta.in_use.store(false, Ordering::Relaxed);
         if conn.client.is_closed() {
             return true;
@@ -105,6 +127,11 @@ impl bb8::ManageConnection for Manager {
             return true;
         }
         if self.shared.is_retired(&conn.meta) {
+            // Returned into its slot is the replacement a refresh opened, if one is left:
+            // the next checkout gets it at once instead of waiting for an open.
+            if self.swap_for_staged(conn) {
+                return false;
+            }
             self.shared.retired.fetch_add(1, Ordering::Relaxed);
             return true;
         }
@@ -135,9 +162,22 @@ impl PooledConn {
         self.inner.meta.number
     }
 
-    /// The server session ID.
+    /// The server session ID; `""` while unknown, for a pool built without
+    /// [`crate::settings::PoolSettings::session_id_on_connect`] until
+    /// [`PooledConn::fetch_session_id`] has read it.
     pub fn session_id(&self) -> &str {
-        &self.inner.meta.session_id
+        self.inner.meta.session_id()
+    }
+
+    /// The server session ID, read from the server the first time (one simple query, which
+    /// can go out pipelined with the caller's first statement: `join` the two futures).
+    pub async fn fetch_session_id(&self) -> Result<&str, tokio_postgres::Error> {
+        let meta = &self.inner.meta;
+        if let Some(id) = meta.session_id.get() {
+            return Ok(id);
+        }
+        let id = first_value(&self.inner.client, meta.session_sql.sql()).await?;
+        Ok(meta.session_id.get_or_init(|| id))
     }
 
     /// The underlying client.
@@ -169,7 +209,7 @@ impl fmt::Debug for PooledConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledConn")
             .field("number", &self.inner.meta.number)
-            .field("session_id", &self.inner.meta.session_id)
+            .field("session_id", &self.inner.meta.session_id())
             .finish()
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! Every new physical connection signs a fresh IAM token (tokens are only checked when a
 //! connection opens), connects over TLS and records who it is (session ID, timing, TLS
-//! version) in a registry. A refresh is a *generation bump*: connections of an older
-//! generation are never handed out again, idle ones close at once, busy ones close when they
-//! are returned, and fresh ones are opened at once. There is one pool for the program's life;
-//! no holder of a [`Pool`] ever sees it swapped, and the query path takes no lock.
+//! version) in a registry. A refresh makes before it breaks: it opens the replacements while
+//! the old connections serve, then bumps the *generation*: connections of an older generation
+//! are never handed out again, and each is swapped for a replacement in its pool slot, idle
+//! ones at once, busy ones when they are returned, so no checkout waits for an open. There is
+//! one pool for the program's life; no holder of a [`Pool`] ever sees it swapped, and the query
+//! path takes no lock. [`Pool::close`] lets every connection say Terminate before the program
+//! exits.
 //!
 //! Files: `open` (one connection, phase by phase), `manager` (the bb8 manager and the
 //! checked-out connection), `registry` (what is open, counters, [`PoolStats`]), `refresh`
@@ -34,7 +37,7 @@ mod registry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -44,7 +47,7 @@ use tokio::task::JoinSet;
 use self::manager::RecordErrors;
 pub use self::manager::{Manager, PooledConn};
 pub use self::open::PgConn;
-use self::open::{Opener, Password};
+use self::open::{Opener, Password, SessionSql};
 pub use self::refresh::Refresher;
 pub use self::registry::{ConnInfo, ConnectTiming, PoolStats, RefreshReport};
 use self::registry::{Shared, lock, ms};
@@ -53,6 +56,9 @@ pub use crate::error::{ConnectError, ConnectPhase, Hint};
 use crate::error::{Error, Result};
 use crate::settings::{Auth, ConfigError, ConnSettings, SslMode, SslNegotiation};
 use crate::tls::TlsConnector;
+
+/// How long [`Pool::close`] waits for connections to say goodbye.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The token-refreshing pool. Cheap to clone; every clone is the same pool.
 #[derive(Clone)]
@@ -117,6 +123,7 @@ impl Pool {
             generation: AtomicU64::new(1),
             next_number: AtomicU64::new(0),
             retired: AtomicU64::new(0),
+            swapped: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             registry: Mutex::new(BTreeMap::new()),
@@ -124,6 +131,8 @@ impl Pool {
             last_error: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(None),
             settings: pool_settings.clone(),
+            staged: Mutex::new(Vec::new()),
+            tasks: Arc::new(watch::Sender::new(0)),
         });
         let opener = Arc::new(Opener {
             password,
@@ -133,7 +142,11 @@ impl Pool {
             addr: format!("{}:{}", settings.host, settings.port),
             tls,
             connect_timeout: pool_settings.connect_timeout,
-            session_sql: OnceLock::new(),
+            session_sql: match settings.auth {
+                Auth::Iam => SessionSql::Dsql,
+                Auth::Password(_) => SessionSql::BackendPid,
+            },
+            session_id_on_connect: pool_settings.session_id_on_connect,
             iam_hint: matches!(settings.auth, Auth::Iam),
         });
         let manager = Manager {
@@ -152,7 +165,10 @@ impl Pool {
         let bb8 = bb8::Pool::builder()
             .max_size(pool_settings.max_size)
             .min_idle(Some(pool_settings.min_idle))
-            .max_lifetime(Some(pool_settings.max_lifetime))
+            // Ours, not bb8's: a refresh swaps a fresh connection into an old one's slot, and
+            // bb8 would age it from the slot's birth. The manager checks each connection's
+            // own age on checkout and return.
+            .max_lifetime(None)
             .idle_timeout(Some(pool_settings.idle_timeout))
             .connection_timeout(pool_settings.connect_timeout + Duration::from_secs(1))
             .reaper_rate(reaper)
@@ -236,6 +252,17 @@ impl Pool {
         }
     }
 
+    /// Closes the pool: every connection this handle's pool holds sends Terminate and closes
+    /// (waiting at most a second for them), so servers log a clean goodbye, not a reset.
+    /// Connections still checked out, or held by other clones of the pool, close when those
+    /// are dropped.
+    pub async fn close(self) {
+        let mut live = self.shared.tasks.subscribe();
+        lock(&self.shared.staged).clear();
+        drop(self);
+        let _ = tokio::time::timeout(CLOSE_WAIT, live.wait_for(|&n| n == 0)).await;
+    }
+
     /// The live connections, by connection number.
     pub fn connections(&self) -> Vec<ConnInfo> {
         lock(&self.shared.registry)
@@ -269,7 +296,7 @@ impl Pool {
             closed_broken: s
                 .connections_closed_broken
                 .saturating_sub(retired + expired),
-            closed_retired: retired,
+            closed_retired: retired + self.shared.swapped.load(Ordering::Relaxed),
             gets: s.get_direct + s.get_waited + s.get_timed_out,
             waits: s.get_waited,
             timeouts: s.get_timed_out,

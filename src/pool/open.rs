@@ -1,5 +1,5 @@
-//! Opening one physical connection: sign, resolve, TCP, TLS, startup, session id, each
-//! phase timed and bounded by the connect timeout.
+//! Opening one physical connection: sign, resolve, TCP, TLS, startup (and the session id,
+//! when asked for), each phase timed and bounded by the connect timeout.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::timeout_at;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::registry::{ConnMeta, ConnectTiming, Shared, lock, ms};
@@ -28,7 +28,7 @@ impl fmt::Debug for PgConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConn")
             .field("number", &self.meta.number)
-            .field("session_id", &self.meta.session_id)
+            .field("session_id", &self.meta.session_id())
             .field("generation", &self.meta.generation)
             .finish_non_exhaustive()
     }
@@ -58,14 +58,19 @@ fn limit_backoff(retry: u32, unit: f64) -> Duration {
 }
 
 /// How a connection's session id is read: DSQL's function, or plain PostgreSQL's pid.
-#[derive(Clone, Copy, PartialEq, Eq)]
+///
+/// Which one is known before anything is sent: DSQL (and `local`) accept IAM tokens and
+/// nothing else, PostgreSQL accepts no IAM token, so a connection the server let in with a
+/// token is DSQL's and one it let in with a password is PostgreSQL's. No probe that fails
+/// (and logs an ERROR in the server's log) is ever sent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum SessionSql {
     Dsql,
     BackendPid,
 }
 
 impl SessionSql {
-    fn sql(self) -> &'static str {
+    pub(super) fn sql(self) -> &'static str {
         match self {
             SessionSql::Dsql => "select sys.current_session_id()",
             SessionSql::BackendPid => "select pg_backend_pid()::text",
@@ -90,12 +95,37 @@ pub(super) struct Opener {
     pub(super) addr: String,
     pub(super) tls: TlsConnector,
     pub(super) connect_timeout: Duration,
-    pub(super) session_sql: OnceLock<SessionSql>,
+    pub(super) session_sql: SessionSql,
+    /// Read the session id as each connection opens (one more round trip), or only when
+    /// asked ([`super::PooledConn::fetch_session_id`]).
+    pub(super) session_id_on_connect: bool,
     pub(super) iam_hint: bool,
 }
 
+/// Counts a running connection task, for [`super::Pool::close`].
+struct LiveTask(Arc<watch::Sender<usize>>);
+
+impl LiveTask {
+    fn new(tasks: &Arc<watch::Sender<usize>>) -> LiveTask {
+        tasks.send_modify(|n| *n += 1);
+        LiveTask(tasks.clone())
+    }
+}
+
+impl Drop for LiveTask {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 impl Opener {
-    async fn open(&self, shared: &Arc<Shared>) -> Result<PgConn, ConnectError> {
+    /// Opens a connection that joins `generation` (`None`: the one current when it is
+    /// ready).
+    async fn open(
+        &self,
+        shared: &Arc<Shared>,
+        generation: Option<u64>,
+    ) -> Result<PgConn, ConnectError> {
         let number = shared.next_number.fetch_add(1, Ordering::Relaxed) + 1;
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + self.connect_timeout);
@@ -155,19 +185,29 @@ impl Opener {
                 })
             })?
             .map_err(|source| self.rejected(source))?;
+        // Sent in the startup's parameter status: no query needed.
+        let server_version = connection.parameter("server_version").map(str::to_string);
+        // The task ends after the client is dropped and it has sent Terminate; `close`
+        // waits for that, so servers see a clean goodbye rather than a reset.
+        let live = LiveTask::new(&shared.tasks);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!("connection closed: {error}");
             }
+            drop(live);
         });
 
-        let session_id = timeout_at(deadline, self.session_id(&client))
-            .await
-            .map_err(|_| timed_out(ConnectPhase::Session))?
-            .map_err(|source| ConnectError::Session {
-                addr: self.addr.clone(),
-                source,
-            })?;
+        let session_id = OnceLock::new();
+        if self.session_id_on_connect {
+            let id = timeout_at(deadline, first_value(&client, self.session_sql.sql()))
+                .await
+                .map_err(|_| timed_out(ConnectPhase::Session))?
+                .map_err(|source| ConnectError::Session {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+            let _ = session_id.set(id);
+        }
         let done = Instant::now();
         let tls = tls_info.get().cloned();
         let tls_time = tls.as_ref().map_or(Duration::ZERO, |t| t.handshake);
@@ -180,7 +220,7 @@ impl Opener {
         };
         tracing::info!(
             number,
-            session_id,
+            session_id = session_id.get().map_or("", String::as_str),
             token_ms = ms(timing.token),
             tcp_ms = ms(timing.tcp),
             tls_ms = ms(timing.tls),
@@ -189,11 +229,13 @@ impl Opener {
         );
         // The generation it joins is the one current when it joins: a connection that was
         // being opened across a refresh was never among the connections the refresh retired.
-        let generation = shared.generation.load(Ordering::Acquire);
+        let generation = generation.unwrap_or_else(|| shared.generation.load(Ordering::Acquire));
         let meta = Arc::new(ConnMeta {
             number,
             ready: done,
             session_id,
+            session_sql: self.session_sql,
+            server_version,
             generation,
             opened_at: SystemTime::now() - timing.total,
             token_signed_at,
@@ -214,11 +256,15 @@ impl Opener {
     /// Opens a connection. A refusal for a connection limit (53300, 53400) is retried with
     /// a jittered, doubling backoff until the connect timeout; any other error, and the
     /// last refusal, is returned at once.
-    pub(super) async fn open_retrying(&self, shared: &Arc<Shared>) -> Result<PgConn, ConnectError> {
+    pub(super) async fn open_retrying(
+        &self,
+        shared: &Arc<Shared>,
+        generation: Option<u64>,
+    ) -> Result<PgConn, ConnectError> {
         let deadline = Instant::now() + self.connect_timeout;
         let mut retry = 0;
         loop {
-            let error = match self.open(shared).await {
+            let error = match self.open(shared, generation).await {
                 Ok(conn) => return Ok(conn),
                 Err(error) => error,
             };
@@ -240,32 +286,13 @@ impl Opener {
         let role = self.config.get_user().unwrap_or_default();
         ConnectError::rejected(&self.addr, role, self.iam_hint, source)
     }
-
-    async fn session_id(&self, client: &Client) -> Result<String, tokio_postgres::Error> {
-        if let Some(kind) = self.session_sql.get() {
-            return first_value(client, kind.sql()).await;
-        }
-        match first_value(client, SessionSql::Dsql.sql()).await {
-            Ok(id) => {
-                let _ = self.session_sql.set(SessionSql::Dsql);
-                Ok(id)
-            }
-            // 3F000: schema "sys" does not exist; 42883: no such function. Plain PostgreSQL.
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some(&SqlState::INVALID_SCHEMA_NAME | &SqlState::UNDEFINED_FUNCTION)
-                ) =>
-            {
-                let _ = self.session_sql.set(SessionSql::BackendPid);
-                first_value(client, SessionSql::BackendPid.sql()).await
-            }
-            Err(e) => Err(e),
-        }
-    }
 }
 
-async fn first_value(client: &Client, sql: &str) -> Result<String, tokio_postgres::Error> {
+/// The first column of the first row `sql` returns, as text.
+pub(super) async fn first_value(
+    client: &Client,
+    sql: &str,
+) -> Result<String, tokio_postgres::Error> {
     let messages = client.simple_query(sql).await?;
     Ok(messages
         .iter()

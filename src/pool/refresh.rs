@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::Pool;
 use super::registry::{RefreshReport, lock, ms};
@@ -17,13 +18,15 @@ use crate::error::{Error, chain};
 const SWEEP_WAIT: Duration = Duration::from_millis(50);
 
 impl Pool {
-    /// Replaces every connection: re-resolves credentials, proves a token can be signed,
-    /// bumps the generation, closes idle old connections at once (busy ones when returned)
-    /// and opens fresh ones up to the minimum idle size. Concurrent calls coalesce into one.
+    /// Replaces every connection, making before it breaks: re-resolves credentials, proves a
+    /// token can be signed, opens the replacements while the old connections keep serving,
+    /// then bumps the generation. From then on an old connection is swapped for a fresh one
+    /// in its pool slot as it is checked out (idle ones at once, by the refresh itself) or
+    /// returned (busy ones, after their query), so no checkout waits for a connection to
+    /// open because of a refresh. Concurrent calls coalesce into one.
     ///
-    /// If credentials or signing fail ([`Error::Credentials`]), nothing is retired and the
-    /// old connections keep serving; if fresh connections cannot be opened, the error says
-    /// why (the old ones keep serving until returned).
+    /// If credentials or signing fail ([`Error::Credentials`]), or the replacements cannot be
+    /// opened, nothing is retired, the old connections keep serving and the error says why.
     pub async fn refresh(&self) -> Result<RefreshReport, Error> {
         let seen = self.generation();
         let mut last = self.shared.refresh_lock.lock().await;
@@ -37,64 +40,58 @@ impl Pool {
             signer.reload_credentials().await?;
             signer.sign(*action).await?;
         }
-        let before: BTreeSet<String> = self
-            .connections()
-            .into_iter()
-            .map(|c| c.session_id)
-            .collect();
-        let errors_seen = *self.shared.errors.borrow();
-        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        // Replacements a previous refresh staged and nobody took (their old connection was
+        // held past that refresh): into the pool while there is room, else closed.
+        self.settle_staged();
+        let before: BTreeSet<String> = self.known_session_ids(|_| true);
         let settings = &self.shared.settings;
-        // Idle old connections are retired now: a checkout pops and drops each one, and bb8
-        // replaces each with a fresh connection, up to the minimum idle size. The refresh
-        // waits (bounded) until the fresh generation is there, so the next query does not pay
-        // for a connect, retiring any old connection that goes idle meanwhile (one still
-        // being returned, say). Sweep checkouts are held until the end, since the idle queue
-        // is last-in-first-out, and each waits only briefly: when other tasks keep the pool
-        // busy, they pop, and so retire, the old idle connections themselves.
-        let want = settings.min_idle.max(1).min(settings.max_size) as usize;
+        let open_now = lock(&self.shared.registry).len();
+        let want = open_now
+            .max(settings.min_idle as usize)
+            .clamp(1, settings.max_size as usize);
+        let generation = seen + 1;
+        // Make: open the replacements side by side, while the old connections serve.
+        let mut opening = JoinSet::new();
+        for _ in 0..want {
+            let (opener, shared) = (self.opener.clone(), self.shared.clone());
+            opening.spawn(async move { opener.open_retrying(&shared, Some(generation)).await });
+        }
+        let mut fresh = Vec::with_capacity(want);
+        while let Some(joined) = opening.join_next().await {
+            match joined {
+                Ok(Ok(conn)) => fresh.push(conn),
+                // Nothing retired: the fresh ones close as they drop, the old keep serving.
+                Ok(Err(error)) => return Err(Error::from_connect(Arc::new(error))),
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
+        lock(&self.shared.staged).extend(fresh);
+        // Break: from here old connections are swapped for the staged ones.
+        self.shared.generation.store(generation, Ordering::Release);
+        // The idle old ones now: each checkout swaps one (last-in-first-out, so the
+        // checkouts are held until all are done). Each waits only briefly: when other tasks
+        // keep the pool busy, they take, and so swap, the old idle connections themselves.
         let mut held = Vec::new();
         let until = Instant::now() + settings.connect_timeout;
-        while Instant::now() < until {
-            if self.stale_idle(generation) && held.len() < settings.max_size as usize {
-                match tokio::time::timeout(SWEEP_WAIT, self.get()).await {
-                    Ok(Ok(conn)) => held.push(conn),
-                    Ok(Err(error)) => return Err(error),
-                    Err(_) => {}
-                }
-                continue;
-            }
-            if self.fresh_count(generation) >= want {
-                break;
-            }
-            if let Some(error) = self.shared.last_error_since(errors_seen) {
-                return Err(Error::from_connect(error));
-            }
-            // Nothing old left idle and too few fresh: a checkout makes bb8 open connections
-            // up to the minimum idle size (and reports at once if it cannot).
+        while self.stale_idle(generation)
+            && held.len() < settings.max_size as usize
+            && Instant::now() < until
+        {
             match tokio::time::timeout(SWEEP_WAIT, self.get()).await {
-                Ok(Ok(conn)) => drop(conn),
+                Ok(Ok(conn)) => held.push(conn),
                 Ok(Err(error)) => return Err(error),
                 Err(_) => {}
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         drop(held);
-        // Too few fresh connections with room for them means they could not be opened in
-        // time. (A pool full of busy old connections is fine: each retires when returned.)
-        if self.fresh_count(generation) < want && self.bb8.state().connections < settings.max_size {
-            let error = self.shared.last_error_since(errors_seen).map_or(
-                Error::PoolTimeout(settings.connect_timeout),
-                Error::from_connect,
-            );
-            return Err(error);
-        }
-        let opened: BTreeSet<String> = self
-            .connections()
-            .into_iter()
-            .filter(|c| c.generation == generation)
-            .map(|c| c.session_id)
-            .collect();
+        // Busy old connections take theirs when returned; any staged beyond those go into
+        // the pool now.
+        let busy_old = lock(&self.shared.registry)
+            .values()
+            .filter(|m| m.generation < generation)
+            .count();
+        self.settle_staged_beyond(busy_old);
+        let opened = self.known_session_ids(|g| g == generation);
         let report = RefreshReport {
             generation,
             overlap: before.intersection(&opened).cloned().collect(),
@@ -112,14 +109,36 @@ impl Pool {
         Ok(report)
     }
 
-    /// Open connections of `generation`.
-    pub(super) fn fresh_count(&self, generation: u64) -> usize {
+    /// The session IDs known of the connections whose generation passes `keep`.
+    fn known_session_ids(&self, keep: impl Fn(u64) -> bool) -> BTreeSet<String> {
         lock(&self.shared.registry)
             .values()
-            .filter(|m| m.generation == generation)
-            .count()
+            .filter(|m| keep(m.generation))
+            .map(|m| m.session_id().to_string())
+            .filter(|id| !id.is_empty())
+            .collect()
     }
 
+    /// Moves every staged connection into the pool while there is room; closes the rest.
+    fn settle_staged(&self) {
+        self.settle_staged_beyond(0);
+    }
+
+    /// Keeps `keep` staged connections for old ones still to be returned; moves the others
+    /// into the pool while there is room and closes the rest.
+    fn settle_staged_beyond(&self, keep: usize) {
+        let extra: Vec<_> = {
+            let mut staged = lock(&self.shared.staged);
+            let keep = keep.min(staged.len());
+            staged.drain(keep..).collect()
+        };
+        for conn in extra {
+            // Err: the pool is full; dropping the connection closes it.
+            let _ = self.bb8.add(conn);
+        }
+    }
+
+    /// Whether an old connection (of a generation before `generation`) is idle.
     pub(super) fn stale_idle(&self, generation: u64) -> bool {
         lock(&self.shared.registry)
             .values()

@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::open::{PgConn, SessionSql};
 use crate::error::ConnectError;
 use crate::settings::PoolSettings;
 use crate::tls::TlsInfo;
@@ -26,7 +27,8 @@ pub struct ConnectTiming {
     /// TLS handshake.
     #[serde(rename = "tls_ms", serialize_with = "ser_ms")]
     pub tls: Duration,
-    /// Startup, authentication and the session-id query.
+    /// Startup and authentication (and the session-id query, when the pool runs it on
+    /// connect).
     #[serde(rename = "auth_ms", serialize_with = "ser_ms")]
     pub auth: Duration,
     /// All of it.
@@ -44,8 +46,11 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 pub struct ConnInfo {
     /// Client-side connection number, from 1.
     pub number: u64,
-    /// Server session ID (`sys.current_session_id()`, or the backend PID on plain PostgreSQL).
+    /// Server session ID (`sys.current_session_id()` on DSQL, the backend PID on plain
+    /// PostgreSQL); empty while unknown (see [`PoolSettings::session_id_on_connect`]).
     pub session_id: String,
+    /// The server's `server_version`, from the startup's parameter status (no query).
+    pub server_version: Option<String>,
     /// Refresh generation the connection belongs to.
     pub generation: u64,
     /// When it opened.
@@ -79,7 +84,10 @@ pub(super) struct ConnMeta {
     pub(super) number: u64,
     /// When it became ready, for the lifetime check on checkout.
     pub(super) ready: Instant,
-    pub(super) session_id: String,
+    /// Set on connect, or by the first [`super::PooledConn::fetch_session_id`].
+    pub(super) session_id: OnceLock<String>,
+    pub(super) session_sql: SessionSql,
+    pub(super) server_version: Option<String>,
     pub(super) generation: u64,
     pub(super) opened_at: SystemTime,
     pub(super) token_signed_at: Option<SystemTime>,
@@ -91,10 +99,16 @@ pub(super) struct ConnMeta {
 }
 
 impl ConnMeta {
+    /// The session ID, or `""` while unknown.
+    pub(super) fn session_id(&self) -> &str {
+        self.session_id.get().map_or("", String::as_str)
+    }
+
     pub(super) fn info(&self) -> ConnInfo {
         ConnInfo {
             number: self.number,
-            session_id: self.session_id.clone(),
+            session_id: self.session_id().to_string(),
+            server_version: self.server_version.clone(),
             generation: self.generation,
             opened_at: self.opened_at,
             token_signed_at: self.token_signed_at,
@@ -120,6 +134,8 @@ pub(super) struct Shared {
     pub(super) generation: AtomicU64,
     pub(super) next_number: AtomicU64,
     pub(super) retired: AtomicU64,
+    /// Old connections replaced in their slot by a staged fresh one.
+    pub(super) swapped: AtomicU64,
     pub(super) expired: AtomicU64,
     pub(super) opened: AtomicU64,
     pub(super) registry: Mutex<BTreeMap<u64, Arc<ConnMeta>>>,
@@ -127,6 +143,13 @@ pub(super) struct Shared {
     pub(super) last_error: Mutex<Option<Arc<ConnectError>>>,
     pub(super) refresh_lock: tokio::sync::Mutex<Option<RefreshReport>>,
     pub(super) settings: PoolSettings,
+    /// Fresh connections a refresh opened before retiring the old ones: each old connection
+    /// is swapped for one of these as it is checked out or returned, so no checkout waits
+    /// for a connection to open (make before break).
+    pub(super) staged: Mutex<Vec<PgConn>>,
+    /// Connection tasks still running; [`super::Pool::close`] waits for them to send
+    /// Terminate.
+    pub(super) tasks: Arc<watch::Sender<usize>>,
 }
 
 impl Shared {
@@ -139,11 +162,9 @@ impl Shared {
         lock(&self.last_error).clone()
     }
 
-    /// The last connection error, if any happened after the error count was `seen`.
-    pub(super) fn last_error_since(&self, seen: u64) -> Option<Arc<ConnectError>> {
-        (*self.errors.borrow() != seen)
-            .then(|| self.last_error())
-            .flatten()
+    /// A staged fresh connection to take the place of a retired one, if any is left.
+    pub(super) fn take_staged(&self) -> Option<PgConn> {
+        lock(&self.staged).pop()
     }
 
     pub(super) fn is_retired(&self, meta: &ConnMeta) -> bool {

@@ -99,6 +99,8 @@ pub struct ConnSettingsBuilder {
     token_lifetime: Duration,
     auth: Auth,
     tls: Tls,
+    /// `None` until set: then [`SslNegotiation::default_for`] the endpoint.
+    negotiation: Option<SslNegotiation>,
     pool: PoolSettings,
     application_name: Option<String>,
 }
@@ -120,6 +122,7 @@ impl ConnSettingsBuilder {
                 ca_file: None,
                 negotiation: SslNegotiation::Postgres,
             },
+            negotiation: None,
             pool: PoolSettings::default(),
             application_name: None,
         }
@@ -201,9 +204,10 @@ impl ConnSettingsBuilder {
         self
     }
 
-    /// How TLS starts (default an SSLRequest).
+    /// How TLS starts (default: direct TLS for a `*.dsql.<region>.on.aws` endpoint, an
+    /// SSLRequest otherwise; see [`SslNegotiation::default_for`]).
     pub fn ssl_negotiation(mut self, negotiation: SslNegotiation) -> Self {
-        self.tls.negotiation = negotiation;
+        self.negotiation = Some(negotiation);
         self
     }
 
@@ -316,7 +320,7 @@ impl ConnSettingsBuilder {
                 name(Setting::SslMode)
             ));
         }
-        if self.tls.mode == SslMode::Disable && self.tls.negotiation == SslNegotiation::Direct {
+        if self.tls.mode == SslMode::Disable && self.negotiation == Some(SslNegotiation::Direct) {
             return bad(format!(
                 "{} direct needs TLS; drop {} disable",
                 name(Setting::SslNegotiation),
@@ -351,6 +355,13 @@ impl ConnSettingsBuilder {
                 shown(&application_name)
             ));
         }
+        let mut tls = self.tls;
+        tls.negotiation = match self.negotiation {
+            Some(negotiation) => negotiation,
+            None if tls.mode == SslMode::Disable => SslNegotiation::Postgres,
+            // The endpoint, not the host: a tunnel to DSQL still ends at DSQL.
+            None => SslNegotiation::default_for(&endpoint),
+        };
         Ok(ConnSettings {
             host: self.host.unwrap_or_else(|| endpoint.clone()),
             port: self.port.unwrap_or(DEFAULT_PORT),
@@ -358,7 +369,7 @@ impl ConnSettingsBuilder {
                 .database
                 .unwrap_or_else(|| DEFAULT_DATABASE.to_string()),
             auth: self.auth,
-            tls: self.tls,
+            tls,
             pool: self.pool,
             application_name,
             target: Target {
@@ -542,5 +553,33 @@ mod tests {
             .unwrap();
         assert_eq!(s.target.token_expires_in, Duration::from_secs(604_800));
         assert!(!s.target.is_admin());
+    }
+
+    #[test]
+    fn negotiation_defaults_to_direct_for_dsql_endpoints_only() {
+        let direct = ConnSettings::builder(HOST).build().unwrap();
+        assert_eq!(direct.tls.negotiation, SslNegotiation::Direct);
+        let tunnel = ConnSettings::builder(HOST)
+            .host("127.0.0.1")
+            .build()
+            .unwrap();
+        assert_eq!(tunnel.tls.negotiation, SslNegotiation::Direct);
+        let back = ConnSettings::builder(HOST)
+            .ssl_negotiation(SslNegotiation::Postgres)
+            .build()
+            .unwrap();
+        assert_eq!(back.tls.negotiation, SslNegotiation::Postgres);
+        let plain = ConnSettings::builder("db.example.com")
+            .region("us-east-1")
+            .password(None)
+            .build()
+            .unwrap();
+        assert_eq!(plain.tls.negotiation, SslNegotiation::Postgres);
+        let cleartext = ConnSettings::builder(HOST)
+            .password(None)
+            .ssl_mode(SslMode::Disable)
+            .build()
+            .unwrap();
+        assert_eq!(cleartext.tls.negotiation, SslNegotiation::Postgres);
     }
 }

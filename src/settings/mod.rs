@@ -69,6 +69,19 @@ pub enum SslNegotiation {
     Direct,
 }
 
+impl SslNegotiation {
+    /// The negotiation used when none is set: direct TLS for a DSQL endpoint
+    /// (`*.dsql.<region>.on.aws`, which accepts it, as AWS's JDBC and .NET connectors
+    /// assume), the classic SSLRequest for any other server, which may predate PostgreSQL 17.
+    pub fn default_for(endpoint: &str) -> SslNegotiation {
+        if is_dsql_endpoint(endpoint) {
+            SslNegotiation::Direct
+        } else {
+            SslNegotiation::Postgres
+        }
+    }
+}
+
 /// How a connection proves who it is.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -105,6 +118,11 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// A new connection must be ready within this.
     pub connect_timeout: Duration,
+    /// Read each connection's session ID as it opens (default `true`; one round trip per
+    /// connection). When `false`, [`crate::pool::PooledConn::session_id`] is empty until
+    /// [`crate::pool::PooledConn::fetch_session_id`] reads it, and refresh reports list
+    /// only the IDs known.
+    pub session_id_on_connect: bool,
 }
 
 impl Default for PoolSettings {
@@ -117,6 +135,7 @@ impl Default for PoolSettings {
             max_lifetime: Duration::from_secs(55 * 60),
             idle_timeout: Duration::from_secs(10 * 60),
             connect_timeout: Duration::from_secs(10),
+            session_id_on_connect: true,
         }
     }
 }
@@ -189,6 +208,20 @@ pub fn region_from_endpoint(endpoint: &str) -> Option<String> {
     let service = head.rsplit('.').next()?;
     (service.starts_with("dsql") && head.contains('.') && valid_region(region))
         .then(|| region.to_string())
+}
+
+/// Whether `endpoint` is a DSQL cluster endpoint, `<id>.dsql.<region>.on.aws` (any case).
+pub fn is_dsql_endpoint(endpoint: &str) -> bool {
+    let name = endpoint.to_ascii_lowercase();
+    let Some(rest) = name.strip_suffix(".on.aws") else {
+        return false;
+    };
+    let Some((head, region)) = rest.rsplit_once('.') else {
+        return false;
+    };
+    head.strip_suffix(".dsql")
+        .is_some_and(|id| !id.is_empty() && !id.ends_with('.'))
+        && valid_region(region)
 }
 
 /// Whether `region` is shaped like an AWS region name (`us-east-1`).
@@ -335,5 +368,30 @@ mod tests {
             "direct".parse::<SslNegotiation>(),
             Ok(SslNegotiation::Direct)
         );
+    }
+
+    #[test]
+    fn dsql_endpoints_get_direct_tls_by_default() {
+        for dsql in [
+            "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws",
+            "dsqlpgxlocal00000000000000.dsql.eu-west-2.on.aws",
+            "ABC.DSQL.US-EAST-1.ON.AWS",
+        ] {
+            assert!(is_dsql_endpoint(dsql), "{dsql}");
+            assert_eq!(SslNegotiation::default_for(dsql), SslNegotiation::Direct);
+        }
+        for other in [
+            "localhost",
+            "127.0.0.1",
+            "db.example.com",
+            ".dsql.us-east-1.on.aws",
+            "dsql.us-east-1.on.aws",
+            "a.dsql-fnh4.us-east-1.on.aws",
+            "a.dsql.us-east-1.on.aws.example.com",
+            "a.dsql..on.aws",
+        ] {
+            assert!(!is_dsql_endpoint(other), "{other}");
+            assert_eq!(SslNegotiation::default_for(other), SslNegotiation::Postgres);
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod clients;
 pub mod dsql;
+pub mod relay;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -240,6 +241,11 @@ impl TestPg {
         &self.ca_path
     }
 
+    /// What the server has written to its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.opts.data_dir.join("postgres.log")).unwrap_or_default()
+    }
+
     /// CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
@@ -315,6 +321,19 @@ impl TestEndpoint {
     /// further in the future than that are refused, as DSQL does).
     pub async fn start_stepped(limits: Limits) -> TestEndpoint {
         Self::start_on(limits, Some(ManualClock::starting_now())).await
+    }
+
+    /// Starts an endpoint named `hostname` (certificate and tokens), such as the
+    /// DSQL-shaped name `dsql-pgx local` uses by default; clients reach it at 127.0.0.1.
+    pub async fn start_named(hostname: &str) -> TestEndpoint {
+        Self::start_opts(
+            EndpointOptions {
+                hostname: hostname.to_string(),
+                ..EndpointOptions::default()
+            },
+            None,
+        )
+        .await
     }
 
     /// Starts an endpoint that speaks `dialect`.

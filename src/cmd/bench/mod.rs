@@ -60,12 +60,12 @@ pub async fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
         None => None,
     };
     let shares = split(args.clients, args.threads);
-    let session = Session::open(&args.conn, Some(shares[0])).await?;
+    let session = Session::open(&args.conn, Some(shares[0]), false).await?;
     let pool = session.pool.clone();
     let max_size = session.settings.pool.max_size;
     if shares[0] > max_size && !out.quiet {
         crate::exit::diag!(
-            "bench: {} clients per thread share at most {max_size} connections; raise --max-conns to give each its own",
+            "bench: {} clients per thread share at most {max_size} connections, so some wait for one (the wait is in their latency); raise --max-conns to give each its own",
             shares[0]
         );
     }

@@ -111,7 +111,8 @@ pub(super) fn shard_thread(
         let _ = ready.send(Ok(()));
         drop(ready);
         let Ok(window) = go.await else { return };
-        let _ = done.send(run_shard(pool, clients, &plan, window).await);
+        let _ = done.send(run_shard(pool.clone(), clients, &plan, window).await);
+        pool.close().await;
     });
 }
 

@@ -10,6 +10,7 @@
 //! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
 //!   the errors are rewritten into DSQL's.
 
+mod ffi;
 pub(crate) mod occ;
 pub(crate) mod parse;
 pub(crate) mod relay;

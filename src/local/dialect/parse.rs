@@ -6,8 +6,10 @@
 //! statement's tokens (a flat scan) give an upper estimate of its nesting; past
 //! [`MAX_NESTING`] the statement is refused as PostgreSQL refuses one too deep for its
 //! stack (54001 `stack depth limit exceeded`). Parses run on [`PARSER_THREADS`] threads of
-//! their own with [`PARSER_STACK`] stacks, so a big statement neither stalls the runtime
-//! nor takes more than those threads' CPU; the text itself is bounded by the relay's
+//! their own with [`PARSER_STACK`] stacks, and texts over [`BIG_TEXT`] on one more thread
+//! of their own, so a big statement neither stalls the runtime nor holds up the ordinary
+//! statements of other sessions; parsing is linear in the text (the tree is searched
+//! through libpg_query's JSON, not the `pg_query` crate's quadratic walk); the text itself is bounded by the relay's
 //! message limit. Verdicts are cached per text, at most [`CACHE_ENTRIES`] texts of at most
 //! [`CACHE_MAX_TEXT`] bytes each (the cache is emptied when full).
 
@@ -19,14 +21,15 @@ use std::sync::{Arc, Mutex};
 use pg_query::protobuf::{ScanToken, Token};
 use tokio::sync::oneshot;
 
+use super::ffi;
 use super::rules::{self, Refusal, TokenFacts, Verdict};
 
 /// Most nesting (estimated from tokens) a statement may have.
-pub(crate) const MAX_NESTING: usize = 200;
+pub(crate) const MAX_NESTING: usize = 1000;
 /// Parser threads.
 pub(crate) const PARSER_THREADS: usize = 2;
-/// Stack of a parser thread: ample for [`MAX_NESTING`] even in a debug build (about 64 KiB
-/// of stack per nesting level there; reserved, not committed).
+/// Stack of a parser thread: ample for [`MAX_NESTING`] even in a debug build (at most about
+/// 64 KiB of stack per nesting level there, so 4 times the limit; reserved, not committed).
 pub(crate) const PARSER_STACK: usize = 256 << 20;
 /// Texts whose verdicts are kept.
 pub(crate) const CACHE_ENTRIES: usize = 2048;
@@ -71,60 +74,71 @@ fn tok(t: &ScanToken) -> Token {
     Token::from_i32(t.token).unwrap_or(Token::Nul)
 }
 
-fn is_nesting_operator(t: Token) -> bool {
+/// Tokens that never deepen the tree: names, constants, parameters and `.`. Every other
+/// token (keywords, operators) may nest once more: a list of the ones that do would miss
+/// some (`ISNULL`, `JOIN`, ... build left-deep trees without a bracket or operator).
+fn is_flat(t: Token) -> bool {
     use Token as T;
     matches!(
         t,
-        T::Ascii37
-            | T::Ascii42
-            | T::Ascii43
-            | T::Ascii45
-            | T::Ascii47
-            | T::Ascii60
-            | T::Ascii61
-            | T::Ascii62
-            | T::Ascii94
-            | T::Op
-            | T::Typecast
-            | T::LessEquals
-            | T::GreaterEquals
-            | T::NotEquals
-            | T::And
-            | T::Or
-            | T::Not
-            | T::Is
-            | T::Like
-            | T::Ilike
-            | T::Similar
-            | T::Between
-            | T::InP
-            | T::Collate
-            | T::At
-            | T::Union
-            | T::Intersect
-            | T::Except
-            | T::Case
-            | T::Operator
+        T::Ident
+            | T::Uident
+            | T::Fconst
+            | T::Sconst
+            | T::Usconst
+            | T::Bconst
+            | T::Xconst
+            | T::Iconst
+            | T::Param
+            | T::Ascii46
+            | T::SqlComment
+            | T::CComment
     )
 }
 
+/// A bracket level of [`nesting_estimate`]: the chain since the last comma, and the set
+/// operations, whose left-deep chain a comma (in a select list) does not end.
+#[derive(Default)]
+struct Level {
+    chain: usize,
+    set_ops: usize,
+}
+
 /// An upper estimate of the parse tree's nesting: brackets open a level, and within a level
-/// every operator may nest once more until a comma starts a sibling.
+/// every token but names and constants may nest once more until a comma starts a sibling
+/// (set operations chain across commas too).
 pub(crate) fn nesting_estimate(tokens: &[ScanToken]) -> usize {
-    let mut levels: Vec<usize> = vec![0];
+    let mut levels: Vec<Level> = vec![Level::default()];
+    // The levels' chains and set operations, summed as they change (not per token).
+    let mut counted = 0;
     let mut worst = 0;
     for t in tokens {
+        let top = levels.len() - 1;
         match tok(t) {
-            Token::Ascii40 | Token::Ascii91 => levels.push(0),
+            Token::Ascii40 | Token::Ascii91 => levels.push(Level::default()),
             Token::Ascii41 | Token::Ascii93 if levels.len() > 1 => {
-                levels.pop();
+                let closed = levels.pop().expect("more than one");
+                counted -= closed.chain + closed.set_ops;
             }
-            Token::Ascii44 => *levels.last_mut().expect("never empty") = 0,
-            Token::Ascii59 => levels = vec![0],
-            t if is_nesting_operator(t) => *levels.last_mut().expect("never empty") += 1,
-            _ => {}
+            Token::Ascii44 => {
+                counted -= levels[top].chain;
+                levels[top].chain = 0;
+            }
+            Token::Ascii59 => {
+                levels = vec![Level::default()];
+                counted = 0;
+            }
+            Token::Union | Token::Intersect | Token::Except => {
+                levels[top].set_ops += 1;
+                counted += 1;
+            }
+            t if is_flat(t) => {}
+            _ => {
+                levels[top].chain += 1;
+                counted += 1;
+            }
         }
-        worst = worst.max(levels.len() + levels.iter().sum::<usize>());
+        worst = worst.max(levels.len() + counted);
     }
     worst
 }
@@ -138,6 +152,9 @@ struct Facts {
     index_using: Vec<usize>,
     /// Original offsets of `TABLESAMPLE` keywords.
     tablesample: Vec<usize>,
+    /// Original offsets of words that may name a refused function, and of `FOR SHARE` /
+    /// `FOR NO KEY UPDATE`: their statements' trees are searched (the rest need not be).
+    suspects: Vec<usize>,
 }
 
 fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
@@ -151,6 +168,13 @@ fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
         let at = |k: usize| significant.get(i + k).map(|t| tok(t));
         match tok(t) {
             Token::Tablesample => facts.tablesample.push(t.start as usize),
+            Token::For if matches!(at(1), Some(Token::Share | Token::No)) => {
+                facts.suspects.push(t.start as usize);
+            }
+            Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst | Token::Iconst => {}
+            _ if rules::may_name_refused_function(text(t)) => {
+                facts.suspects.push(t.start as usize);
+            }
             Token::Create => {
                 let index_at = match (at(1), at(2)) {
                     (Some(Token::Index), _) => Some(i + 1),
@@ -228,9 +252,9 @@ pub(crate) fn classify_text(sql: &str) -> Classified {
             .map(|(s, e)| e - s)
             .sum::<usize>()
     };
-    let parsed = match pg_query::parse(&text) {
+    let parsed = match ffi::parse_tree(&text) {
         Ok(p) => p,
-        Err(pg_query::Error::Parse(m)) if m.contains("stack depth") => {
+        Err(ffi::ParseError(m)) if m.contains("stack depth") => {
             return Classified::refused(Refusal::new("54001", "stack depth limit exceeded"));
         }
         // PostgreSQL answers the client's own text with its own syntax error.
@@ -241,7 +265,7 @@ pub(crate) fn classify_text(sql: &str) -> Classified {
             };
         }
     };
-    let stmts = &parsed.protobuf.stmts;
+    let stmts = &parsed.stmts;
     let mut statements = Vec::with_capacity(stmts.len());
     for (i, raw) in stmts.iter().enumerate() {
         let start = usize::try_from(raw.stmt_location).unwrap_or(0);
@@ -256,8 +280,20 @@ pub(crate) fn classify_text(sql: &str) -> Classified {
             index_using: facts.index_using.iter().any(|&p| inside(p)),
             tablesample: facts.tablesample.iter().any(|&p| inside(p)),
         };
+        // Only a statement with a suspect word has its whole tree searched.
+        let nested = || {
+            let suspect = facts.suspects.iter().any(|&p| inside(p));
+            let json = suspect.then(|| ffi::parse_json(&text[start..end]).ok())??;
+            rules::nested_refusal(&json)
+        };
         let verdict = match raw.stmt.as_deref().and_then(|n| n.node.as_ref()) {
-            Some(node) => rules::classify(node, token_facts),
+            Some(_) if token_facts.tablesample => {
+                Err(Refusal::unsupported("TABLESAMPLE clause not supported"))
+            }
+            Some(node) => match nested() {
+                Some(refusal) => Err(refusal),
+                None => rules::classify(node, token_facts),
+            },
             None => Ok(rules::Kind::Other),
         };
         statements.push(Statement {
@@ -276,38 +312,56 @@ type Job = (String, oneshot::Sender<Arc<Classified>>);
 
 /// The parser threads and the verdict cache, shared by all connections of an endpoint.
 pub(crate) struct Classifier {
+    /// Texts up to [`BIG_TEXT`] bytes, for [`PARSER_THREADS`] threads.
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Longer texts, for a thread of their own: however many a client sends, they never
+    /// hold up the ordinary statements of other sessions.
+    big_jobs: Mutex<mpsc::Sender<Job>>,
     cache: Mutex<HashMap<String, Arc<Classified>>>,
+}
+
+/// Texts longer than this are parsed on the big-text thread.
+pub(crate) const BIG_TEXT: usize = 64 << 10;
+
+/// Starts `count` parser threads named `name-<i>` serving `rx`.
+fn parser_threads(name: &str, count: usize, rx: mpsc::Receiver<Job>) -> std::io::Result<()> {
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..count {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-{i}"))
+            .stack_size(PARSER_STACK)
+            .spawn(move || {
+                loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((sql, reply)) = job else { return };
+                    let verdict =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| classify_text(&sql)))
+                            .unwrap_or_else(|_| Classified::refused(unclassified()));
+                    let _ = reply.send(Arc::new(verdict));
+                }
+            })?;
+    }
+    Ok(())
+}
+
+fn unclassified() -> Refusal {
+    Refusal::new(
+        "XX000",
+        "the local endpoint could not classify this statement",
+    )
 }
 
 impl Classifier {
     /// Starts the parser threads; they end when the classifier is dropped.
     pub(crate) fn start() -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..PARSER_THREADS {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("dsql-parser-{i}"))
-                .stack_size(PARSER_STACK)
-                .spawn(move || {
-                    loop {
-                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok((sql, reply)) = job else { return };
-                        let verdict =
-                            std::panic::catch_unwind(AssertUnwindSafe(|| classify_text(&sql)))
-                                .unwrap_or_else(|_| {
-                                    Classified::refused(Refusal::new(
-                                        "XX000",
-                                        "the local endpoint could not classify this statement",
-                                    ))
-                                });
-                        let _ = reply.send(Arc::new(verdict));
-                    }
-                })?;
-        }
+        parser_threads("dsql-parser", PARSER_THREADS, rx)?;
+        let (big_tx, big_rx) = mpsc::channel::<Job>();
+        parser_threads("dsql-parser-big", 1, big_rx)?;
         Ok(Self {
             jobs: Mutex::new(tx),
+            big_jobs: Mutex::new(big_tx),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -318,17 +372,18 @@ impl Classifier {
             return hit.clone();
         }
         let (reply, answer) = oneshot::channel();
-        let sent = self
-            .jobs
+        let queue = if sql.len() > BIG_TEXT {
+            &self.big_jobs
+        } else {
+            &self.jobs
+        };
+        let sent = queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send((sql.to_owned(), reply));
         let classified = match (sent, answer.await) {
             (Ok(()), Ok(c)) => c,
-            _ => Arc::new(Classified::refused(Refusal::new(
-                "XX000",
-                "the local endpoint could not classify this statement",
-            ))),
+            _ => Arc::new(Classified::refused(unclassified())),
         };
         if sql.len() <= CACHE_MAX_TEXT {
             let mut cache = self.lock_cache();
@@ -424,17 +479,45 @@ mod tests {
 
     #[test]
     fn nesting_is_bounded_before_the_parser_runs() {
-        for depth in [MAX_NESTING / 2, MAX_NESTING * 50] {
-            let plus = format!("SELECT 1{}", "+1".repeat(depth));
-            let parens = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
-            let subselects = format!("SELECT {}1{}", "(SELECT ".repeat(depth), ")".repeat(depth));
-            for sql in [plus, parens, subselects] {
+        // Just under the limit every shape parses on the parser's stack (none overflows it);
+        // far past it each is refused, also the ones no bracket or operator deepens.
+        let shapes: [fn(usize) -> String; 8] = [
+            |n| format!("SELECT 1{}", "+1".repeat(n)),
+            |n| format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n)),
+            |n| format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n)),
+            |n| format!("SELECT true{}", " ISNULL".repeat(n)),
+            |n| format!("SELECT 1 FROM t{}", " JOIN t ON true".repeat(n)),
+            |n| format!("SELECT 1, 2{}", " UNION SELECT 1, 2".repeat(n)),
+            |n| format!("SELECT 1{}", "::int".repeat(n)),
+            |n| {
+                format!(
+                    "SELECT {}1{}",
+                    "CASE WHEN true THEN ".repeat(n),
+                    " END".repeat(n)
+                )
+            },
+        ];
+        for shape in shapes {
+            let estimate = |sql: &str| nesting_estimate(&pg_query::scan(sql).unwrap().tokens);
+            // The deepest n whose estimate is within the limit (estimates grow with n).
+            let (mut n, mut over) = (1, MAX_NESTING);
+            while over - n > 1 {
+                let mid = (n + over) / 2;
+                if estimate(&shape(mid)) <= MAX_NESTING {
+                    n = mid;
+                } else {
+                    over = mid;
+                }
+            }
+            assert!(n * 6 >= MAX_NESTING, "{n}: {}", &shape(2));
+            for (sql, deep) in [(shape(n), false), (shape(MAX_NESTING * 50), true)] {
+                let shown = sql[..40].to_string();
                 let c = on_parser_stack(move || classify_text(&sql));
                 let refused = c.statements[0]
                     .verdict
                     .as_ref()
                     .is_err_and(|r| r.code == "54001");
-                assert_eq!(refused, depth > MAX_NESTING, "depth {depth}");
+                assert_eq!(refused, deep, "{shown}... (n = {n})");
             }
         }
         // Siblings do not add up: a long VALUES list is shallow.
@@ -442,6 +525,38 @@ mod tests {
         let sql = format!("INSERT INTO t VALUES {}", rows.join(", "));
         let tokens = pg_query::scan(&sql).unwrap().tokens;
         assert!(nesting_estimate(&tokens) < 10);
+    }
+
+    #[test]
+    fn refused_calls_and_locks_are_found_anywhere_in_the_tree() {
+        let refused = [
+            "SELECT ARRAY[pg_backend_pid()]",
+            "VALUES (1), (pg_backend_pid())",
+            "INSERT INTO t VALUES (pg_backend_pid())",
+            "UPDATE t SET a = 1 RETURNING pg_catalog.pg_backend_pid()",
+            "SELECT 1 LIMIT pg_backend_pid()",
+            "SELECT count(*) FILTER (WHERE a = pg_backend_pid()) FROM t",
+            "SELECT rank() OVER w FROM t WINDOW w AS (ORDER BY pg_backend_pid())",
+            "WITH x AS (SELECT pg_try_advisory_lock(1)) SELECT * FROM x",
+            "SELECT * FROM (SELECT * FROM t FOR SHARE) s",
+            "EXPLAIN SELECT * FROM t FOR NO KEY UPDATE",
+            "SELECT \"pg_backend_pid\"()",
+        ];
+        for sql in refused {
+            let c = on_parser_stack(move || classify_text(sql));
+            assert!(c.statements[0].verdict.is_err(), "{sql}");
+        }
+        let accepted = [
+            "SELECT 'pg_backend_pid()'",
+            "SELECT 1 AS pg_backend_pid",
+            "CREATE TABLE point (a int)",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT $$ FOR SHARE $$",
+        ];
+        for sql in accepted {
+            let c = on_parser_stack(move || classify_text(sql));
+            assert!(c.statements[0].verdict.is_ok(), "{sql}: {c:?}");
+        }
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ impl Refusal {
         }
     }
 
-    fn unsupported(message: impl Into<String>) -> Self {
+    pub(crate) fn unsupported(message: impl Into<String>) -> Self {
         Self::new(FEATURE_NOT_SUPPORTED, message)
     }
 }
@@ -660,30 +660,39 @@ fn check_function_call(name: &str) -> Option<Refusal> {
     }
 }
 
-/// Refusals found in the statement's subqueries and expressions: locking strengths, refused
-/// functions.
-fn check_nested(stmt: &NodeEnum) -> Option<Refusal> {
-    use protobuf::LockClauseStrength as L;
-    for (node, _, _, _) in stmt.nodes() {
-        match node {
-            pg_query::NodeRef::SelectStmt(s) => {
-                for lc in &s.locking_clause {
-                    if let Some(NodeEnum::LockingClause(lc)) = &lc.node {
-                        let strength = L::from_i32(lc.strength).unwrap_or(L::Undefined);
-                        if matches!(strength, L::LcsForshare | L::LcsFornokeyupdate) {
-                            return Some(Refusal::unsupported(
-                                "locking clauses other than FOR UPDATE/FOR KEY SHARE are not supported",
-                            ));
-                        }
-                    }
-                }
-            }
-            pg_query::NodeRef::FuncCall(f) => {
-                if let Some(r) = last_name(&f.funcname).and_then(check_function_call) {
-                    return Some(r);
-                }
-            }
-            _ => {}
+/// Whether a token's text may name a function [`check_function_call`] refuses: a cheap
+/// filter, so the tree is searched only for statements that may hold one.
+pub(crate) fn may_name_refused_function(word: &str) -> bool {
+    let word = word.trim_matches('"').to_ascii_lowercase();
+    check_function_call(&word).is_some()
+}
+
+/// Refusals found anywhere in a statement's tree, given as libpg_query's JSON (see
+/// `ffi::parse_json`): locking strengths other than FOR UPDATE / FOR KEY SHARE, and refused
+/// function calls, in subqueries, CTEs, VALUES lists, arrays, defaults and every other
+/// place an expression may stand. Keys are only ever node and field names there (the
+/// text's own strings are escaped values), so the search is linear and complete.
+pub(crate) fn nested_refusal(json: &str) -> Option<Refusal> {
+    if json.contains(r#""strength":"LCS_FORSHARE""#)
+        || json.contains(r#""strength":"LCS_FORNOKEYUPDATE""#)
+    {
+        return Some(Refusal::unsupported(
+            "locking clauses other than FOR UPDATE/FOR KEY SHARE are not supported",
+        ));
+    }
+    const CALL: &str = r#""FuncCall":{"funcname":["#;
+    let mut rest = json;
+    while let Some(at) = rest.find(CALL) {
+        rest = &rest[at + CALL.len()..];
+        // `{"String":{"sval":"pg_catalog"}},{"String":{"sval":"name"}}]`: the last name.
+        let names = &rest[..rest.find(']').unwrap_or(rest.len())];
+        let last = names
+            .rsplit(r#"{"String":{"sval":""#)
+            .next()
+            .and_then(|n| n.split('"').next())
+            .unwrap_or("");
+        if let Some(r) = check_function_call(last) {
+            return Some(r);
         }
     }
     None
@@ -705,9 +714,6 @@ pub(crate) fn classify(stmt: &NodeEnum, facts: TokenFacts) -> Verdict {
     use NodeEnum as N;
     if facts.tablesample {
         return Err(Refusal::unsupported("TABLESAMPLE clause not supported"));
-    }
-    if let Some(r) = check_nested(stmt) {
-        return Err(r);
     }
     match stmt {
         N::SelectStmt(s) if s.into_clause.is_some() => unsupported_statement("CreateTableAs"),

@@ -1,0 +1,154 @@
+//! Round trips of one-shot commands, counted through a relay (not timed): `query` at the
+//! physical minimum (TCP, TLS, startup, password, query) against a DSQL-shaped endpoint with
+//! direct TLS by default, the session ID riding with the first statement, no failing probe
+//! against plain PostgreSQL, `connect --count N` without a query per connection, and every
+//! connection ending with a goodbye (Terminate) rather than just a close.
+
+mod common;
+
+use common::dsql::{assert_code, dsql_pgx, output, stderr, stdout};
+use common::relay::CountingRelay;
+use common::{TestEndpoint, TestPg};
+
+/// `dsql-pgx local`'s default name: DSQL-shaped, so direct TLS is the default.
+const DSQL_NAME: &str = "dsqlpgxlocal00000000000000.dsql.us-east-1.on.aws";
+
+/// Runs `dsql-pgx ARGS` against `ep` through `relay`.
+async fn run_via(ep: &TestEndpoint, relay: &CountingRelay, args: &[&str]) -> std::process::Output {
+    let mut cmd = dsql_pgx();
+    cmd.envs(ep.env())
+        .env("DB_HOST", "127.0.0.1")
+        .env("DB_PORT", relay.port().to_string())
+        .args(args);
+    output(cmd).await
+}
+
+/// The one connection `relay` saw since it was cleared.
+async fn only_connection(relay: &CountingRelay) -> common::relay::RelayConn {
+    let conns = relay.closed_connections().await;
+    assert_eq!(conns.len(), 1, "one connection: {conns:?}");
+    relay.clear();
+    conns[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_query_with_iam_waits_for_five_round_trips() {
+    let ep = TestEndpoint::start_named(DSQL_NAME).await;
+    let relay = CountingRelay::start(ep.endpoint().local_addr()).await;
+
+    // TCP, TLS 1.3 (direct: no SSLRequest), startup, password, query.
+    let out = run_via(&ep, &relay, &["query", "-q", "select 1"]).await;
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains('1'), "{}", stdout(&out));
+    let conn = only_connection(&relay).await;
+    assert!(conn.direct_tls(), "direct TLS by default for {DSQL_NAME}");
+    assert_eq!(conn.round_trips(), 5, "{conn:?}");
+    assert!(conn.said_goodbye, "Terminate before the close: {conn:?}");
+
+    // The session ID is printed: its query rides with the statement.
+    let out = run_via(&ep, &relay, &["query", "select 1"]).await;
+    assert_code(&out, 0);
+    let err = stderr(&out);
+    let id = err
+        .split_whitespace()
+        .nth(1)
+        .map(|w| w.trim_end_matches(';'))
+        .unwrap_or_default();
+    assert!(err.starts_with("session "), "{err}");
+    assert_eq!(id.len(), 26, "a DSQL session id in {err:?}");
+    assert_eq!(only_connection(&relay).await.round_trips(), 5);
+
+    // csv without -v prints no session ID, so none is read.
+    let out = run_via(&ep, &relay, &["query", "--format", "csv", "select 1"]).await;
+    assert_code(&out, 0);
+    assert!(!stderr(&out).contains("session"), "{}", stderr(&out));
+    assert_eq!(only_connection(&relay).await.round_trips(), 5);
+
+    // The classic negotiation on request: one more, for the SSLRequest.
+    let out = run_via(
+        &ep,
+        &relay,
+        &["query", "-q", "--ssl-negotiation", "postgres", "select 1"],
+    )
+    .await;
+    assert_code(&out, 0);
+    let conn = only_connection(&relay).await;
+    assert!(!conn.direct_tls());
+    assert_eq!(conn.round_trips(), 6, "{conn:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_count_reads_no_details_per_connection() {
+    let ep = TestEndpoint::start_named(DSQL_NAME).await;
+    let relay = CountingRelay::start(ep.endpoint().local_addr()).await;
+    let out = run_via(
+        &ep,
+        &relay,
+        &["connect", "--format", "json", "--count", "3"],
+    )
+    .await;
+    assert_code(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for conn in doc["connections"].as_array().unwrap() {
+        assert!(
+            conn["server_version"]
+                .as_str()
+                .unwrap()
+                .starts_with(char::is_numeric),
+            "{conn}"
+        );
+        assert_eq!(conn["session_id"].as_str().unwrap().len(), 26);
+    }
+    let conns = relay.closed_connections().await;
+    assert_eq!(conns.len(), 3);
+    for conn in conns {
+        assert!(conn.said_goodbye, "Terminate before the close: {conn:?}");
+        // TCP, TLS, startup, password, session ID; no `show server_version` after.
+        assert_eq!(conn.round_trips(), 5, "{conn:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_postgresql_gets_no_failing_probe() {
+    let pg = TestPg::start().await;
+    let relay = CountingRelay::start(([127, 0, 0, 1], pg.port()).into()).await;
+    let run = |args: Vec<String>| {
+        let mut cmd = dsql_pgx();
+        cmd.env("PGPASSWORD", pg.password())
+            .env("PGSSLROOTCERT", pg.ca_path())
+            .env("DB_HOST", "127.0.0.1")
+            .args(args)
+            .args(["--endpoint", "localhost", "--no-iam", "--port"])
+            .arg(relay.port().to_string());
+        output(cmd)
+    };
+    let out = run(vec!["query".into(), "-q".into(), "select 1".into()]).await;
+    assert_code(&out, 0);
+    let quiet = only_connection(&relay).await;
+    assert!(
+        !quiet.direct_tls(),
+        "an SSLRequest for a host that is not DSQL's"
+    );
+    assert!(quiet.said_goodbye, "Terminate before the close: {quiet:?}");
+
+    // The session ID (the backend PID) rides with the statement, and nothing fails.
+    let out = run(vec!["query".into(), "select 1".into()]).await;
+    assert_code(&out, 0);
+    let err = stderr(&out);
+    let id = err.split_whitespace().nth(1).unwrap_or_default();
+    assert!(
+        id.trim_end_matches(';').parse::<u32>().is_ok(),
+        "a backend PID in {err:?}"
+    );
+    // The old code probed `sys.current_session_id()` (failing) and then fell back: 2 more.
+    assert_eq!(
+        only_connection(&relay).await.round_trips(),
+        quiet.round_trips()
+    );
+    let log = pg.log();
+    assert!(!log.contains("ERROR"), "the server logged an error:\n{log}");
+    assert!(
+        !log.contains("reset by peer"),
+        "a connection was reset:\n{log}"
+    );
+}
