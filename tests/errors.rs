@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncBufReadExt as _;
+
 use common::dsql::{
     assert_code, dsql_pgx, dsql_pgx_std, output, plain_flags, run_at, stderr, stdout,
     stop_with_sigterm,
@@ -442,8 +444,9 @@ async fn a_conflict_is_retried_until_it_succeeds() {
         .await
         .unwrap();
 
-    // Hold a repeatable-read transaction that updated the row, let the CLI's transaction
-    // start and block on it, then commit: PostgreSQL raises 40001 in the CLI's transaction.
+    // Hold a transaction that updated the row. The CLI's transaction does not wait for it
+    // (DSQL's optimistic concurrency): its COMMIT fails with OC000 and it retries, after a
+    // backoff long enough (full jitter up to 2 s, then 4 s, 8 s) for the holder to commit.
     let holder = ep.connect("admin").await.unwrap();
     holder
         .batch_execute(
@@ -451,28 +454,44 @@ async fn a_conflict_is_retried_until_it_succeeds() {
         )
         .await
         .unwrap();
-    let mut cmd = dsql_pgx();
-    cmd.envs(ep.env()).args([
-        "query",
-        "--transaction",
-        "--retry-base",
-        "50ms",
-        "select v from acct where id = 1; update acct set v = v + 10 where id = 1",
-    ]);
-    let cli = tokio::spawn(output(cmd));
-    ep.wait_for_sessions(
-        "the CLI's update waits for the held row",
-        "wait_event_type = 'Lock'",
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    let mut cmd = tokio::process::Command::from(dsql_pgx_std());
+    cmd.envs(ep.env())
+        .args([
+            "query",
+            "--transaction",
+            "--retry-base",
+            "2s",
+            "--retry-max",
+            "8s",
+            "select v from acct where id = 1; update acct set v = v + 10 where id = 1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    let first = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            err.push_str(&line);
+            err.push('\n');
+            if line.contains("conflict on attempt 1/") {
+                return;
+            }
+        }
+    });
+    first
+        .await
+        .expect("the CLI's first attempt conflicts without waiting");
     holder.batch_execute("commit").await.unwrap();
-    let out = cli.await.unwrap();
-    assert_code(&out, 0);
-    let err = stderr(&out);
+    while let Some(line) = lines.next_line().await.unwrap() {
+        err.push_str(&line);
+        err.push('\n');
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("conflict on attempt 1/4 (SQLSTATE 40001)"),
+        err.contains("conflict on attempt 1/4 (SQLSTATE 40001, OC000)"),
         "{err}"
     );
     let v: i32 = admin

@@ -225,6 +225,8 @@ pub(crate) struct Shared {
     max_transaction_age: Duration,
     /// The runner of `CREATE INDEX ASYNC` jobs, with the dialect.
     jobs: Option<Arc<dialect::jobs::Jobs>>,
+    /// Committed schema changes, for OCC's OC001.
+    schema: Arc<dialect::occ::SchemaVersion>,
 }
 
 impl Shared {
@@ -254,6 +256,7 @@ impl Shared {
             classifier: None,
             max_transaction_age: Duration::ZERO,
             jobs: None,
+            schema: Arc::default(),
         }
     }
 
@@ -453,7 +456,7 @@ pub(crate) async fn serve(
     // When the client leaves, PostgreSQL is told (its read side ends) and the relay goes on
     // until PostgreSQL closes: until then its backend lives, may still be cancelled (its key
     // stays registered) and holds its connection slot.
-    let refusals = dialect::relay::Refusals::new();
+    let refusals = dialect::relay::Refusals::new(shared.schema.clone());
     let mut filter = shared
         .classifier
         .as_ref()
@@ -465,6 +468,7 @@ pub(crate) async fn serve(
                     c.clone(),
                     refusals.clone(),
                     shared.max_transaction_age,
+                    shared.clock.clone(),
                 );
                 if let Some(jobs) = &shared.jobs {
                     side = side.with_jobs(jobs.clone(), user.clone());
@@ -840,6 +844,11 @@ async fn establish(
     let mut params = startup.params.clone();
     if startup.get("database").is_none() {
         params.push(("database".into(), "postgres".into()));
+    }
+    if shared.classifier.is_some() {
+        // Clients may not send `options`: this is the only one.
+        let option = dialect::occ::LOCK_TIMEOUT_OPTION;
+        params.push(("options".into(), option.into()));
     }
     upstream.write_all(&Startup { params }.encode()).await?;
     let mut key = None;

@@ -9,12 +9,14 @@
 //! - [`env`]: the server version, `sys` functions and the one database DSQL shows.
 //! - [`jobs`]: `CREATE INDEX ASYNC` as background jobs, `sys.jobs`, `sys.wait_for_job`.
 //! - [`size`]: DSQL's 10 MiB per transaction, measured at COMMIT.
+//! - [`occ`]: optimistic concurrency: no statement waits, conflicts fail at `COMMIT`.
 //! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
 //!   the errors are rewritten into DSQL's.
 
 pub(crate) mod env;
 mod ffi;
 pub(crate) mod jobs;
+pub(crate) mod occ;
 pub(crate) mod parse;
 #[cfg(test)]
 mod props;

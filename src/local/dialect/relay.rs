@@ -29,8 +29,10 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Bu
 use tokio::time::Instant;
 
 use super::jobs::{JobKind, Jobs};
+use super::occ::{self, Occ, OccFilter, OccSide, SchemaVersion};
 use super::parse::{Classified, Classifier};
 use super::rules::{FEATURE_NOT_SUPPORTED, Kind, Refusal};
+use crate::local::clock::Clock;
 
 /// Largest message a client may send (DSQL's limit: 10 MiB). Past it the connection closes,
 /// as DSQL was seen to do.
@@ -62,11 +64,14 @@ pub(crate) struct Refusals {
     size_checks: u32,
     /// The last ReadyForQuery said the transaction is failed (a COMMIT is not measured).
     failed: bool,
+    /// Optimistic concurrency.
+    occ: Occ,
 }
 
 impl Refusals {
-    /// A new set with a marker prefix no client can guess.
-    pub(crate) fn new() -> Arc<Mutex<Self>> {
+    /// A new set with a marker prefix no client can guess, for a connection of the
+    /// endpoint whose schema changes `schema` counts.
+    pub(crate) fn new(schema: Arc<SchemaVersion>) -> Arc<Mutex<Self>> {
         let nonce: u64 = rand::random();
         Arc::new(Mutex::new(Self {
             prefix: format!("dsql_pgx_refusal_{nonce:016x}_"),
@@ -77,6 +82,7 @@ impl Refusals {
             over_row_limit: false,
             size_checks: 0,
             failed: false,
+            occ: Occ::new(schema),
         }))
     }
 
@@ -149,12 +155,12 @@ pub(crate) struct Transaction {
 }
 
 impl Transaction {
-    /// Counts a statement of `kind`, or refuses it as DSQL does (§7).
-    pub(crate) fn apply(&mut self, kind: Kind) -> Result<(), Refusal> {
+    /// Counts a statement of `kind` run at `now`, or refuses it as DSQL does (§7).
+    pub(crate) fn apply(&mut self, kind: Kind, now: Instant) -> Result<(), Refusal> {
         match kind {
             Kind::Begin => {
                 if !self.explicit {
-                    self.started = Some(Instant::now());
+                    self.started = Some(now);
                 }
                 self.explicit = true;
             }
@@ -205,6 +211,9 @@ pub(crate) struct ClientSide {
     max_age: Duration,
     /// The job runner for `ASYNC` statements, and the role the client logged in as.
     jobs: Option<(Arc<Jobs>, String)>,
+    /// The endpoint's clock, for that age.
+    clock: Clock,
+    occ: OccSide,
 }
 
 fn aborted() -> Refusal {
@@ -234,6 +243,7 @@ impl ClientSide {
         classifier: Arc<Classifier>,
         refusals: Arc<Mutex<Refusals>>,
         max_age: Duration,
+        clock: Clock,
     ) -> Self {
         Self {
             classifier,
@@ -243,6 +253,8 @@ impl ClientSide {
             portals: HashMap::new(),
             max_age,
             jobs: None,
+            clock,
+            occ: OccSide::default(),
         }
     }
 
@@ -262,7 +274,7 @@ impl ClientSide {
         }
         drop(shared);
         let started = self.tx.started.filter(|_| self.tx.explicit)?;
-        let age = started.elapsed();
+        let age = self.clock.instant().saturating_duration_since(started);
         if age <= self.max_age {
             return None;
         }
@@ -293,8 +305,9 @@ impl ClientSide {
     fn plan_query(&mut self, sql: &str, c: &Classified) -> (String, usize) {
         let text = c.rewritten.as_deref().unwrap_or(sql);
         let mut tx = self.tx;
+        let now = self.clock.instant();
         for st in &c.statements {
-            let verdict = st.verdict.clone().and_then(|k| tx.apply(k));
+            let verdict = st.verdict.clone().and_then(|k| tx.apply(k, now));
             if let Err(r) = verdict {
                 tx.end_implicit();
                 self.tx = tx;
@@ -310,6 +323,37 @@ impl ClientSide {
 
     /// Rewrites one client message; `None` forwards it as it is.
     pub(crate) async fn rewrite(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
+        let before = occ::before_message(&mut lock(&self.refusals).occ);
+        let out = self.rewrite_message(tag, body).await;
+        match before {
+            None => out,
+            Some(mut b) => {
+                b.extend(out.unwrap_or_else(|| message(tag, body)));
+                Some(b)
+            }
+        }
+    }
+
+    /// The OCC hook for a simple Query `c` of `sql`: the message to send instead, or the
+    /// refusal of its first statement.
+    fn occ_query(&self, sql: &str, c: &Classified) -> Result<Option<Vec<u8>>, Refusal> {
+        let mut kinds = c.statements.iter().map(|s| s.verdict.clone());
+        let Some(Ok(first)) = kinds.next() else {
+            return Ok(None);
+        };
+        let mut ddl = first == Kind::Ddl;
+        for k in kinds {
+            match k {
+                Ok(k) => ddl |= k == Kind::Ddl,
+                Err(_) => return Ok(None),
+            }
+        }
+        let only = c.statements.len() == 1;
+        let occ = &mut lock(&self.refusals).occ;
+        occ::on_query(occ, sql, first, only, ddl, self.tx.explicit)
+    }
+
+    async fn rewrite_message(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
         match tag {
             b'Q' => {
                 let (sql, _) = cstr(body)?;
@@ -330,9 +374,14 @@ impl ClientSide {
                 }
                 // A COMMIT of a transaction that wrote is measured (DSQL's 10 MiB).
                 let measure = self.tx.explicit && self.tx.dml && !lock(&self.refusals).failed;
+                let instead = match self.occ_query(sql, &c) {
+                    Ok(instead) => instead,
+                    Err(r) => return Some(self.stand_in_query(r)),
+                };
                 let (text, ran) = self.plan_query(sql, &c);
-                let text = match &self.jobs {
-                    Some((jobs, role)) => {
+                // OCC's answer stands instead of the text: no job is submitted for it.
+                let text = match (&self.jobs, &instead) {
+                    (Some((jobs, role)), None) => {
                         super::jobs::rewrite_in_query(
                             jobs,
                             role,
@@ -344,9 +393,12 @@ impl ClientSide {
                         )
                         .await
                     }
-                    None => text,
+                    _ => text,
                 };
                 self.publish();
+                if instead.is_some() {
+                    return instead;
+                }
                 if text == sql {
                     return None;
                 }
@@ -368,6 +420,7 @@ impl ClientSide {
                             _ => Kind::Other,
                         };
                         self.statements.insert(name.to_vec(), kind);
+                        self.occ.parsed(name, sql);
                         let text = c.rewritten.clone().unwrap_or_else(|| sql.to_owned());
                         // One statement (PostgreSQL refuses more in a Parse): an ASYNC one
                         // is submitted now, a version question answered.
@@ -405,6 +458,7 @@ impl ClientSide {
                 let (stmt, _) = cstr(rest)?;
                 let kind = self.statements.get(stmt).copied().unwrap_or(Kind::Other);
                 self.portals.insert(portal.to_vec(), kind);
+                self.occ.bound(portal, stmt);
                 None
             }
             b'E' => {
@@ -413,9 +467,25 @@ impl ClientSide {
                 let r = match self.transaction_failed() {
                     Some(r) => r,
                     None => {
-                        let applied = self.tx.apply(kind);
-                        self.publish();
-                        applied.err()?
+                        let explicit = self.tx.explicit;
+                        let hook = occ::on_execute(
+                            &mut lock(&self.refusals).occ,
+                            &self.occ,
+                            portal,
+                            kind,
+                            explicit,
+                        );
+                        match hook {
+                            Err(r) => r,
+                            Ok(instead) => {
+                                let applied = self.tx.apply(kind, self.clock.instant());
+                                self.publish();
+                                if instead.is_some() && applied.is_ok() {
+                                    return instead;
+                                }
+                                applied.err()?
+                            }
+                        }
                     }
                 };
                 let stand_in = lock(&self.refusals).stand_in(r);
@@ -433,6 +503,7 @@ impl ClientSide {
                     b'P' => self.portals.remove(name),
                     _ => None,
                 };
+                self.occ.closed(what, name);
                 None
             }
             b'S' => {
@@ -500,6 +571,7 @@ pub(crate) struct ResponseFilter {
     dropping: bool,
     /// The statement whose result is coming is an async job's: its tag is DSQL's.
     job: Option<JobKind>,
+    occ: OccFilter,
 }
 
 /// Rows a command tag says were modified.
@@ -524,6 +596,7 @@ impl ResponseFilter {
             held: None,
             dropping: false,
             job: None,
+            occ: OccFilter::default(),
         }
     }
 
@@ -534,7 +607,7 @@ impl ResponseFilter {
                 let take = self.body_left.min(input.len());
                 match &mut self.held {
                     Some(h) => h.extend_from_slice(&input[..take]),
-                    None if self.dropping => {}
+                    None if self.dropping || self.occ.skipping() => {}
                     None => out.extend_from_slice(&input[..take]),
                 }
                 self.body_left -= take;
@@ -570,13 +643,32 @@ impl ResponseFilter {
                 } else {
                     self.held = Some(h);
                 }
-            } else if !self.dropping {
+            } else if !self.dropping && !self.occ.skipping() {
                 out.extend_from_slice(&self.header);
             }
         }
     }
 
-    fn emit(&mut self, msg: Vec<u8>, out: &mut Vec<u8>) {
+    fn emit(&mut self, mut msg: Vec<u8>, out: &mut Vec<u8>) {
+        let answer = {
+            let mut shared = lock(&self.refusals);
+            let explicit = shared.explicit;
+            let body = &msg[5..];
+            let code = (msg[0] == b'E').then(|| occ::error_code(body)).flatten();
+            self.occ.answer(
+                &mut shared.occ,
+                explicit,
+                msg[0],
+                body,
+                code,
+                error_response,
+            )
+        };
+        match answer {
+            occ::Answer::Pass => {}
+            occ::Answer::Drop => return,
+            occ::Answer::Replace(m) => msg = m,
+        }
         let body = &msg[5..];
         match msg[0] {
             b'Z' => {

@@ -7,7 +7,9 @@
 //! `COMMIT` of an explicit transaction that ran DML, the relay runs [`check_sql`] in the
 //! client's session just before it (its `DO` tag is dropped on the way back): for every
 //! table the transaction changed (`pg_stat_xact_user_tables`), the rows this transaction
-//! wrote (`xmin` = its xid) are summed with `pg_column_size` plus 24 bytes of row header and
+//! wrote are summed (visible rows whose `xmin` is its xid or later: its subtransactions', as
+//! OCC's savepoint makes them; any other transaction's rows with such an xmin are not in its
+//! snapshot; xid wraparound is not handled) with `pg_column_size` plus 24 bytes of row header and
 //! 16 bytes per index entry; a deleted row counts 24 bytes. It is an approximation: a table
 //! the client may not read counts nothing, TOASTed values count compressed, and the changed
 //! tables are scanned (cheap at DSQL's 3,000 rows for the tables a local test has, not for
@@ -58,7 +60,7 @@ BEGIN
     BEGIN
       EXECUTE pg_catalog.format(
         'SELECT coalesce(sum(pg_catalog.pg_column_size(t.*) + 24 + 16 * %s), 0)
-           FROM %s t WHERE t.xmin::text = %L', r.idx, r.relid::regclass, xid) INTO n;
+           FROM %s t WHERE t.xmin::text::bigint >= %s', r.idx, r.relid::regclass, xid) INTO n;
     EXCEPTION WHEN insufficient_privilege THEN
       n := 0;
     END;
