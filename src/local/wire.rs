@@ -79,12 +79,16 @@ impl Startup {
         self.get("database").unwrap_or("postgres")
     }
 
-    /// The first parameter DSQL would refuse, if any.
+    /// The first parameter DSQL would refuse, if any (also `client_encoding` other than
+    /// UTF-8: see [`is_utf8_encoding`]).
     pub fn first_disallowed(&self) -> Option<&str> {
         self.params
             .iter()
+            .find(|(n, v)| {
+                !parameter_allowed(n)
+                    || n.eq_ignore_ascii_case("client_encoding") && !is_utf8_encoding(v)
+            })
             .map(|(n, _)| n.as_str())
-            .find(|n| !parameter_allowed(n))
     }
 
     /// Encodes a StartupMessage carrying these parameters.
@@ -103,6 +107,21 @@ impl Startup {
         out.extend_from_slice(&body);
         out
     }
+}
+
+/// Whether a `client_encoding` value names UTF-8. `local` takes no other: its SQL checks
+/// read the text as UTF-8, and in an encoding such as SJIS a backslash or quote byte can
+/// hide inside a character, so PostgreSQL would read a different statement than the one
+/// checked.
+pub fn is_utf8_encoding(value: &str) -> bool {
+    let name: String = value
+        .trim()
+        .trim_matches('\'')
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(name.as_str(), "utf8" | "unicode")
 }
 
 /// Whether DSQL accepts a startup parameter (names are case-insensitive).
@@ -375,6 +394,15 @@ mod tests {
         }
         for bad in ["options", "replication", "work_mem", "enable"] {
             assert!(!parameter_allowed(bad), "{bad}");
+        }
+        for (value, utf8) in [
+            ("UTF8", true),
+            ("utf-8", true),
+            ("'UNICODE'", true),
+            ("SJIS", false),
+            ("LATIN1", false),
+        ] {
+            assert_eq!(is_utf8_encoding(value), utf8, "{value}");
         }
         let pkt = startup(&[("user", "u"), ("options", "-c x=1")]);
         let FirstPacket::Startup(s) = parse_first_packet(&pkt[4..]).unwrap() else {

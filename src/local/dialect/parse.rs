@@ -546,6 +546,29 @@ mod tests {
             let c = on_parser_stack(move || classify_text(sql));
             assert!(c.statements[0].verdict.is_err(), "{sql}");
         }
+        // set_config() only as SET may: allow-listed names, client_encoding only UTF-8.
+        for (sql, ok) in [
+            ("SELECT set_config('search_path', 'public', false)", true),
+            ("SELECT set_config('client_encoding', 'UTF8', false)", true),
+            ("SELECT set_config('client_encoding', 'SJIS', false)", false),
+            (
+                "SELECT set_config('standard_conforming_strings', 'off', false)",
+                false,
+            ),
+            (
+                "SELECT set_config('client_encoding', lower('SJIS'), false), concat('x', 'utf8')",
+                false,
+            ),
+            ("SELECT set_config(current_user, 'x', false)", false),
+            ("SET client_encoding = 'LATIN1'", false),
+            ("SET client_encoding TO 'UTF8'", true),
+            ("ALTER ROLE admin SET client_encoding = 'SJIS'", false),
+            ("ALTER ROLE admin SET work_mem = '1GB'", false),
+            ("ALTER ROLE admin SET search_path = public", true),
+        ] {
+            let c = on_parser_stack(move || classify_text(sql));
+            assert_eq!(c.statements[0].verdict.is_ok(), ok, "{sql}: {c:?}");
+        }
         let accepted = [
             "SELECT 'pg_backend_pid()'",
             "SELECT 1 AS pg_backend_pid",

@@ -6,6 +6,8 @@
 //! real parse tree. Where the reference is silent the choice is marked "(chosen)" here.
 
 use pg_query::NodeEnum;
+
+use crate::local::wire::is_utf8_encoding;
 use pg_query::protobuf::{self, AlterTableType as At, ConstrType, Node};
 
 /// SQLSTATE of every dialect refusal unless another is given.
@@ -623,6 +625,20 @@ fn check_set(s: &protobuf::VariableSetStmt) -> Verdict {
             }
             Err(set_refusal(&s.name))
         }
+        V::VarSetValue if s.name == "client_encoding" => {
+            let utf8 = match s.args.first().and_then(|a| a.node.as_ref()) {
+                Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
+                    Some(protobuf::a_const::Val::Sval(v)) => is_utf8_encoding(&v.sval),
+                    _ => false,
+                },
+                _ => false,
+            };
+            if utf8 {
+                Ok(Kind::Other)
+            } else {
+                Err(set_refusal(&s.name))
+            }
+        }
         _ if settable(&s.name) => Ok(Kind::Other),
         _ => Err(set_refusal(&s.name)),
     }
@@ -664,7 +680,7 @@ fn check_function_call(name: &str) -> Option<Refusal> {
 /// filter, so the tree is searched only for statements that may hold one.
 pub(crate) fn may_name_refused_function(word: &str) -> bool {
     let word = word.trim_matches('"').to_ascii_lowercase();
-    check_function_call(&word).is_some()
+    check_function_call(&word).is_some() || word == "set_config"
 }
 
 /// Refusals found anywhere in a statement's tree, given as libpg_query's JSON (see
@@ -679,6 +695,32 @@ pub(crate) fn nested_refusal(json: &str) -> Option<Refusal> {
         return Some(Refusal::unsupported(
             "locking clauses other than FOR UPDATE/FOR KEY SHARE are not supported",
         ));
+    }
+    // set_config() changes what SET may not: only the allow-list, by a constant name, and
+    // client_encoding only to UTF-8.
+    const SET_CONFIG: &str = r#"{"String":{"sval":"set_config"}}],"args":["#;
+    let mut rest = json;
+    while let Some(at) = rest.find(SET_CONFIG) {
+        rest = &rest[at + SET_CONFIG.len()..];
+        // The first two arguments, when both are string constants: `{"A_Const":{"sval":
+        // {"sval":"<name>"},"location":<n>}},{"A_Const":{"sval":{"sval":"<value>"}...`.
+        const CONST: &str = r#"{"A_Const":{"sval":{"sval":""#;
+        let name = rest.strip_prefix(CONST).and_then(|n| n.split_once('"'));
+        let value = name.and_then(|(_, after)| {
+            let after = after.strip_prefix(r#"},"location":"#)?;
+            let after = after.trim_start_matches(|c: char| c.is_ascii_digit());
+            let value = after.strip_prefix("}},")?.strip_prefix(CONST)?;
+            value.split('"').next()
+        });
+        let name = name.map(|(n, _)| n);
+        let allowed = match name {
+            Some("client_encoding") => value.is_some_and(is_utf8_encoding),
+            Some(name) => settable(name),
+            None => false,
+        };
+        if !allowed {
+            return Some(set_refusal(name.unwrap_or("set_config")));
+        }
     }
     const CALL: &str = r#""FuncCall":{"funcname":["#;
     let mut rest = json;
@@ -732,6 +774,11 @@ pub(crate) fn classify(stmt: &NodeEnum, facts: TokenFacts) -> Verdict {
         N::UpdateStmt(_) | N::DeleteStmt(_) => Ok(Kind::Dml),
         N::MergeStmt(_) => Err(Refusal::unsupported("unsupported statement type: MERGE")),
         N::TransactionStmt(s) => check_transaction(s),
+        // A role's defaults are SETs at its next login: the same allow-list.
+        N::AlterRoleSetStmt(s) => match &s.setstmt {
+            Some(set) => check_set(set).map(|_| Kind::Ddl),
+            None => Ok(Kind::Ddl),
+        },
         N::VariableSetStmt(s) => check_set(s),
         N::CreateStmt(s) => check_create_table(s),
         N::AlterTableStmt(s) => check_alter_table(s, facts.is_async),
@@ -789,7 +836,6 @@ pub(crate) fn classify(stmt: &NodeEnum, facts: TokenFacts) -> Verdict {
         | N::CommentStmt(_)
         | N::CreateRoleStmt(_)
         | N::AlterRoleStmt(_)
-        | N::AlterRoleSetStmt(_)
         | N::DropRoleStmt(_)
         | N::GrantStmt(_)
         | N::GrantRoleStmt(_)
