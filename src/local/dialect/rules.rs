@@ -6,9 +6,9 @@
 //! real parse tree. Where the reference is silent the choice is marked "(chosen)" here.
 
 use pg_query::NodeEnum;
+use pg_query::protobuf::{self, AlterTableType as At, ConstrType, Node};
 
 use crate::local::wire::is_utf8_encoding;
-use pg_query::protobuf::{self, AlterTableType as At, ConstrType, Node};
 
 /// SQLSTATE of every dialect refusal unless another is given.
 pub(crate) const FEATURE_NOT_SUPPORTED: &str = "0A000";
