@@ -31,23 +31,61 @@ async fn only_connection(relay: &CountingRelay) -> common::relay::RelayConn {
     conns[0].clone()
 }
 
+/// Runs `dsql-pgx ARGS` (which must succeed) through `relay` until its one connection waited
+/// for at most `expected` round trips, at most 3 times, and returns the run with the fewest.
+/// The relay can count a flight twice (a client stalled past [`common::relay::QUIET`] in its
+/// middle, on a loaded machine), never too few, so the fewest is the count, and a round trip
+/// more shows in every run.
+async fn fewest_round_trips(
+    ep: &TestEndpoint,
+    relay: &CountingRelay,
+    args: &[&str],
+    expected: u32,
+) -> (std::process::Output, common::relay::RelayConn) {
+    fewest(relay, Some(expected), || run_via(ep, relay, args)).await
+}
+
+/// [`fewest_round_trips`] for any command `run` makes: 3 runs, or until one waited for at
+/// most `expected`.
+async fn fewest<F, Fut>(
+    relay: &CountingRelay,
+    expected: Option<u32>,
+    run: F,
+) -> (std::process::Output, common::relay::RelayConn)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::process::Output>,
+{
+    let mut best: Option<(std::process::Output, common::relay::RelayConn)> = None;
+    for _ in 0..3 {
+        let out = run().await;
+        assert_code(&out, 0);
+        let conn = only_connection(relay).await;
+        let trips = conn.round_trips();
+        if best.as_ref().is_none_or(|(_, b)| trips < b.round_trips()) {
+            best = Some((out, conn));
+        }
+        if expected.is_some_and(|e| trips <= e) {
+            break;
+        }
+    }
+    best.expect("at least one run")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_shot_query_with_iam_waits_for_five_round_trips() {
     let ep = TestEndpoint::start_named(DSQL_NAME).await;
     let relay = CountingRelay::start(ep.endpoint().local_addr()).await;
 
     // TCP, TLS 1.3 (direct: no SSLRequest), startup, password, query.
-    let out = run_via(&ep, &relay, &["query", "-q", "select 1"]).await;
-    assert_code(&out, 0);
+    let (out, conn) = fewest_round_trips(&ep, &relay, &["query", "-q", "select 1"], 5).await;
     assert!(stdout(&out).contains('1'), "{}", stdout(&out));
-    let conn = only_connection(&relay).await;
     assert!(conn.direct_tls(), "direct TLS by default for {DSQL_NAME}");
     assert_eq!(conn.round_trips(), 5, "{conn:?}");
     assert!(conn.said_goodbye, "Terminate before the close: {conn:?}");
 
     // The session ID is printed: its query rides with the statement.
-    let out = run_via(&ep, &relay, &["query", "select 1"]).await;
-    assert_code(&out, 0);
+    let (out, conn) = fewest_round_trips(&ep, &relay, &["query", "select 1"], 5).await;
     let err = stderr(&out);
     let id = err
         .split_whitespace()
@@ -56,23 +94,17 @@ async fn a_one_shot_query_with_iam_waits_for_five_round_trips() {
         .unwrap_or_default();
     assert!(err.starts_with("session "), "{err}");
     assert_eq!(id.len(), 26, "a DSQL session id in {err:?}");
-    assert_eq!(only_connection(&relay).await.round_trips(), 5);
+    assert_eq!(conn.round_trips(), 5, "{conn:?}");
 
     // csv without -v prints no session ID, so none is read.
-    let out = run_via(&ep, &relay, &["query", "--format", "csv", "select 1"]).await;
-    assert_code(&out, 0);
+    let args = ["query", "--format", "csv", "select 1"];
+    let (out, conn) = fewest_round_trips(&ep, &relay, &args, 5).await;
     assert!(!stderr(&out).contains("session"), "{}", stderr(&out));
-    assert_eq!(only_connection(&relay).await.round_trips(), 5);
+    assert_eq!(conn.round_trips(), 5, "{conn:?}");
 
     // The classic negotiation on request: one more, for the SSLRequest.
-    let out = run_via(
-        &ep,
-        &relay,
-        &["query", "-q", "--ssl-negotiation", "postgres", "select 1"],
-    )
-    .await;
-    assert_code(&out, 0);
-    let conn = only_connection(&relay).await;
+    let args = ["query", "-q", "--ssl-negotiation", "postgres", "select 1"];
+    let (_, conn) = fewest_round_trips(&ep, &relay, &args, 6).await;
     assert!(!conn.direct_tls());
     assert_eq!(conn.round_trips(), 6, "{conn:?}");
 }
@@ -101,11 +133,27 @@ async fn connect_count_reads_no_details_per_connection() {
     }
     let conns = relay.closed_connections().await;
     assert_eq!(conns.len(), 3);
-    for conn in conns {
+    for conn in &conns {
         assert!(conn.said_goodbye, "Terminate before the close: {conn:?}");
-        // TCP, TLS, startup, password, session ID; no `show server_version` after.
-        assert_eq!(conn.round_trips(), 5, "{conn:?}");
     }
+    // TCP, TLS, startup, password, session ID; no `show server_version` after. Each
+    // connection's fewest over up to 3 runs (see `fewest_round_trips`).
+    let mut trips: Vec<u32> = conns.iter().map(|c| c.round_trips()).collect();
+    for _ in 1..3 {
+        if trips.iter().all(|&t| t <= 5) {
+            break;
+        }
+        relay.clear();
+        let out = run_via(&ep, &relay, &["connect", "--count", "3"]).await;
+        assert_code(&out, 0);
+        let again = relay.closed_connections().await;
+        assert_eq!(again.len(), 3);
+        let mut again: Vec<u32> = again.iter().map(|c| c.round_trips()).collect();
+        trips.sort_unstable();
+        again.sort_unstable();
+        trips = trips.iter().zip(&again).map(|(a, b)| *a.min(b)).collect();
+    }
+    assert_eq!(trips, [5, 5, 5], "{conns:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,9 +170,10 @@ async fn plain_postgresql_gets_no_failing_probe() {
             .arg(relay.port().to_string());
         output(cmd)
     };
-    let out = run(vec!["query".into(), "-q".into(), "select 1".into()]).await;
-    assert_code(&out, 0);
-    let quiet = only_connection(&relay).await;
+    let (_, quiet) = fewest(&relay, None, || {
+        run(vec!["query".into(), "-q".into(), "select 1".into()])
+    })
+    .await;
     assert!(
         !quiet.direct_tls(),
         "an SSLRequest for a host that is not DSQL's"
@@ -132,8 +181,11 @@ async fn plain_postgresql_gets_no_failing_probe() {
     assert!(quiet.said_goodbye, "Terminate before the close: {quiet:?}");
 
     // The session ID (the backend PID) rides with the statement, and nothing fails.
-    let out = run(vec!["query".into(), "select 1".into()]).await;
-    assert_code(&out, 0);
+    let expected = Some(quiet.round_trips());
+    let (out, printed) = fewest(&relay, expected, || {
+        run(vec!["query".into(), "select 1".into()])
+    })
+    .await;
     let err = stderr(&out);
     let id = err.split_whitespace().nth(1).unwrap_or_default();
     assert!(
@@ -141,10 +193,7 @@ async fn plain_postgresql_gets_no_failing_probe() {
         "a backend PID in {err:?}"
     );
     // The old code probed `sys.current_session_id()` (failing) and then fell back: 2 more.
-    assert_eq!(
-        only_connection(&relay).await.round_trips(),
-        quiet.round_trips()
-    );
+    assert_eq!(printed.round_trips(), quiet.round_trips(), "{printed:?}");
     let log = pg.log();
     assert!(!log.contains("ERROR"), "the server logged an error:\n{log}");
     assert!(
