@@ -192,6 +192,7 @@ Register-ArgumentCompleter -Native -CommandName 'dsql-pgx' -ScriptBlock {
             [CompletionResult]::new('--env-file', '--env-file', [CompletionResultType]::ParameterName, 'Write the exports to this file instead of stdout, once the endpoint accepts connections')
             [CompletionResult]::new('--dialect', '--dialect', [CompletionResultType]::ParameterName, 'SQL spoken behind IAM: DSQL''s (statements DSQL refuses are refused with its SQLSTATEs and words, CREATE INDEX ASYNC builds in the background), or plain PostgreSQL')
             [CompletionResult]::new('--max-transaction-age', '--max-transaction-age', [CompletionResultType]::ParameterName, 'Fail transactions older than this, as DSQL does at 5 minutes (with --dialect dsql)')
+            [CompletionResult]::new('--iam-arn', '--iam-arn', [CompletionResultType]::ParameterName, 'The IAM identity the endpoint''s keys stand for (exported as DSQL_IAM_ARN)')
             [CompletionResult]::new('--max-connection-age', '--max-connection-age', [CompletionResultType]::ParameterName, 'Close client connections older than this, as DSQL does at one hour')
             [CompletionResult]::new('--max-connections', '--max-connections', [CompletionResultType]::ParameterName, 'Refuse connections beyond this many (SQLSTATE 53300)')
             [CompletionResult]::new('--rate', '--rate', [CompletionResultType]::ParameterName, 'New connections per second before refusing (SQLSTATE 53400)')

@@ -433,7 +433,7 @@ _dsql__pgx() {
             return 0
             ;;
         dsql__subcmd__pgx__subcmd__local)
-            opts="-v -q -h -V --listen --port --data-dir --persist --hostname --region --access-key-id --secret-access-key --secret-access-key-file --env-file --dialect --max-transaction-age --max-connection-age --max-connections --rate --burst --threads --format --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --port --data-dir --persist --hostname --region --access-key-id --secret-access-key --secret-access-key-file --env-file --dialect --max-transaction-age --iam-arn --max-connection-age --max-connections --rate --burst --threads --format --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -480,6 +480,10 @@ _dsql__pgx() {
                     return 0
                     ;;
                 --max-transaction-age)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --iam-arn)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -184,6 +184,7 @@ set edit:completion:arg-completer[dsql-pgx] = {|@words|
             cand --env-file 'Write the exports to this file instead of stdout, once the endpoint accepts connections'
             cand --dialect 'SQL spoken behind IAM: DSQL''s (statements DSQL refuses are refused with its SQLSTATEs and words, CREATE INDEX ASYNC builds in the background), or plain PostgreSQL'
             cand --max-transaction-age 'Fail transactions older than this, as DSQL does at 5 minutes (with --dialect dsql)'
+            cand --iam-arn 'The IAM identity the endpoint''s keys stand for (exported as DSQL_IAM_ARN)'
             cand --max-connection-age 'Close client connections older than this, as DSQL does at one hour'
             cand --max-connections 'Refuse connections beyond this many (SQLSTATE 53300)'
             cand --rate 'New connections per second before refusing (SQLSTATE 53400)'

@@ -167,6 +167,7 @@ complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l env-file -d 
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l dialect -d 'SQL spoken behind IAM: DSQL\'s (statements DSQL refuses are refused with its SQLSTATEs and words, CREATE INDEX ASYNC builds in the background), or plain PostgreSQL' -r -f -a "dsql\t'Aurora DSQL\'s: what DSQL refuses is refused as DSQL refuses it'
 postgres\t'Plain PostgreSQL, statements relayed as they are'"
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-transaction-age -d 'Fail transactions older than this, as DSQL does at 5 minutes (with --dialect dsql)' -r
+complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l iam-arn -d 'The IAM identity the endpoint\'s keys stand for (exported as DSQL_IAM_ARN)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connection-age -d 'Close client connections older than this, as DSQL does at one hour' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l max-connections -d 'Refuse connections beyond this many (SQLSTATE 53300)' -r
 complete -c dsql-pgx -n "__fish_dsql_pgx_using_subcommand local" -l rate -d 'New connections per second before refusing (SQLSTATE 53400)' -r

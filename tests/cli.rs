@@ -333,6 +333,7 @@ async fn iam_through_the_local_endpoint() {
     // A custom role gets a DbConnect token.
     let admin = ep.admin_client().await;
     admin.batch_execute("create role app login").await.unwrap();
+    ep.grant_iam("app").await;
     let out = run_at(
         &ep,
         &[

@@ -175,6 +175,7 @@ async fn env_file_is_private_atomic_and_removed_on_exit() {
         " PGHOSTADDR=127.0.0.1 ",
         " PGSSLMODE=verify-full ",
         " DSQL_JDBC_URL='jdbc:postgresql://dsqlpgxlocal00000000000000.dsql.us-east-1.on.aws:",
+        " DSQL_IAM_ARN=arn:aws:iam::000000000000:role/dsql-pgx-local ",
         " AWS_SECRET_ACCESS_KEY=",
     ] {
         assert!(export.contains(var), "{var} in {export}");

@@ -90,6 +90,20 @@ const CASES: &[Case] = &[
         fragment: "--region \"Bad Region!\" is not a region name such as us-east-1",
     },
     Case {
+        name: "local with an ARN of no IAM role or user",
+        at: At::Nowhere,
+        args: &[
+            "local",
+            "--iam-arn",
+            "arn:aws:sts::111122223333:assumed-role/r/s",
+            "--data-dir",
+            "/dev/null",
+        ],
+        env: &[],
+        code: 2,
+        fragment: "--iam-arn \"arn:aws:sts::111122223333:assumed-role/r/s\" is not an IAM role's or user's ARN such as arn:aws:iam::000000000000:role/dsql-pgx-local",
+    },
+    Case {
         name: "local with a zero connection age",
         at: At::Nowhere,
         args: &[

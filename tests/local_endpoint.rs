@@ -37,6 +37,7 @@ async fn create_role(ep: &TestEndpoint, role: &str) {
         .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
         .await
         .unwrap();
+    ep.grant_iam(role).await;
 }
 
 #[tokio::test]

@@ -124,6 +124,7 @@ async fn admin_cannot_reach_the_os_or_the_superuser() {
         .batch_execute("CREATE ROLE app2 WITH LOGIN CREATEROLE")
         .await
         .unwrap();
+    ep.grant_iam("app2").await;
     let app2 = ep.connect("app2").await.unwrap();
     for sql in [
         "GRANT pg_execute_server_program TO app2",
@@ -178,6 +179,7 @@ async fn admin_owns_the_database_and_manages_roles() {
     ] {
         admin.batch_execute(sql).await.unwrap();
     }
+    ep.grant_iam("app").await;
     assert_eq!(scalar(&admin, "SELECT v FROM tv").await, "one");
     assert_eq!(
         scalar(&admin, "SHOW transaction_isolation").await,

@@ -690,6 +690,14 @@ pub struct LocalArgs {
     #[arg(long, default_value = "5m", value_name = "DURATION")]
     pub max_transaction_age: String,
 
+    /// The IAM identity the endpoint's keys stand for (exported as DSQL_IAM_ARN).
+    ///
+    /// As on DSQL, a role other than admin logs in only once admin ran `AWS IAM GRANT <role>
+    /// TO '<this ARN>'` (with --dialect dsql); `SELECT * FROM sys.iam_pg_role_mappings` shows
+    /// the grants. An IAM role's or user's ARN: arn:aws:iam::<12 digits>:role/<name>.
+    #[arg(long, default_value = crate::local::DEFAULT_IAM_ARN, value_name = "ARN")]
+    pub iam_arn: String,
+
     /// Close client connections older than this, as DSQL does at one hour.
     #[arg(long, default_value = "1h", value_name = "DURATION")]
     pub max_connection_age: String,

@@ -63,6 +63,7 @@ fn client_env(endpoint: &LocalEndpoint) -> ClientEnv {
         ("PGSSLMODE", "verify-full".into()),
         ("PGSSLROOTCERT", ca.into()),
         ("DSQL_JDBC_URL", jdbc_url.into()),
+        ("DSQL_IAM_ARN", endpoint.iam_arn().into()),
         ("AWS_ACCESS_KEY_ID", endpoint.access_key_id().into()),
         ("AWS_SECRET_ACCESS_KEY", endpoint.secret_access_key().into()),
     ])
@@ -130,6 +131,14 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         ))
         .into());
     }
+    if !crate::local::is_iam_arn(&args.iam_arn) {
+        return Err(ConfigError(format!(
+            "--iam-arn {} is not an IAM role's or user's ARN such as {}",
+            settings::shown(&args.iam_arn),
+            crate::local::DEFAULT_IAM_ARN
+        ))
+        .into());
+    }
     let max_connection_age = positive_duration(&args.max_connection_age, "--max-connection-age")?;
     let max_transaction_age =
         positive_duration(&args.max_transaction_age, "--max-transaction-age")?;
@@ -169,6 +178,7 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
         },
         dialect: args.dialect.into(),
         max_transaction_age,
+        iam_arn: args.iam_arn.clone(),
         ..EndpointOptions::default()
     });
     // A signal during the start drops it: PostgreSQL is stopped, a temporary dir removed.
@@ -192,9 +202,10 @@ pub async fn run(args: LocalArgs, out: &Output) -> anyhow::Result<()> {
             None => String::new(),
         };
         crate::exit::diag!(
-            "dsql-pgx local: serving {} on {} (data in {}{exports_in}); Ctrl-C or SIGTERM stops it",
+            "dsql-pgx local: serving {} on {} as IAM identity {} (data in {}{exports_in}); Ctrl-C or SIGTERM stops it",
             endpoint.hostname(),
             endpoint.local_addr(),
+            endpoint.iam_arn(),
             endpoint.data_dir().display()
         );
     }

@@ -27,6 +27,7 @@ pub mod wire;
 
 pub use clock::{Clock, ManualClock};
 pub use dialect::Dialect;
+pub use dialect::iam::{DEFAULT_ARN as DEFAULT_IAM_ARN, is_iam_arn};
 pub use postgres::{PgOptions, PgServer, PostgresNotFound, TcpTls, find_bin_dir};
 pub use proxy::{EndpointOptions, LOCAL_CLUSTER_ID, Limits, LocalEndpoint, default_hostname};
 pub use verify::{TokenVerifier, VerifyError};

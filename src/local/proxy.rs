@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
+use super::DEFAULT_IAM_ARN;
 use super::certs::LocalCa;
 use super::clock::Clock;
 use super::dialect::{self, Classifier, Dialect};
@@ -92,6 +93,10 @@ pub struct EndpointOptions {
     /// DSQL's transaction age limit (default 5 minutes): the next statement of a transaction
     /// older than this fails with 54000.
     pub max_transaction_age: Duration,
+    /// The IAM identity (ARN) the endpoint's keys stand for (default
+    /// [`DEFAULT_IAM_ARN`]): with DSQL's dialect, a role other than `admin` logs in only
+    /// once `AWS IAM GRANT role TO '<this ARN>'` mapped it.
+    pub iam_arn: String,
 }
 
 impl Default for EndpointOptions {
@@ -107,6 +112,7 @@ impl Default for EndpointOptions {
             clock: Clock::system(),
             dialect: Dialect::default(),
             max_transaction_age: Duration::from_secs(300),
+            iam_arn: DEFAULT_IAM_ARN.to_string(),
         }
     }
 }
@@ -127,6 +133,7 @@ impl fmt::Debug for EndpointOptions {
             .field("clock", &self.clock)
             .field("dialect", &self.dialect)
             .field("max_transaction_age", &self.max_transaction_age)
+            .field("iam_arn", &self.iam_arn)
             .finish()
     }
 }
@@ -139,6 +146,7 @@ pub struct LocalEndpoint {
     region: String,
     access_key_id: String,
     secret_access_key: String,
+    iam_arn: String,
     ca_path: PathBuf,
     data_dir: PathBuf,
     stop: watch::Sender<bool>,
@@ -162,6 +170,7 @@ impl fmt::Debug for LocalEndpoint {
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
+            .field("iam_arn", &self.iam_arn)
             .field("ca_path", &self.ca_path)
             .field("data_dir", &self.data_dir)
             .finish_non_exhaustive()
@@ -358,6 +367,13 @@ impl LocalEndpoint {
 
     /// Prepares the data directory, starts PostgreSQL and starts accepting connections.
     pub async fn start(opts: EndpointOptions) -> anyhow::Result<LocalEndpoint> {
+        if !super::is_iam_arn(&opts.iam_arn) {
+            return Err(ConfigError(format!(
+                "{} is not an IAM role's or user's ARN such as {DEFAULT_IAM_ARN}",
+                crate::settings::shown(&opts.iam_arn)
+            ))
+            .into());
+        }
         let (temp_dir, data_dir) = match &opts.data_dir {
             Some(dir) => {
                 // Absolute, so the exports (PGSSLROOTCERT) work from any directory.
@@ -458,7 +474,8 @@ impl LocalEndpoint {
                 .context("starting the job runner of CREATE INDEX ASYNC")?;
             shared = shared
                 .with_dialect(classifier, opts.max_transaction_age)
-                .with_jobs(jobs);
+                .with_jobs(jobs)
+                .with_iam_grants(opts.iam_arn.clone());
         }
         let shared = Arc::new(shared);
         let (stop, stop_rx) = watch::channel(false);
@@ -472,6 +489,7 @@ impl LocalEndpoint {
             region: opts.region,
             access_key_id,
             secret_access_key,
+            iam_arn: opts.iam_arn,
             ca_path: data_dir.path().join("ca.pem"),
             data_dir: data_dir.path().to_path_buf(),
             stop,
@@ -517,6 +535,12 @@ impl LocalEndpoint {
     /// The access key id tokens must be signed with.
     pub fn access_key_id(&self) -> &str {
         &self.access_key_id
+    }
+
+    /// The IAM identity (ARN) the endpoint's keys stand for: `AWS IAM GRANT role TO
+    /// '<this>'` lets `role` log in (with DSQL's dialect; `admin` needs no grant).
+    pub fn iam_arn(&self) -> &str {
+        &self.iam_arn
     }
 
     /// The secret access key tokens must be signed with. A secret: do not log it.

@@ -227,6 +227,9 @@ pub(crate) struct Shared {
     jobs: Option<Arc<dialect::jobs::Jobs>>,
     /// Committed schema changes, for OCC's OC001.
     schema: Arc<dialect::occ::SchemaVersion>,
+    /// The IAM identity every verified token stands for, when a role other than `admin`
+    /// must be granted to it (`AWS IAM GRANT`) to log in.
+    iam_arn: Option<String>,
 }
 
 impl Shared {
@@ -257,7 +260,14 @@ impl Shared {
             max_transaction_age: Duration::ZERO,
             jobs: None,
             schema: Arc::default(),
+            iam_arn: None,
         }
+    }
+
+    /// Lets a role other than `admin` log in only when it is granted to `arn`.
+    pub(crate) fn with_iam_grants(mut self, arn: String) -> Self {
+        self.iam_arn = Some(arn);
+        self
     }
 
     /// Speaks DSQL's dialect with `classifier`; transactions last at most
@@ -853,9 +863,33 @@ async fn establish(
     upstream.write_all(&Startup { params }.encode()).await?;
     let mut key = None;
     let dsql_env = shared.classifier.is_some();
-    if !relay_until_ready(&mut upstream, &mut tls, &mut key, dsql_env).await? {
+    // A role other than admin needs a grant to the identity: its session answers before
+    // the client hears of it.
+    let grant_to = shared
+        .iam_arn
+        .as_deref()
+        .filter(|_| user != crate::auth::ADMIN_USER);
+    let hold = grant_to.is_some();
+    let Some(held) = relay_until_ready(&mut upstream, &mut tls, &mut key, dsql_env, hold).await?
+    else {
         let _ = tls.shutdown().await;
         return Ok(None);
+    };
+    if let Some(arn) = grant_to {
+        if !is_granted(&mut upstream, arn).await? {
+            tracing::warn!(%peer, user = %shown_user, arn, "IAM authentication failed: role not granted to the identity (AWS IAM GRANT)");
+            let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
+            let msg = format!("IAM authentication failed for user \"{shown_user}\"");
+            send_fatal(
+                &mut tls,
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
+                &msg,
+            )
+            .await;
+            return Ok(None);
+        }
+        tls.write_all(&held).await?;
+        tls.flush().await?;
     }
     tracing::debug!(%peer, user = %shown_user, "connection established");
     Ok(Some(Established {
@@ -867,18 +901,53 @@ async fn establish(
     }))
 }
 
-/// Relays upstream startup messages to the client until ReadyForQuery (`true`) or an
-/// ErrorResponse (`false`); BackendKeyData's process id and secret land in `key`.
+/// Whether the role of the new session on `upstream` is granted to `arn`: one query, on
+/// the session itself. Anything but a `t` is a no.
+async fn is_granted<U>(upstream: &mut U, arn: &str) -> anyhow::Result<bool>
+where
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut query = dialect::iam::login_check_query(arn).into_bytes();
+    query.push(0);
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&(query.len() as u32 + 4).to_be_bytes());
+    msg.extend_from_slice(&query);
+    upstream.write_all(&msg).await?;
+    upstream.flush().await?;
+    let mut granted = false;
+    loop {
+        let (tag, body) = wire::read_message(upstream, MAX_UPSTREAM_STARTUP_MSG)
+            .await
+            .context("reading the grant check's answer")?
+            .map_err(|e| anyhow::anyhow!("the grant check's answer: {e}"))?;
+        match tag {
+            // One column, one byte: `t`.
+            b'D' => granted = body == [0, 1, 0, 0, 0, 1, b't'],
+            b'E' => {
+                tracing::error!("the grant check failed in the private PostgreSQL");
+                granted = false;
+            }
+            b'Z' => return Ok(granted && body.first() == Some(&b'I')),
+            _ => {}
+        }
+    }
+}
+
+/// Relays upstream startup messages to the client until ReadyForQuery, or an ErrorResponse
+/// (`None`); BackendKeyData's process id and secret land in `key`. With `hold`, the
+/// messages up to ReadyForQuery are returned instead of written (errors are still relayed).
 async fn relay_until_ready<U, C>(
     upstream: &mut U,
     client: &mut C,
     key: &mut Option<[u8; 8]>,
     dsql_env: bool,
-) -> anyhow::Result<bool>
+    hold: bool,
+) -> anyhow::Result<Option<Vec<u8>>>
 where
     U: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
+    let mut held = Vec::new();
     loop {
         let (tag, body) = wire::read_message(upstream, MAX_UPSTREAM_STARTUP_MSG)
             .await
@@ -891,7 +960,7 @@ where
                 "unexpected authentication request from the database",
             )
             .await;
-            return Ok(false);
+            return Ok(None);
         }
         if tag == b'K' {
             *key = body.as_slice().try_into().ok();
@@ -905,15 +974,19 @@ where
         msg.push(tag);
         msg.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
         msg.extend_from_slice(&body);
-        client.write_all(&msg).await?;
+        if hold && tag != b'E' {
+            held.extend_from_slice(&msg);
+        } else {
+            client.write_all(&msg).await?;
+        }
         match tag {
             b'Z' => {
                 client.flush().await?;
-                return Ok(true);
+                return Ok(Some(held));
             }
             b'E' => {
                 client.flush().await?;
-                return Ok(false);
+                return Ok(None);
             }
             _ => {}
         }
@@ -981,34 +1054,36 @@ mod tests {
 
     #[tokio::test]
     async fn relay_stops_at_error_or_ready() {
-        let mut ok: &[u8] = &[b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I'];
+        const OK: &[u8] = &[b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I'];
         let mut out = Vec::new();
         let mut key = None;
-        assert!(
-            relay_until_ready(&mut ok, &mut out, &mut key, false)
-                .await
-                .unwrap()
-        );
-        assert_eq!(out.len(), 15);
+        let held = relay_until_ready(&mut { OK }, &mut out, &mut key, false, false)
+            .await
+            .unwrap();
+        assert_eq!((held, out.len()), (Some(Vec::new()), 15));
+        // Held: nothing written, all of it returned.
+        let mut out = Vec::new();
+        let held = relay_until_ready(&mut { OK }, &mut out, &mut key, false, true)
+            .await
+            .unwrap();
+        assert_eq!((held.as_deref(), out.len()), (Some(OK), 0));
         let err = wire::fatal(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
             "role \"x\" does not exist",
         );
-        let mut out = Vec::new();
-        assert!(
-            !relay_until_ready(&mut err.as_slice(), &mut out, &mut key, false)
+        for hold in [false, true] {
+            let mut out = Vec::new();
+            let ended = relay_until_ready(&mut err.as_slice(), &mut out, &mut key, false, hold)
                 .await
-                .unwrap()
-        );
-        assert_eq!(out, err);
+                .unwrap();
+            assert_eq!((ended, &out), (None, &err));
+        }
         let mut md5: &[u8] = &[b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4];
         let mut out = Vec::new();
-        assert!(
-            !relay_until_ready(&mut md5, &mut out, &mut key, false)
-                .await
-                .unwrap()
-        );
-        assert_eq!(out[0], b'E');
+        let ended = relay_until_ready(&mut md5, &mut out, &mut key, false, false)
+            .await
+            .unwrap();
+        assert_eq!((ended, out[0]), (None, b'E'));
     }
 
     #[tokio::test]

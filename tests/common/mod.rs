@@ -301,6 +301,7 @@ pub struct TestEndpoint {
     endpoint: Option<LocalEndpoint>,
     ca_pem: String,
     clock: Option<ManualClock>,
+    dialect: dsql_pgx::local::Dialect,
 }
 
 impl TestEndpoint {
@@ -360,6 +361,7 @@ impl TestEndpoint {
     }
 
     async fn start_opts(opts: EndpointOptions, clock: Option<ManualClock>) -> TestEndpoint {
+        let dialect = opts.dialect;
         let endpoint = LocalEndpoint::start(opts)
             .await
             .unwrap_or_else(|e| panic!("starting the local endpoint failed: {e:#}"));
@@ -368,6 +370,7 @@ impl TestEndpoint {
             endpoint: Some(endpoint),
             ca_pem,
             clock,
+            dialect,
         }
     }
 
@@ -493,6 +496,18 @@ impl TestEndpoint {
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let token = self.token(user).await;
         connect(&self.config(user, &token), self.tls(false)).await
+    }
+
+    /// Maps `role` to the endpoint's IAM identity, as admin through the endpoint (`AWS IAM
+    /// GRANT`), so that it may log in (DSQL's dialect refuses it otherwise; plain
+    /// PostgreSQL's needs no grant and knows no such statement).
+    pub async fn grant_iam(&self, role: &str) {
+        if self.dialect == dsql_pgx::local::Dialect::Postgres {
+            return;
+        }
+        let admin = self.connect("admin").await.expect("admin connects");
+        let sql = format!("AWS IAM GRANT {role} TO '{}'", self.endpoint().iam_arn());
+        admin.batch_execute(&sql).await.expect("AWS IAM GRANT");
     }
 
     /// A client straight to the private PostgreSQL (Unix socket) as its bootstrap superuser,

@@ -86,8 +86,9 @@ CREATE OR REPLACE VIEW sys.jobs AS
     FROM dsql_pgx.jobs;
 REVOKE ALL ON sys.jobs FROM PUBLIC;
 GRANT SELECT ON sys.jobs TO PUBLIC;
+-- Waiting is its purpose: not bound by the session's short lock_timeout (OCC's).
 CREATE OR REPLACE PROCEDURE sys.wait_for_job(job_id text, INOUT succeeded boolean DEFAULT NULL)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET lock_timeout = 0 AS $fn$
 DECLARE
   k integer;
 BEGIN
@@ -212,6 +213,7 @@ impl Jobs {
     pub(crate) async fn start(pg: &PgServer) -> anyhow::Result<Self> {
         let control = Arc::new(pg.admin_client().await?);
         control.batch_execute(&jobs_sql()).await?;
+        control.batch_execute(super::iam::IAM_SQL).await?;
         for sql in super::env::ENV_SQL {
             control.batch_execute(sql).await?;
         }
@@ -289,12 +291,21 @@ impl Jobs {
     }
 }
 
+/// How the text came: a simple Query (`measure`: its COMMIT is measured), or a Parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Query { measure: bool },
+    Parse,
+}
+
 /// Rewrites the statements of a simple Query that run (those starting before `ran` in
 /// `text`, the text PostgreSQL is to run): an `ASYNC` one is submitted and replaced by the
 /// row of its job id, under the marker the response filter renames `job_id` (or, if it
 /// cannot be submitted, by a refusal's stand-in); a question for the server version is
 /// replaced by DSQL's answer ([`super::env::answer`]); with `measure`, a `COMMIT` is
-/// preceded by the check of the transaction's size ([`super::size`]).
+/// preceded by the check of the transaction's size ([`super::size`]); an `AWS IAM` statement's
+/// call gets the marker the filter answers DSQL's tag for, or in a Parse becomes a `DO`
+/// block (no rows; its tag stays `DO`).
 pub(crate) async fn rewrite_in_query(
     jobs: &Jobs,
     role: &str,
@@ -302,8 +313,12 @@ pub(crate) async fn rewrite_in_query(
     mut text: String,
     ran: usize,
     refusals: &Mutex<Refusals>,
-    measure: bool,
+    sent: Sent,
 ) -> String {
+    let (measure, extended) = match sent {
+        Sent::Query { measure } => (measure, false),
+        Sent::Parse => (false, true),
+    };
     // The open transaction ends at the first end of transaction.
     let commit_at = c
         .statements
@@ -329,6 +344,17 @@ pub(crate) async fn rewrite_in_query(
         if commit_at == Some(i) && super::size::commits(&ddl) {
             lock().expect_size_check();
             text.insert_str(st.start, &super::size::check_sql());
+            continue;
+        }
+        if let Some(op) = st.iam {
+            let replacement = if extended {
+                super::iam::as_do_block(&ddl)
+            } else {
+                Some(format!("{ddl} AS \"{}\"", lock().iam_marker(op)))
+            };
+            if let Some(replacement) = replacement {
+                text.replace_range(st.start..st.start + ddl.len(), &replacement);
+            }
             continue;
         }
         if !st.is_async {

@@ -8,6 +8,7 @@
 //! - [`parse`]: text → statements and verdicts, bounded and cached ([`Classifier`]).
 //! - [`env`]: the server version, `sys` functions and the one database DSQL shows.
 //! - [`jobs`]: `CREATE INDEX ASYNC` as background jobs, `sys.jobs`, `sys.wait_for_job`.
+//! - [`iam`]: `AWS IAM GRANT`/`REVOKE`, `sys.iam_pg_role_mappings`, the grant checked at login.
 //! - [`size`]: DSQL's 10 MiB per transaction, measured at COMMIT.
 //! - [`occ`]: optimistic concurrency: no statement waits, conflicts fail at `COMMIT`.
 //! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
@@ -15,6 +16,7 @@
 
 pub(crate) mod env;
 mod ffi;
+pub(crate) mod iam;
 pub(crate) mod jobs;
 pub(crate) mod occ;
 pub(crate) mod parse;

@@ -22,7 +22,8 @@ use pg_query::protobuf::{ScanToken, Token};
 use tokio::sync::oneshot;
 
 use super::ffi;
-use super::rules::{self, Refusal, TokenFacts, Verdict};
+use super::iam::{IamOp, IamStatement};
+use super::rules::{self, Kind, Refusal, TokenFacts, Verdict};
 
 /// Most nesting (estimated from tokens) a statement may have.
 pub(crate) const MAX_NESTING: usize = 1000;
@@ -45,6 +46,8 @@ pub(crate) struct Statement {
     pub(crate) verdict: Verdict,
     /// It was a `CREATE INDEX ASYNC` / `ALTER TABLE ASYNC`.
     pub(crate) is_async: bool,
+    /// It was an `AWS IAM GRANT` / `AWS IAM REVOKE` (run as [`IamStatement::call`]).
+    pub(crate) iam: Option<IamOp>,
 }
 
 /// A text, classified.
@@ -65,6 +68,7 @@ impl Classified {
                 start: 0,
                 verdict: Err(r),
                 is_async: false,
+                iam: None,
             }],
         }
     }
@@ -148,6 +152,8 @@ pub(crate) fn nesting_estimate(tokens: &[ScanToken]) -> usize {
 struct Facts {
     /// Byte ranges of `ASYNC` keywords in the original text.
     async_words: Vec<(usize, usize)>,
+    /// `AWS IAM` statements, which PostgreSQL's parser does not know.
+    iam: Vec<IamStatement>,
     /// Original offsets of `CREATE INDEX ... USING` statements.
     index_using: Vec<usize>,
     /// Original offsets of `TABLESAMPLE` keywords.
@@ -166,6 +172,11 @@ fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
     let text = |t: &ScanToken| sql.get(t.start as usize..t.end as usize).unwrap_or("");
     for (i, t) in significant.iter().enumerate() {
         let at = |k: usize| significant.get(i + k).map(|t| tok(t));
+        let starts_statement = i == 0 || tok(significant[i - 1]) == Token::Ascii59;
+        if starts_statement && let Some(iam) = IamStatement::at(sql, &significant, i) {
+            facts.iam.push(iam);
+            continue;
+        }
         match tok(t) {
             Token::Tablesample => facts.tablesample.push(t.start as usize),
             Token::For if matches!(at(1), Some(Token::Share | Token::No)) => {
@@ -231,26 +242,34 @@ pub(crate) fn classify_text(sql: &str) -> Classified {
     }
     let facts = token_facts(sql, &tokens);
     drop(tokens);
-    // Remove the ASYNC words; `shift` maps an original offset into the new text.
-    let (text, rewritten) = if facts.async_words.is_empty() {
+    // Remove the ASYNC words and put calls in the place of `AWS IAM` statements; `shift`
+    // maps an original offset into the new text.
+    let mut edits: Vec<(usize, usize, String)> = facts
+        .async_words
+        .iter()
+        .map(|&(s, e)| (s, e, String::new()))
+        .chain(facts.iam.iter().map(|st| (st.start, st.end, st.call())))
+        .collect();
+    edits.sort_by_key(|&(s, _, _)| s);
+    let (text, rewritten) = if edits.is_empty() {
         (sql.to_owned(), None)
     } else {
         let mut out = String::with_capacity(sql.len());
         let mut from = 0;
-        for &(s, e) in &facts.async_words {
-            out.push_str(&sql[from..s]);
-            from = e;
+        for (s, e, with) in &edits {
+            out.push_str(&sql[from..*s]);
+            out.push_str(with);
+            from = *e;
         }
         out.push_str(&sql[from..]);
         (out.clone(), Some(out))
     };
     let shift = |pos: usize| {
-        pos - facts
-            .async_words
+        let (grown, shrunk) = edits
             .iter()
-            .filter(|(_, e)| *e <= pos)
-            .map(|(s, e)| e - s)
-            .sum::<usize>()
+            .filter(|(_, e, _)| *e <= pos)
+            .fold((0, 0), |(g, s), (a, b, with)| (g + with.len(), s + (b - a)));
+        pos + grown - shrunk
     };
     let parsed = match ffi::parse_tree(&text) {
         Ok(p) => p,
@@ -286,7 +305,10 @@ pub(crate) fn classify_text(sql: &str) -> Classified {
             let json = suspect.then(|| ffi::parse_json(&text[start..end]).ok())??;
             rules::nested_refusal(&json)
         };
+        let iam = facts.iam.iter().find(|st| inside(st.start)).map(|st| st.op);
         let verdict = match raw.stmt.as_deref().and_then(|n| n.node.as_ref()) {
+            // A change of the catalog, as GRANT and REVOKE are.
+            Some(_) if iam.is_some() => Ok(Kind::Ddl),
             Some(_) if token_facts.tablesample => {
                 Err(Refusal::unsupported("TABLESAMPLE clause not supported"))
             }
@@ -300,6 +322,7 @@ pub(crate) fn classify_text(sql: &str) -> Classified {
             start,
             verdict,
             is_async,
+            iam,
         });
     }
     Classified {

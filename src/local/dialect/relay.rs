@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::time::Instant;
 
+use super::iam::IamOp;
 use super::jobs::{JobKind, Jobs};
 use super::occ::{self, Occ, OccFilter, OccSide, SchemaVersion};
 use super::parse::{Classified, Classifier};
@@ -103,6 +104,24 @@ impl Refusals {
         match kind {
             JobKind::IndexBuild => format!("{}job_ci", self.prefix),
             JobKind::Validate => format!("{}job_at", self.prefix),
+        }
+    }
+
+    /// The column name of an `AWS IAM` statement's call: the filter answers the statement
+    /// with DSQL's tag and no rows.
+    pub(super) fn iam_marker(&self, op: IamOp) -> String {
+        match op {
+            IamOp::Grant => format!("{}iam_grant", self.prefix),
+            IamOp::Revoke => format!("{}iam_revoke", self.prefix),
+        }
+    }
+
+    /// The `AWS IAM` statement a RowDescription's one column name stands for.
+    fn iam_of_marker(&self, name: &[u8]) -> Option<IamOp> {
+        match name.strip_prefix(self.prefix.as_bytes())? {
+            b"iam_grant" => Some(IamOp::Grant),
+            b"iam_revoke" => Some(IamOp::Revoke),
+            _ => None,
         }
     }
 
@@ -389,7 +408,7 @@ impl ClientSide {
                             text,
                             ran,
                             &self.refusals,
-                            measure,
+                            super::jobs::Sent::Query { measure },
                         )
                         .await
                     }
@@ -434,7 +453,7 @@ impl ClientSide {
                                     text,
                                     len,
                                     &self.refusals,
-                                    false,
+                                    super::jobs::Sent::Parse,
                                 )
                                 .await
                             }
@@ -571,6 +590,9 @@ pub(crate) struct ResponseFilter {
     dropping: bool,
     /// The statement whose result is coming is an async job's: its tag is DSQL's.
     job: Option<JobKind>,
+    /// The statement whose result is coming is an `AWS IAM` one: its rows are dropped and
+    /// its tag is DSQL's.
+    iam: Option<IamOp>,
     occ: OccFilter,
 }
 
@@ -596,6 +618,7 @@ impl ResponseFilter {
             held: None,
             dropping: false,
             job: None,
+            iam: None,
             occ: OccFilter::default(),
         }
     }
@@ -607,7 +630,7 @@ impl ResponseFilter {
                 let take = self.body_left.min(input.len());
                 match &mut self.held {
                     Some(h) => h.extend_from_slice(&input[..take]),
-                    None if self.dropping || self.occ.skipping() => {}
+                    None if self.dropping || self.iam.is_some() || self.occ.skipping() => {}
                     None => out.extend_from_slice(&input[..take]),
                 }
                 self.body_left -= take;
@@ -643,7 +666,7 @@ impl ResponseFilter {
                 } else {
                     self.held = Some(h);
                 }
-            } else if !self.dropping && !self.occ.skipping() {
+            } else if !self.dropping && self.iam.is_none() && !self.occ.skipping() {
                 out.extend_from_slice(&self.header);
             }
         }
@@ -687,7 +710,20 @@ impl ResponseFilter {
                 }
             }
             _ if self.dropping => return,
+            b'C' | b'E' if self.iam.is_some() => {
+                let op = self.iam.take().expect("is some");
+                if msg[0] == b'C' {
+                    let mut b = op.tag().as_bytes().to_vec();
+                    b.push(0);
+                    out.extend_from_slice(&message(b'C', &b));
+                    return;
+                }
+            }
             b'T' => {
+                if let Some(op) = self.iam_row(body) {
+                    self.iam = Some(op);
+                    return;
+                }
                 if let Some(renamed) = self.job_row(body) {
                     out.extend_from_slice(&renamed);
                     return;
@@ -725,6 +761,17 @@ impl ResponseFilter {
             _ => {}
         }
         out.extend_from_slice(&msg);
+    }
+
+    /// The `AWS IAM` statement whose call's RowDescription (one column, named by its
+    /// marker) `body` is.
+    fn iam_row(&self, body: &[u8]) -> Option<IamOp> {
+        let (count, fields) = body.split_first_chunk::<2>()?;
+        if *count != 1u16.to_be_bytes() {
+            return None;
+        }
+        let (name, _) = cstr(fields)?;
+        lock(&self.refusals).iam_of_marker(name)
     }
 
     /// An async job's RowDescription (one column, named by its marker) with the column
