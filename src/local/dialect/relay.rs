@@ -695,6 +695,7 @@ impl ResponseFilter {
         let body = &msg[5..];
         match msg[0] {
             b'Z' => {
+                self.iam = None;
                 let status = body.first().copied().unwrap_or(b'I');
                 let mut shared = lock(&self.refusals);
                 shared.size_checks = 0;
