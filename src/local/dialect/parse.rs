@@ -226,8 +226,17 @@ fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
     facts
 }
 
+/// How deep SQL function bodies are classified inside one another (each level parses its
+/// body again, so the work stays linear in the text times this).
+const MAX_BODY_DEPTH: usize = 4;
+
 /// Classifies `sql`. Runs the parser: call it on a parser thread.
 pub(crate) fn classify_text(sql: &str) -> Classified {
+    classify_in_body(sql, 0)
+}
+
+/// Classifies `sql`, a function body `depth` levels down (0: a client's text).
+fn classify_in_body(sql: &str, depth: usize) -> Classified {
     let tokens = match pg_query::scan(sql) {
         Ok(scan) => scan.tokens,
         Err(_) => {
@@ -314,7 +323,21 @@ pub(crate) fn classify_text(sql: &str) -> Classified {
             }
             Some(node) => match nested() {
                 Some(refusal) => Err(refusal),
-                None => rules::classify(node, token_facts),
+                None => rules::classify(node, token_facts).and_then(|kind| {
+                    // A SQL function's body: its first refused statement refuses it (the
+                    // body is shorter than the text, so this ends).
+                    let Some(body) = rules::sql_function_body(node) else {
+                        return Ok(kind);
+                    };
+                    if depth >= MAX_BODY_DEPTH {
+                        return Err(Refusal::new("54001", "stack depth limit exceeded"));
+                    }
+                    let refused = classify_in_body(&body, depth + 1)
+                        .statements
+                        .into_iter()
+                        .find_map(|st| st.verdict.err());
+                    refused.map_or(Ok(kind), Err)
+                }),
             },
             None => Ok(rules::Kind::Other),
         };
@@ -581,6 +604,27 @@ mod tests {
             ("SELECT 1 AS pg_backend_pid", true),
             ("CREATE TABLE point (a int)", true),
             ("SELECT * FROM t FOR UPDATE", true),
+            // A SQL function's body runs when it is called: judged at CREATE.
+            (
+                "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS 'SELECT pg_backend_pid()::text'",
+                false,
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ TRUNCATE t $$",
+                false,
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT pg_backend_pid(); END",
+                false,
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT ''pg_backend_pid()''::int'",
+                true,
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM t FOR UPDATE $$",
+                true,
+            ),
             ("SELECT $$ FOR SHARE $$", true),
             // set_config() only as SET may: allow-listed names, client_encoding only UTF-8.
             ("SELECT set_config('search_path', 'public', false)", true),
@@ -605,6 +649,26 @@ mod tests {
             let c = on_parser_stack(move || classify_text(sql));
             assert_eq!(c.statements[0].verdict.is_ok(), ok, "{sql}: {c:?}");
         }
+    }
+
+    #[test]
+    fn function_bodies_are_judged_to_a_bounded_depth() {
+        // `levels` functions, each creating the next; the innermost body is `inner`.
+        fn nested(levels: usize, inner: &str) -> String {
+            (0..levels).rev().fold(inner.to_owned(), |body, i| {
+                format!("CREATE FUNCTION f{i}() RETURNS void LANGUAGE sql AS $b{i}$ {body} $b{i}$")
+            })
+        }
+        let verdict = |sql: String| {
+            on_parser_stack(move || classify_text(&sql)).statements[0]
+                .verdict
+                .clone()
+        };
+        assert_eq!(verdict(nested(3, "SELECT 1")), Ok(Kind::Ddl));
+        let refused = verdict(nested(3, "TRUNCATE t")).unwrap_err();
+        assert_eq!(refused.message, "unsupported statement: Truncate");
+        let deep = verdict(nested(MAX_BODY_DEPTH + 2, "SELECT 1")).unwrap_err();
+        assert_eq!(deep.code, "54001");
     }
 
     #[tokio::test]

@@ -552,6 +552,20 @@ fn check_function(s: &protobuf::CreateFunctionStmt) -> Verdict {
     Ok(Kind::Ddl)
 }
 
+/// The body of a `CREATE FUNCTION ... LANGUAGE sql AS '<body>'` (the string form; a `BEGIN
+/// ATOMIC` body is part of the statement's own tree): its statements run when the function
+/// is called, so they are judged as DSQL judges statements ([`super::parse`] does).
+pub(crate) fn sql_function_body(stmt: &NodeEnum) -> Option<String> {
+    let NodeEnum::CreateFunctionStmt(s) = stmt else {
+        return None;
+    };
+    let (_, arg) = def_elems(&s.options).find(|(n, _)| *n == "as")?;
+    match arg?.node.as_ref()? {
+        NodeEnum::List(l) => def_elem_string(l.items.first()),
+        _ => None,
+    }
+}
+
 /// The isolation level in transaction options (`BEGIN ISOLATION LEVEL ...`), refused unless
 /// REPEATABLE READ.
 fn check_isolation(options: &[Node]) -> Option<Refusal> {
