@@ -23,6 +23,8 @@ enum At {
     Nowhere,
     Endpoint,
     Plain,
+    /// The plain PostgreSQL, but with IAM signing on.
+    PlainIam,
 }
 
 struct Case {
@@ -341,6 +343,15 @@ const CASES: &[Case] = &[
         code: 3,
         fragment: "password authentication failed for user \"admin\"",
     },
+    Case {
+        // The token went out with the startup; PostgreSQL asks for SCRAM instead.
+        name: "IAM against plain PostgreSQL",
+        at: At::PlainIam,
+        args: &["query", "select 1"],
+        env: &[],
+        code: 3,
+        fragment: "the server asked for SASL (SCRAM) authentication instead of the cleartext password sent with the startup, so it is not DSQL: connect to it with a password, not IAM (--no-iam)",
+    },
 ];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -362,6 +373,17 @@ async fn errors_name_the_fix_with_documented_codes() {
             At::Plain => {
                 cmd.env("PGSSLROOTCERT", pg.ca_path());
                 extra = plain_flags(&pg);
+            }
+            At::PlainIam => {
+                cmd.env("PGSSLROOTCERT", pg.ca_path())
+                    .env("AWS_ACCESS_KEY_ID", ep.access_key_id())
+                    .env("AWS_SECRET_ACCESS_KEY", ep.secret_access_key());
+                let port = pg.port().to_string();
+                extra = ["--endpoint", "localhost", "--region", "us-east-1", "--iam"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(["--port".to_string(), port])
+                    .collect();
             }
         }
         cmd.args(case.args)

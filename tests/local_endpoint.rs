@@ -528,6 +528,83 @@ async fn half_open(ep: &TestEndpoint) -> tokio_rustls::client::TlsStream<tokio::
     tls
 }
 
+/// What the endpoint answers a client that sends its password with the startup, in one TLS
+/// write, before being asked: the message types it sent up to ReadyForQuery or an error,
+/// and the error's SQLSTATE and message.
+async fn answer_to_an_early_password(ep: &TestEndpoint, password: &str) -> (Vec<u8>, String) {
+    let tcp = tokio::net::TcpStream::connect(ep.endpoint().local_addr())
+        .await
+        .unwrap();
+    // Direct TLS: ALPN, no SSLRequest.
+    let connector = tokio_rustls::TlsConnector::from(common::client_config(ep.ca_pem(), true));
+    let name = rustls_pki_types::ServerName::try_from(ep.host().to_string()).unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let startup = dsql_pgx::local::wire::Startup {
+        params: vec![
+            ("user".into(), "admin".into()),
+            ("database".into(), "postgres".into()),
+        ],
+    };
+    let mut flight = startup.encode();
+    flight.push(b'p');
+    flight.extend_from_slice(&(password.len() as u32 + 5).to_be_bytes());
+    flight.extend_from_slice(password.as_bytes());
+    flight.push(0);
+    tls.write_all(&flight).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut types = Vec::new();
+    loop {
+        let (tag, body) = dsql_pgx::local::wire::read_message(&mut tls, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
+        types.push(tag);
+        match tag {
+            b'Z' => return (types, String::new()),
+            b'E' => {
+                let fields: Vec<String> = body
+                    .split(|&b| b == 0)
+                    .filter(|f| matches!(f.first(), Some(b'C' | b'M')))
+                    .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                    .collect();
+                return (types, fields.join(" "));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A client may send its token with the startup, without waiting for the request (as the
+/// pool does): the endpoint reads it as the answer to its request, lets a good token in and
+/// refuses a bad one exactly as it refuses one sent a round trip later.
+#[tokio::test]
+async fn a_password_sent_with_the_startup_is_read_as_the_answer() {
+    let ep = TestEndpoint::start().await;
+    let token = ep.token_spec().sign("admin").await;
+    let (types, error) = answer_to_an_early_password(&ep, &token).await;
+    assert_eq!(error, "");
+    assert_eq!(types.first(), Some(&b'R'), "the password request first");
+    assert_eq!(types[1], b'R', "then AuthenticationOk: {types:?}");
+    assert_eq!(types.last(), Some(&b'Z'));
+
+    let bad = TokenSpec {
+        secret_access_key: "wrong-secret".into(),
+        ..ep.token_spec()
+    }
+    .sign("admin")
+    .await;
+    for password in [bad.as_str(), "hunter2"] {
+        let (types, error) = answer_to_an_early_password(&ep, password).await;
+        assert_eq!(types, b"RE", "the request, then the refusal");
+        assert_eq!(error, "28000 IAM authentication failed for user \"admin\"");
+        // The same refusal as for a token sent when asked.
+        let err = connect(&ep.config("admin", password), ep.tls(false))
+            .await
+            .unwrap_err();
+        assert_iam_refused(&err, "admin");
+    }
+}
+
 /// The case scaled to a small bucket: clients without a valid token (wrong
 /// passwords, a handshake left hanging) spend neither the connection rate nor a slot.
 /// Before, the 11th wrong password already got 53400, and the hanging handshake held the

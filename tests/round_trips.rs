@@ -1,6 +1,7 @@
 //! Round trips of one-shot commands, counted through a relay (not timed): `query` at the
-//! physical minimum (TCP, TLS, startup, password, query) against a DSQL-shaped endpoint with
-//! direct TLS by default, the session ID riding with the first statement, no failing probe
+//! physical minimum (TCP, TLS, startup with the token in the same flight, query) against a
+//! DSQL-shaped endpoint with direct TLS by default, the session ID riding with the first
+//! statement, no failing probe
 //! against plain PostgreSQL, `connect --count N` without a query per connection, and every
 //! connection ending with a goodbye (Terminate) rather than just a close.
 
@@ -9,6 +10,7 @@ mod common;
 use common::dsql::{assert_code, dsql_pgx, output, stderr, stdout};
 use common::relay::CountingRelay;
 use common::{TestEndpoint, TestPg};
+use dsql_pgx::Pool;
 
 /// `dsql-pgx local`'s default name: DSQL-shaped, so direct TLS is the default.
 const DSQL_NAME: &str = "dsqlpgxlocal00000000000000.dsql.us-east-1.on.aws";
@@ -73,19 +75,20 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_one_shot_query_with_iam_waits_for_five_round_trips() {
+async fn a_one_shot_query_with_iam_waits_for_four_round_trips() {
     let ep = TestEndpoint::start_named(DSQL_NAME).await;
     let relay = CountingRelay::start(ep.endpoint().local_addr()).await;
 
-    // TCP, TLS 1.3 (direct: no SSLRequest), startup, password, query.
-    let (out, conn) = fewest_round_trips(&ep, &relay, &["query", "-q", "select 1"], 5).await;
+    // TCP, TLS 1.3 (direct: no SSLRequest), startup with the token (not waiting for the
+    // server to ask for it), query.
+    let (out, conn) = fewest_round_trips(&ep, &relay, &["query", "-q", "select 1"], 4).await;
     assert!(stdout(&out).contains('1'), "{}", stdout(&out));
     assert!(conn.direct_tls(), "direct TLS by default for {DSQL_NAME}");
-    assert_eq!(conn.round_trips(), 5, "{conn:?}");
+    assert_eq!(conn.round_trips(), 4, "{conn:?}");
     assert!(conn.said_goodbye, "Terminate before the close: {conn:?}");
 
     // The session ID is printed: its query rides with the statement.
-    let (out, conn) = fewest_round_trips(&ep, &relay, &["query", "select 1"], 5).await;
+    let (out, conn) = fewest_round_trips(&ep, &relay, &["query", "select 1"], 4).await;
     let err = stderr(&out);
     let id = err
         .split_whitespace()
@@ -94,19 +97,62 @@ async fn a_one_shot_query_with_iam_waits_for_five_round_trips() {
         .unwrap_or_default();
     assert!(err.starts_with("session "), "{err}");
     assert_eq!(id.len(), 26, "a DSQL session id in {err:?}");
-    assert_eq!(conn.round_trips(), 5, "{conn:?}");
+    assert_eq!(conn.round_trips(), 4, "{conn:?}");
 
     // csv without -v prints no session ID, so none is read.
     let args = ["query", "--format", "csv", "select 1"];
-    let (out, conn) = fewest_round_trips(&ep, &relay, &args, 5).await;
+    let (out, conn) = fewest_round_trips(&ep, &relay, &args, 4).await;
     assert!(!stderr(&out).contains("session"), "{}", stderr(&out));
-    assert_eq!(conn.round_trips(), 5, "{conn:?}");
+    assert_eq!(conn.round_trips(), 4, "{conn:?}");
 
     // The classic negotiation on request: one more, for the SSLRequest.
     let args = ["query", "-q", "--ssl-negotiation", "postgres", "select 1"];
-    let (_, conn) = fewest_round_trips(&ep, &relay, &args, 6).await;
+    let (_, conn) = fewest_round_trips(&ep, &relay, &args, 5).await;
     assert!(!conn.direct_tls());
-    assert_eq!(conn.round_trips(), 6, "{conn:?}");
+    assert_eq!(conn.round_trips(), 5, "{conn:?}");
+}
+
+/// Round trips of one pool connection through `relay` that runs `select 1` and closes, with
+/// the token sent early or not: the fewest of up to 3 runs (see [`fewest_round_trips`]).
+async fn pool_round_trips(
+    ep: &TestEndpoint,
+    relay: &CountingRelay,
+    early_password: bool,
+    expected: u32,
+) -> u32 {
+    let mut fewest = u32::MAX;
+    for _ in 0..3 {
+        let mut settings = ep.settings("admin");
+        settings.host = "127.0.0.1".into();
+        settings.port = relay.port();
+        settings.pool.min_idle = 1;
+        settings.pool.max_size = 1;
+        settings.pool.session_id_on_connect = false;
+        settings.pool.early_password = early_password;
+        let pool = Pool::new(&settings).await.unwrap();
+        pool.get()
+            .await
+            .unwrap()
+            .simple_query("select 1")
+            .await
+            .unwrap();
+        pool.close().await;
+        fewest = fewest.min(only_connection(relay).await.round_trips());
+        if fewest <= expected {
+            break;
+        }
+    }
+    fewest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_waits_to_be_asked_for_when_early_password_is_off() {
+    let ep = TestEndpoint::start_named(DSQL_NAME).await;
+    let relay = CountingRelay::start(ep.endpoint().local_addr()).await;
+    // TCP, TLS, startup with the token, query.
+    assert_eq!(pool_round_trips(&ep, &relay, true, 4).await, 4);
+    // TCP, TLS, startup, token, query.
+    assert_eq!(pool_round_trips(&ep, &relay, false, 5).await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,11 +182,11 @@ async fn connect_count_reads_no_details_per_connection() {
     for conn in &conns {
         assert!(conn.said_goodbye, "Terminate before the close: {conn:?}");
     }
-    // TCP, TLS, startup, password, session ID; no `show server_version` after. Each
+    // TCP, TLS, startup with the token, session ID; no `show server_version` after. Each
     // connection's fewest over up to 3 runs (see `fewest_round_trips`).
     let mut trips: Vec<u32> = conns.iter().map(|c| c.round_trips()).collect();
     for _ in 1..3 {
-        if trips.iter().all(|&t| t <= 5) {
+        if trips.iter().all(|&t| t <= 4) {
             break;
         }
         relay.clear();
@@ -153,7 +199,7 @@ async fn connect_count_reads_no_details_per_connection() {
         again.sort_unstable();
         trips = trips.iter().zip(&again).map(|(a, b)| *a.min(b)).collect();
     }
-    assert_eq!(trips, [5, 5, 5], "{conns:?}");
+    assert_eq!(trips, [4, 4, 4], "{conns:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,6 +163,7 @@ fn pool(args: &ConnArgs) -> Result<PoolSettings, ConfigError> {
             .min_idle
             .unwrap_or(DEFAULT_MIN_IDLE.min(args.max_conns)),
         session_id_on_connect: true,
+        early_password: true,
     };
     settings::check_pool(&pool, &Flags)?;
     Ok(pool)

@@ -10,7 +10,8 @@
 //! path takes no lock. [`Pool::close`] lets every connection say Terminate before the program
 //! exits.
 //!
-//! Files: `open` (one connection, phase by phase), `manager` (the bb8 manager and the
+//! Files: `open` (one connection, phase by phase), `early_password` (the IAM token sent in
+//! the startup's flight, before the server asks), `manager` (the bb8 manager and the
 //! checked-out connection), `registry` (what is open, counters, [`PoolStats`]), `refresh`
 //! (generations and the periodic refresher), `error` ([`ConnectError`] and its
 //! [`ConnectPhase`]).
@@ -29,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod early_password;
 mod manager;
 mod open;
 mod refresh;
@@ -147,6 +149,7 @@ impl Pool {
                 Auth::Password(_) => SessionSql::BackendPid,
             },
             session_id_on_connect: pool_settings.session_id_on_connect,
+            early_password: pool_settings.early_password,
             iam_hint: matches!(settings.auth, Auth::Iam),
         });
         let manager = Manager {

@@ -1,5 +1,6 @@
-//! Opening one physical connection: sign, resolve, TCP, TLS, startup (and the session id,
-//! when asked for), each phase timed and bounded by the connect timeout.
+//! Opening one physical connection: sign, resolve, TCP, TLS, startup (with the token in the
+//! same flight, for IAM) and the session id when asked for, each phase timed and bounded by
+//! the connect timeout.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::timeout_at;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use super::early_password::EarlyPasswordTls;
 use super::registry::{ConnMeta, ConnectTiming, Shared, lock, ms};
 use crate::auth::{Action, Secret, TokenSigner};
 use crate::error::chain;
@@ -99,6 +101,8 @@ pub(super) struct Opener {
     /// Read the session id as each connection opens (one more round trip), or only when
     /// asked ([`super::PooledConn::fetch_session_id`]).
     pub(super) session_id_on_connect: bool,
+    /// Send an IAM token with the startup ([`crate::settings::PoolSettings::early_password`]).
+    pub(super) early_password: bool,
     pub(super) iam_hint: bool,
 }
 
@@ -174,6 +178,12 @@ impl Opener {
             config.password(password.expose());
         }
         let (tls, tls_info) = self.tls.connect_once();
+        // A token goes out with the startup: DSQL asks every connection for it in cleartext.
+        let early = match (&self.password, &password) {
+            (Password::Iam { .. }, Some(token)) if self.early_password => Some(token.expose()),
+            _ => None,
+        };
+        let tls = EarlyPasswordTls::new(tls, early);
         let (client, connection) = timeout_at(deadline, config.connect_raw(tcp, tls))
             .await
             .map_err(|_| {

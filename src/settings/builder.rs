@@ -254,6 +254,13 @@ impl ConnSettingsBuilder {
         self
     }
 
+    /// With IAM, whether each token goes out with the startup rather than after the server
+    /// asks for it (default `true`; see [`PoolSettings::early_password`]).
+    pub fn early_password(mut self, early: bool) -> Self {
+        self.pool.early_password = early;
+        self
+    }
+
     /// `application_name` sent at startup (default `dsql-pgx/<version>`).
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.application_name = Some(name.into());

@@ -123,6 +123,12 @@ pub struct PoolSettings {
     /// [`crate::pool::PooledConn::fetch_session_id`] reads it, and refresh reports list
     /// only the IDs known.
     pub session_id_on_connect: bool,
+    /// With IAM, send each connection's token with its startup instead of waiting for the
+    /// server to ask for it (default `true`; one round trip less per connection). DSQL asks
+    /// every connection for a cleartext password, so the answer is known in advance; a server
+    /// that asks for anything else fails the connection with an error that says so. Password
+    /// connections always wait to be asked, since PostgreSQL may ask for SCRAM or MD5.
+    pub early_password: bool,
 }
 
 impl Default for PoolSettings {
@@ -136,6 +142,7 @@ impl Default for PoolSettings {
             idle_timeout: Duration::from_secs(10 * 60),
             connect_timeout: Duration::from_secs(10),
             session_id_on_connect: true,
+            early_password: true,
         }
     }
 }
