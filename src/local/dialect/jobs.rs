@@ -212,6 +212,7 @@ impl Jobs {
     pub(crate) async fn start(pg: &PgServer) -> anyhow::Result<Self> {
         let control = Arc::new(pg.admin_client().await?);
         control.batch_execute(&jobs_sql()).await?;
+        control.batch_execute(&super::rows::rows_sql()).await?;
         for sql in super::env::ENV_SQL {
             control.batch_execute(sql).await?;
         }
@@ -289,21 +290,36 @@ impl Jobs {
     }
 }
 
+/// Which text [`rewrite_in_query`] rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rewrite {
+    /// A simple Query's; `measure`: its `COMMIT` ends a transaction whose size is checked.
+    Query { measure: bool },
+    /// A Parse's one statement (the row check runs after its Execute instead).
+    Parse,
+}
+
 /// Rewrites the statements of a simple Query that run (those starting before `ran` in
 /// `text`, the text PostgreSQL is to run): an `ASYNC` one is submitted and replaced by the
 /// row of its job id, under the marker the response filter renames `job_id` (or, if it
 /// cannot be submitted, by a refusal's stand-in); a question for the server version is
 /// replaced by DSQL's answer ([`super::env::answer`]); with `measure`, a `COMMIT` is
-/// preceded by the check of the transaction's size ([`super::size`]).
+/// preceded by the check of the transaction's size ([`super::size`]); a statement that may
+/// modify rows is followed by the row check, and an end of transaction that another one
+/// follows before the session is idle by the row baseline ([`super::rows`]). Without `jobs`
+/// (job runner and role), an `ASYNC` statement is left as it is.
 pub(crate) async fn rewrite_in_query(
-    jobs: &Jobs,
-    role: &str,
+    jobs: Option<(&Jobs, &str)>,
     c: &Classified,
     mut text: String,
     ran: usize,
     refusals: &Mutex<Refusals>,
-    measure: bool,
+    what: Rewrite,
 ) -> String {
+    let (simple, measure) = match what {
+        Rewrite::Query { measure } => (true, measure),
+        Rewrite::Parse => (false, false),
+    };
     // The open transaction ends at the first end of transaction.
     let commit_at = c
         .statements
@@ -311,6 +327,8 @@ pub(crate) async fn rewrite_in_query(
         .position(|s| s.verdict == Ok(Kind::End))
         .filter(|_| measure);
     let lock = || refusals.lock().unwrap_or_else(|p| p.into_inner());
+    // The statements that run.
+    let running = c.statements.iter().take_while(|s| s.start < ran).count();
     // Last first, so the offsets of the earlier ones hold.
     for (i, st) in c.statements.iter().enumerate().rev() {
         if st.verdict.is_err() || st.start >= ran {
@@ -326,8 +344,20 @@ pub(crate) async fn rewrite_in_query(
         };
         let trimmed = span.trim_end();
         let ddl = trimmed.strip_suffix(';').unwrap_or(trimmed).to_owned();
+        // After the statement (on a line of its own: the statement may end in a comment).
+        let after = match st.verdict {
+            _ if !simple => None,
+            Ok(Kind::Dml) => Some(super::rows::CHECK),
+            Ok(Kind::End) if i + 1 < running || super::rows::chains(&ddl) => {
+                Some(super::rows::BASELINE)
+            }
+            _ => None,
+        };
+        if let Some(after) = after {
+            lock().expect_check();
+            text.insert_str(end, &format!("\n;{after};\n"));
+        }
         if commit_at == Some(i) && super::size::commits(&ddl) {
-            lock().expect_size_check();
             text.insert_str(st.start, &super::size::check_sql());
             continue;
         }
@@ -337,6 +367,9 @@ pub(crate) async fn rewrite_in_query(
             }
             continue;
         }
+        let Some((jobs, role)) = jobs else {
+            continue;
+        };
         let replacement = match jobs.submit(&ddl, role).await {
             Ok(id) => {
                 let marker = lock().job_marker(JobKind::of(&ddl));
