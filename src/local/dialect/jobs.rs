@@ -87,7 +87,10 @@ CREATE OR REPLACE VIEW sys.jobs AS
 REVOKE ALL ON sys.jobs FROM PUBLIC;
 GRANT SELECT ON sys.jobs TO PUBLIC;
 CREATE OR REPLACE PROCEDURE sys.wait_for_job(job_id text, INOUT succeeded boolean DEFAULT NULL)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql
+-- It waits for the job's lock: not subject to the sessions' short OCC lock_timeout.
+SET lock_timeout = 0
+AS $fn$
 DECLARE
   k integer;
 BEGIN
