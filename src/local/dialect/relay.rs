@@ -63,7 +63,8 @@ pub(crate) struct Refusals {
     /// Row checks and baselines ([`super::rows`]) sent and not yet answered, each with the
     /// number of the ReadyForQuery that ends its flight (by then it was answered or skipped).
     checks: VecDeque<u64>,
-    /// The last ReadyForQuery said the transaction is failed (a COMMIT is not measured).
+    /// The transaction is failed, as the last ReadyForQuery or an error inside `BEGIN` since
+    /// said (its COMMIT is not measured).
     failed: bool,
     /// Optimistic concurrency.
     occ: Occ,
@@ -792,6 +793,11 @@ impl ResponseFilter {
                 }
             }
             b'E' => {
+                if self.explicit {
+                    // Before the client sees it: its next statement may be sent before
+                    // this flight's ReadyForQuery arrives.
+                    lock(&self.refusals).failed = true;
+                }
                 if let Some((new, ours)) = self.rewrite_error(body) {
                     if ours {
                         self.take_check(true, out);
