@@ -745,12 +745,12 @@ impl ResponseFilter {
         }
         let body = &msg[5..];
         match msg[0] {
-            tag if is_small(tag) => {
-                if !self.withheld.is_empty() || !lock(&self.refusals).checks.is_empty() {
-                    self.withheld.extend_from_slice(&msg);
-                    self.withheld_small += 1;
-                    return;
-                }
+            tag if is_small(tag)
+                && (!self.withheld.is_empty() || !lock(&self.refusals).checks.is_empty()) =>
+            {
+                self.withheld.extend_from_slice(&msg);
+                self.withheld_small += 1;
+                return;
             }
             // Every `DO` is the relay's (DSQL's dialect refuses the client's): a row check,
             // a baseline or a size check that passed.
