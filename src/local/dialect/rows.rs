@@ -44,7 +44,17 @@
 //! that then fails at `COMMIT` anyway); a plain `SELECT` or `CALL` of a function that modifies
 //! rows is not followed by a check, so its rows are counted only by the next check of its
 //! transaction (if any); a Query string whose statement after a `COMMIT` is DML counts from
-//! the baseline taken after that `COMMIT`.
+//! the baseline taken after that `COMMIT`; the extended-protocol check runs in the unnamed
+//! portal, so a client resuming a suspended unnamed portal of a modifying statement (an
+//! Execute with a row limit, then another) after it finds that portal gone; the transaction
+//! `AND CHAIN` begins has no OCC savepoint (a conflict in it fails at once, as in an
+//! extended-protocol `BEGIN`).
+//!
+//! **Why not the command tags.** Counting `INSERT n` / `UPDATE n` tags on the way back costs
+//! nothing, but the tag arrives after the statement ran and, in autocommit or with a `COMMIT`
+//! in the same string or pipeline, after it committed: the relay could only rewrite the
+//! answer, never undo the rows, and its idea of which transaction a tag belongs to would be
+//! a guess. A data-modifying CTE completes as `SELECT n`, and cascaded rows are in no tag.
 
 /// Rows one transaction may modify (DSQL: 3,000).
 pub(crate) const MAX_TRANSACTION_ROWS: u64 = 3000;
