@@ -171,6 +171,28 @@ fn cases() -> Vec<Case> {
             rows_after: 3000,
         },
         Case {
+            name: "rows deleted by ON DELETE CASCADE count",
+            steps: vec![
+                step("CREATE TABLE {r}_p (id int PRIMARY KEY)", OK),
+                step(
+                    "CREATE TABLE {r}_c (id int PRIMARY KEY, \
+                     p int REFERENCES {r}_p ON DELETE CASCADE)",
+                    OK,
+                ),
+                step("INSERT INTO {r}_p VALUES (1)", OK),
+                step(
+                    "INSERT INTO {r}_c SELECT g, 1 FROM generate_series(1, 2000) g",
+                    OK,
+                ),
+                step("BEGIN", OK),
+                (insert(1000, 1), OK),
+                step("DELETE FROM {r}_p", OVER),
+                step("COMMIT", OK),
+                step("SELECT 1 FROM {r}_c WHERE id = 2000", OK),
+            ],
+            rows_after: 0,
+        },
+        Case {
             name: "two transactions in one Query string are counted apart",
             steps: vec![(
                 format!(
