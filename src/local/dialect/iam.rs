@@ -113,6 +113,10 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION sys.dsql_pgx_aws_iam(text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sys.dsql_pgx_aws_iam(text, text, text) TO PUBLIC;
+CREATE OR REPLACE PROCEDURE sys.dsql_pgx_aws_iam_call(op text, role_name text, iam_arn text)
+LANGUAGE sql AS $fn$ SELECT sys.dsql_pgx_aws_iam(op, role_name, iam_arn) $fn$;
+REVOKE ALL ON PROCEDURE sys.dsql_pgx_aws_iam_call(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE sys.dsql_pgx_aws_iam_call(text, text, text) TO PUBLIC;
 CREATE OR REPLACE FUNCTION sys.dsql_pgx_iam_login_allowed(iam_arn text)
 RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
   SELECT EXISTS (SELECT FROM dsql_pgx.iam_grants g
@@ -252,12 +256,11 @@ impl IamStatement {
     }
 }
 
-/// `call` (an [`IamStatement::call`]) as a `DO` block, which answers a Parse with no rows;
-/// `None` if its words could end the block early.
-pub(crate) fn as_do_block(call: &str) -> Option<String> {
-    const QUOTE: &str = "$dsql_pgx_iam$";
-    let args = call.strip_prefix("SELECT ")?;
-    (!call.contains(QUOTE)).then(|| format!("DO {QUOTE}BEGIN PERFORM {args}; END{QUOTE}"))
+/// `call` (an [`IamStatement::call`]) as a procedure's `CALL`, which answers a Parse with
+/// no rows.
+pub(crate) fn as_procedure_call(call: &str) -> Option<String> {
+    let args = call.strip_prefix("SELECT sys.dsql_pgx_aws_iam(")?;
+    Some(format!("CALL sys.dsql_pgx_aws_iam_call({args}"))
 }
 
 #[cfg(test)]

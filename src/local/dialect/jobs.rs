@@ -88,7 +88,10 @@ REVOKE ALL ON sys.jobs FROM PUBLIC;
 GRANT SELECT ON sys.jobs TO PUBLIC;
 -- Waiting is its purpose: not bound by the session's short lock_timeout (OCC's).
 CREATE OR REPLACE PROCEDURE sys.wait_for_job(job_id text, INOUT succeeded boolean DEFAULT NULL)
-LANGUAGE plpgsql SET lock_timeout = 0 AS $fn$
+LANGUAGE plpgsql
+-- It waits for the job's lock: not subject to the sessions' short OCC lock_timeout.
+SET lock_timeout = 0
+AS $fn$
 DECLARE
   k integer;
 BEGIN
@@ -214,6 +217,7 @@ impl Jobs {
         let control = Arc::new(pg.admin_client().await?);
         control.batch_execute(&jobs_sql()).await?;
         control.batch_execute(super::iam::IAM_SQL).await?;
+        control.batch_execute(&super::rows::rows_sql()).await?;
         for sql in super::env::ENV_SQL {
             control.batch_execute(sql).await?;
         }
@@ -291,10 +295,12 @@ impl Jobs {
     }
 }
 
-/// How the text came: a simple Query (`measure`: its COMMIT is measured), or a Parse.
+/// Which text [`rewrite_in_query`] rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sent {
+pub(crate) enum Rewrite {
+    /// A simple Query's; `measure`: its `COMMIT` ends a transaction whose size is checked.
     Query { measure: bool },
+    /// A Parse's one statement (the row check runs after its Execute instead).
     Parse,
 }
 
@@ -303,21 +309,23 @@ pub(crate) enum Sent {
 /// row of its job id, under the marker the response filter renames `job_id` (or, if it
 /// cannot be submitted, by a refusal's stand-in); a question for the server version is
 /// replaced by DSQL's answer ([`super::env::answer`]); with `measure`, a `COMMIT` is
-/// preceded by the check of the transaction's size ([`super::size`]); an `AWS IAM` statement's
-/// call gets the marker the filter answers DSQL's tag for, or in a Parse becomes a `DO`
-/// block (no rows; its tag stays `DO`).
+/// preceded by the check of the transaction's size ([`super::size`]); a statement that may
+/// modify rows is followed by the row check, and an end of transaction that another one
+/// follows before the session is idle by the row baseline ([`super::rows`]). Without `jobs`
+/// (job runner and role), an `ASYNC` statement is left as it is. An `AWS IAM` statement's
+/// call gets the marker the filter answers DSQL's tag for, or in a Parse becomes a `CALL`
+/// (no rows; its tag stays `CALL`).
 pub(crate) async fn rewrite_in_query(
-    jobs: &Jobs,
-    role: &str,
+    jobs: Option<(&Jobs, &str)>,
     c: &Classified,
     mut text: String,
     ran: usize,
     refusals: &Mutex<Refusals>,
-    sent: Sent,
+    what: Rewrite,
 ) -> String {
-    let (measure, extended) = match sent {
-        Sent::Query { measure } => (measure, false),
-        Sent::Parse => (false, true),
+    let (simple, measure) = match what {
+        Rewrite::Query { measure } => (true, measure),
+        Rewrite::Parse => (false, false),
     };
     // The open transaction ends at the first end of transaction.
     let commit_at = c
@@ -326,6 +334,8 @@ pub(crate) async fn rewrite_in_query(
         .position(|s| s.verdict == Ok(Kind::End))
         .filter(|_| measure);
     let lock = || refusals.lock().unwrap_or_else(|p| p.into_inner());
+    // The statements that run.
+    let running = c.statements.iter().take_while(|s| s.start < ran).count();
     // Last first, so the offsets of the earlier ones hold.
     for (i, st) in c.statements.iter().enumerate().rev() {
         if st.verdict.is_err() || st.start >= ran {
@@ -341,16 +351,28 @@ pub(crate) async fn rewrite_in_query(
         };
         let trimmed = span.trim_end();
         let ddl = trimmed.strip_suffix(';').unwrap_or(trimmed).to_owned();
+        // After the statement (on a line of its own: the statement may end in a comment).
+        let after = match st.verdict {
+            _ if !simple => None,
+            Ok(Kind::Dml) => Some(super::rows::CHECK),
+            Ok(Kind::End) if i + 1 < running || super::rows::chains(&ddl) => {
+                Some(super::rows::BASELINE)
+            }
+            _ => None,
+        };
+        if let Some(after) = after {
+            lock().expect_check();
+            text.insert_str(end, &format!("\n;{after};\n"));
+        }
         if commit_at == Some(i) && super::size::commits(&ddl) {
-            lock().expect_size_check();
             text.insert_str(st.start, &super::size::check_sql());
             continue;
         }
         if let Some(op) = st.iam {
-            let replacement = if extended {
-                super::iam::as_do_block(&ddl)
-            } else {
+            let replacement = if simple {
                 Some(format!("{ddl} AS \"{}\"", lock().iam_marker(op)))
+            } else {
+                super::iam::as_procedure_call(&ddl)
             };
             if let Some(replacement) = replacement {
                 text.replace_range(st.start..st.start + ddl.len(), &replacement);
@@ -363,6 +385,9 @@ pub(crate) async fn rewrite_in_query(
             }
             continue;
         }
+        let Some((jobs, role)) = jobs else {
+            continue;
+        };
         let replacement = match jobs.submit(&ddl, role).await {
             Ok(id) => {
                 let marker = lock().job_marker(JobKind::of(&ddl));

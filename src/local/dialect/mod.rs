@@ -10,6 +10,8 @@
 //! - [`jobs`]: `CREATE INDEX ASYNC` as background jobs, `sys.jobs`, `sys.wait_for_job`.
 //! - [`iam`]: `AWS IAM GRANT`/`REVOKE`, `sys.iam_pg_role_mappings`, the grant checked at login.
 //! - [`size`]: DSQL's 10 MiB per transaction, measured at COMMIT.
+//! - [`rows`]: DSQL's 3,000 modified rows per transaction, counted by PostgreSQL after every
+//!   statement that may modify rows.
 //! - [`occ`]: optimistic concurrency: no statement waits, conflicts fail at `COMMIT`.
 //! - [`relay`]: the hook in the relay: refused statements fail in PostgreSQL itself, and
 //!   the errors are rewritten into DSQL's.
@@ -23,6 +25,7 @@ pub(crate) mod parse;
 #[cfg(test)]
 mod props;
 pub(crate) mod relay;
+pub(crate) mod rows;
 pub(crate) mod rules;
 pub(crate) mod size;
 

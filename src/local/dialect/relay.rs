@@ -14,13 +14,18 @@
 //! statements before the refused one still run (the implicit transaction then fails, as on
 //! DSQL).
 //!
-//! **Transaction state** is followed from the client's own statements (`BEGIN`, `COMMIT`,
-//! `ROLLBACK`; a Query string or a run up to `Sync` is one implicit transaction outside
-//! `BEGIN`). Where an error of PostgreSQL's own makes that guess wrong, the transaction is
-//! failed anyway and PostgreSQL refuses everything until it ends, so the guess is never
-//! trusted with anything that matters.
+//! **Transaction state** is followed twice. The client side follows the client's own
+//! statements (`BEGIN`, `COMMIT`, `ROLLBACK`, `AND CHAIN`; a Query string or a run up to
+//! `Sync` is one implicit transaction outside `BEGIN`) to decide what to send; where an error
+//! of PostgreSQL's own makes that guess wrong, the transaction is failed anyway and PostgreSQL
+//! refuses everything until it ends. The response filter judges every answer with the state
+//! that answer belongs to, read from the response stream itself: ReadyForQuery's status
+//! (`I`, `T`, `E`) and the `BEGIN` / `COMMIT` / `ROLLBACK` command tags in between — never
+//! with the client side's latest guess, which may already describe a later, pipelined
+//! message. Limits that must hold whatever was pipelined (3,000 rows, [`super::rows`]) are
+//! counted by PostgreSQL itself in the same flight as the statement.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -43,27 +48,24 @@ pub(crate) const MAX_CLIENT_MESSAGE: usize = 10 << 20;
 const MAX_PENDING_REFUSALS: usize = 256;
 /// Largest ErrorResponse held back to be checked for a marker; larger ones pass as they are.
 const MAX_HELD_ERROR: usize = 64 * 1024;
-/// Rows one transaction may modify (DSQL: 3,000).
-pub(crate) const MAX_TRANSACTION_ROWS: u64 = 3000;
 /// The statement name a refusal at Execute is parsed under (never created: it fails).
 const REFUSAL_STATEMENT: &str = "dsql_pgx_refusal";
 
 /// What the two directions of a connection share: the refusals handed to PostgreSQL as
-/// markers, and the transaction's modified rows as PostgreSQL's command tags count them.
+/// markers, and the relay's own checks whose answers are yet to come.
 #[derive(Debug)]
 pub(crate) struct Refusals {
     prefix: String,
     next: u64,
     pending: BTreeMap<u64, Refusal>,
-    /// Inside `BEGIN` (as the client side last saw it).
-    explicit: bool,
-    /// Rows modified in the transaction so far.
-    rows: u64,
-    /// The row limit failed the transaction, and PostgreSQL does not know it yet.
-    over_row_limit: bool,
-    /// Size checks sent before a COMMIT whose `DO` tag is yet to be dropped.
-    size_checks: u32,
-    /// The last ReadyForQuery said the transaction is failed (a COMMIT is not measured).
+    /// Messages sent to PostgreSQL that end a flight (Query, Sync, FunctionCall): each is
+    /// answered by one ReadyForQuery.
+    flights_sent: u64,
+    /// Row checks and baselines ([`super::rows`]) sent and not yet answered, each with the
+    /// number of the ReadyForQuery that ends its flight (by then it was answered or skipped).
+    checks: VecDeque<u64>,
+    /// The transaction is failed, as the last ReadyForQuery or an error inside `BEGIN` since
+    /// said (its COMMIT is not measured).
     failed: bool,
     /// Optimistic concurrency.
     occ: Occ,
@@ -78,10 +80,8 @@ impl Refusals {
             prefix: format!("dsql_pgx_refusal_{nonce:016x}_"),
             next: 0,
             pending: BTreeMap::new(),
-            explicit: false,
-            rows: 0,
-            over_row_limit: false,
-            size_checks: 0,
+            flights_sent: 0,
+            checks: VecDeque::new(),
             failed: false,
             occ: Occ::new(schema),
         }))
@@ -134,17 +134,15 @@ impl Refusals {
         }
     }
 
-    /// Takes one pending size check's `DO` tag.
-    fn take_size_check(&mut self) -> bool {
-        let pending = self.size_checks > 0;
-        self.size_checks = self.size_checks.saturating_sub(1);
-        pending
+    /// A row check or baseline ([`super::rows`]) is sent in the current flight: its answers
+    /// are the relay's.
+    pub(super) fn expect_check(&mut self) {
+        self.checks.push_back(self.flights_sent + 1);
     }
 
-    /// A size check ([`super::size`]) runs before the next COMMIT: its `DO` tag is not the
-    /// client's.
-    pub(super) fn expect_size_check(&mut self) {
-        self.size_checks += 1;
+    /// The statement name the relay's extended-protocol checks are parsed under.
+    fn check_statement(&self) -> String {
+        format!("{}rows", self.prefix)
     }
 
     /// The refusal a PostgreSQL error message stands for, if it is one of ours.
@@ -222,10 +220,11 @@ pub(crate) struct ClientSide {
     classifier: Arc<Classifier>,
     refusals: Arc<Mutex<Refusals>>,
     tx: Transaction,
-    /// Prepared statements: name → kind of their one statement.
-    statements: HashMap<Vec<u8>, Kind>,
-    /// Portals: name → kind.
-    portals: HashMap<Vec<u8>, Kind>,
+    /// Prepared statements: name → kind of their one statement, and whether it is an end
+    /// of transaction `AND CHAIN`.
+    statements: HashMap<Vec<u8>, (Kind, bool)>,
+    /// Portals: name → the same.
+    portals: HashMap<Vec<u8>, (Kind, bool)>,
     /// DSQL's transaction age limit.
     max_age: Duration,
     /// The job runner for `ASYNC` statements, and the role the client logged in as.
@@ -235,19 +234,28 @@ pub(crate) struct ClientSide {
     occ: OccSide,
 }
 
-fn aborted() -> Refusal {
-    Refusal::new(
-        "25P02",
-        "current transaction is aborted, commands ignored until end of transaction block",
-    )
-}
-
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
     out.push(tag);
     out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
     out.extend_from_slice(body);
     out
+}
+
+/// Whether a client message of type `tag` is answered by a ReadyForQuery.
+fn ends_flight(tag: u8) -> bool {
+    matches!(tag, b'Q' | b'S' | b'F')
+}
+
+/// How many of the messages in `buf` (whole messages) are answered by a ReadyForQuery.
+fn flights_in(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while let [tag, a, b, c, d, ..] = *buf {
+        n += u64::from(ends_flight(tag));
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        buf = buf.get(1 + len..).unwrap_or(&[]);
+    }
+    n
 }
 
 /// Splits a NUL-terminated string off the front of `buf`.
@@ -283,15 +291,8 @@ impl ClientSide {
         self
     }
 
-    /// Why the transaction is over before this statement runs: the row limit crossed by an
-    /// earlier statement (PostgreSQL does not know), or its age.
+    /// Why the transaction is over before this statement runs: its age.
     fn transaction_failed(&mut self) -> Option<Refusal> {
-        let mut shared = lock(&self.refusals);
-        if shared.over_row_limit {
-            shared.over_row_limit = false;
-            return Some(aborted());
-        }
-        drop(shared);
         let started = self.tx.started.filter(|_| self.tx.explicit)?;
         let age = self.clock.instant().saturating_duration_since(started);
         if age <= self.max_age {
@@ -309,10 +310,6 @@ impl ClientSide {
         })
     }
 
-    fn publish(&self) {
-        lock(&self.refusals).explicit = self.tx.explicit;
-    }
-
     fn stand_in_query(&self, r: Refusal) -> Vec<u8> {
         let mut b = lock(&self.refusals).stand_in(r).into_bytes();
         b.push(0);
@@ -325,8 +322,14 @@ impl ClientSide {
         let text = c.rewritten.as_deref().unwrap_or(sql);
         let mut tx = self.tx;
         let now = self.clock.instant();
-        for st in &c.statements {
+        for (i, st) in c.statements.iter().enumerate() {
             let verdict = st.verdict.clone().and_then(|k| tx.apply(k, now));
+            if verdict == Ok(()) && st.verdict == Ok(Kind::End) {
+                let end = c.statements.get(i + 1).map_or(text.len(), |n| n.start);
+                if text.get(st.start..end).is_some_and(super::rows::chains) {
+                    tx.apply(Kind::Begin, now).ok();
+                }
+            }
             if let Err(r) = verdict {
                 tx.end_implicit();
                 self.tx = tx;
@@ -344,13 +347,37 @@ impl ClientSide {
     pub(crate) async fn rewrite(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
         let before = occ::before_message(&mut lock(&self.refusals).occ);
         let out = self.rewrite_message(tag, body).await;
-        match before {
+        let out = match before {
             None => out,
             Some(mut b) => {
                 b.extend(out.unwrap_or_else(|| message(tag, body)));
                 Some(b)
             }
+        };
+        let flights = match &out {
+            None => u64::from(ends_flight(tag)),
+            Some(m) => flights_in(m),
+        };
+        if flights > 0 {
+            lock(&self.refusals).flights_sent += flights;
         }
+        out
+    }
+
+    /// An Execute (`tag`, `body`) of a statement of `kind` that runs: a statement that may
+    /// modify rows is followed by the row check, an end of transaction by the baseline of
+    /// the one that may follow before `Sync` ([`super::rows`]).
+    fn check_after_execute(&self, tag: u8, body: &[u8], kind: Kind) -> Option<Vec<u8>> {
+        let sql = match kind {
+            Kind::Dml => super::rows::CHECK,
+            Kind::End => super::rows::BASELINE,
+            _ => return None,
+        };
+        let mut shared = lock(&self.refusals);
+        shared.expect_check();
+        let mut out = message(tag, body);
+        out.extend(super::rows::extended(&shared.check_statement(), sql));
+        Some(out)
     }
 
     /// The OCC hook for a simple Query `c` of `sql`: the message to send instead, or the
@@ -386,7 +413,6 @@ impl ClientSide {
                     if ends {
                         // COMMIT of a failed transaction answers ROLLBACK.
                         self.tx = Transaction::default();
-                        self.publish();
                         return Some(message(b'Q', b"ROLLBACK\0"));
                     }
                     return Some(self.stand_in_query(r));
@@ -399,22 +425,21 @@ impl ClientSide {
                 };
                 let (text, ran) = self.plan_query(sql, &c);
                 // OCC's answer stands instead of the text: no job is submitted for it.
-                let text = match (&self.jobs, &instead) {
-                    (Some((jobs, role)), None) => {
+                let text = match instead {
+                    None => {
+                        let jobs = self.jobs.as_ref().map(|(j, r)| (&**j, r.as_str()));
                         super::jobs::rewrite_in_query(
                             jobs,
-                            role,
                             &c,
                             text,
                             ran,
                             &self.refusals,
-                            super::jobs::Sent::Query { measure },
+                            super::jobs::Rewrite::Query { measure },
                         )
                         .await
                     }
-                    _ => text,
+                    Some(_) => text,
                 };
-                self.publish();
                 if instead.is_some() {
                     return instead;
                 }
@@ -438,7 +463,8 @@ impl ClientSide {
                             [one] => one.verdict.clone().unwrap_or(Kind::Other),
                             _ => Kind::Other,
                         };
-                        self.statements.insert(name.to_vec(), kind);
+                        let chains = kind == Kind::End && super::rows::chains(sql);
+                        self.statements.insert(name.to_vec(), (kind, chains));
                         self.occ.parsed(name, sql);
                         let text = c.rewritten.clone().unwrap_or_else(|| sql.to_owned());
                         // One statement (PostgreSQL refuses more in a Parse): an ASYNC one
@@ -447,13 +473,12 @@ impl ClientSide {
                             (Some((jobs, role)), 1) => {
                                 let len = text.len();
                                 super::jobs::rewrite_in_query(
-                                    jobs,
-                                    role,
+                                    Some((&**jobs, role.as_str())),
                                     &c,
                                     text,
                                     len,
                                     &self.refusals,
-                                    super::jobs::Sent::Parse,
+                                    super::jobs::Rewrite::Parse,
                                 )
                                 .await
                             }
@@ -475,14 +500,19 @@ impl ClientSide {
             b'B' => {
                 let (portal, rest) = cstr(body)?;
                 let (stmt, _) = cstr(rest)?;
-                let kind = self.statements.get(stmt).copied().unwrap_or(Kind::Other);
-                self.portals.insert(portal.to_vec(), kind);
+                let prepared = self.statements.get(stmt).copied();
+                self.portals
+                    .insert(portal.to_vec(), prepared.unwrap_or((Kind::Other, false)));
                 self.occ.bound(portal, stmt);
                 None
             }
             b'E' => {
                 let (portal, _) = cstr(body)?;
-                let kind = self.portals.get(portal).copied().unwrap_or(Kind::Other);
+                let (kind, chains) = self
+                    .portals
+                    .get(portal)
+                    .copied()
+                    .unwrap_or((Kind::Other, false));
                 let r = match self.transaction_failed() {
                     Some(r) => r,
                     None => {
@@ -497,12 +527,18 @@ impl ClientSide {
                         match hook {
                             Err(r) => r,
                             Ok(instead) => {
-                                let applied = self.tx.apply(kind, self.clock.instant());
-                                self.publish();
+                                let now = self.clock.instant();
+                                let applied = self.tx.apply(kind, now);
+                                if chains && applied.is_ok() {
+                                    self.tx.apply(Kind::Begin, now).ok();
+                                }
                                 if instead.is_some() && applied.is_ok() {
                                     return instead;
                                 }
-                                applied.err()?
+                                match applied {
+                                    Ok(()) => return self.check_after_execute(tag, body, kind),
+                                    Err(r) => r,
+                                }
                             }
                         }
                     }
@@ -527,7 +563,6 @@ impl ClientSide {
             }
             b'S' => {
                 self.tx.end_implicit();
-                self.publish();
                 None
             }
             _ => None,
@@ -585,9 +620,18 @@ pub(crate) struct ResponseFilter {
     body_left: usize,
     /// A message being collected to be checked (tag and length included).
     held: Option<Vec<u8>>,
-    /// The row limit failed a statement: PostgreSQL's answers are dropped until its
-    /// ReadyForQuery, which then says the transaction failed.
-    dropping: bool,
+    /// Answers held back while a check of the relay's may come next: a command tag (the
+    /// checked statement's, dropped if the check fails) and the CloseComplete,
+    /// ParseComplete and BindComplete messages of an extended-protocol check.
+    withheld: Vec<u8>,
+    /// `withheld` starts with a command tag.
+    withheld_tag: bool,
+    /// How many bodiless messages end `withheld`.
+    withheld_small: usize,
+    /// ReadyForQuery messages seen (the flights answered).
+    flights: u64,
+    /// Inside an explicit transaction, as the answers so far say.
+    explicit: bool,
     /// The statement whose result is coming is an async job's: its tag is DSQL's.
     job: Option<JobKind>,
     /// The statement whose result is coming is an `AWS IAM` one: its rows are dropped and
@@ -596,15 +640,10 @@ pub(crate) struct ResponseFilter {
     occ: OccFilter,
 }
 
-/// Rows a command tag says were modified.
-fn tag_rows(tag: &[u8]) -> Option<u64> {
-    let tag = std::str::from_utf8(tag).ok()?;
-    let mut words = tag.split(' ');
-    let counted = matches!(words.next()?, "INSERT" | "UPDATE" | "DELETE" | "MERGE");
-    if !counted {
-        return None;
-    }
-    words.next_back()?.parse().ok()
+/// Whether a message of type `tag` from PostgreSQL is one that may answer the relay's
+/// extended-protocol check: CloseComplete, ParseComplete, BindComplete (all bodiless).
+fn is_small(tag: u8) -> bool {
+    matches!(tag, b'1' | b'2' | b'3')
 }
 
 impl ResponseFilter {
@@ -616,7 +655,11 @@ impl ResponseFilter {
             header_len: 0,
             body_left: 0,
             held: None,
-            dropping: false,
+            withheld: Vec::new(),
+            withheld_tag: false,
+            withheld_small: 0,
+            flights: 0,
+            explicit: false,
             job: None,
             iam: None,
             occ: OccFilter::default(),
@@ -630,7 +673,7 @@ impl ResponseFilter {
                 let take = self.body_left.min(input.len());
                 match &mut self.held {
                     Some(h) => h.extend_from_slice(&input[..take]),
-                    None if self.dropping || self.iam.is_some() || self.occ.skipping() => {}
+                    None if self.iam.is_some() || self.occ.skipping() => {}
                     None => out.extend_from_slice(&input[..take]),
                 }
                 self.body_left -= take;
@@ -657,7 +700,8 @@ impl ResponseFilter {
                 self.header[4],
             ]) as usize;
             self.body_left = len.saturating_sub(4);
-            let checked = matches!(self.header[0], b'E' | b'C' | b'Z' | b'T');
+            let tag = self.header[0];
+            let checked = matches!(tag, b'E' | b'C' | b'Z' | b'T') || is_small(tag);
             if checked && self.body_left <= MAX_HELD_ERROR {
                 let mut h = Vec::with_capacity(len + 1);
                 h.extend_from_slice(&self.header);
@@ -666,21 +710,51 @@ impl ResponseFilter {
                 } else {
                     self.held = Some(h);
                 }
-            } else if !self.dropping && self.iam.is_none() && !self.occ.skipping() {
+            } else if self.iam.is_none() && !self.occ.skipping() {
+                self.release(out);
                 out.extend_from_slice(&self.header);
             }
         }
     }
 
+    /// Passes on what was withheld.
+    fn release(&mut self, out: &mut Vec<u8>) {
+        if !self.withheld.is_empty() {
+            out.append(&mut self.withheld);
+        }
+        self.withheld_tag = false;
+        self.withheld_small = 0;
+    }
+
+    /// The answer of one of the relay's checks arrived (`failed`: its row-limit error):
+    /// the check's own CloseComplete, ParseComplete and BindComplete are dropped, and on
+    /// failure the checked statement's command tag too.
+    fn take_check(&mut self, failed: bool, out: &mut Vec<u8>) {
+        let ours = self.withheld_small.min(3);
+        self.withheld.truncate(self.withheld.len() - 5 * ours);
+        if failed && self.withheld_tag && self.withheld_small == ours {
+            self.withheld.clear();
+        }
+        self.release(out);
+        lock(&self.refusals).checks.pop_front();
+    }
+
     fn emit(&mut self, mut msg: Vec<u8>, out: &mut Vec<u8>) {
+        if msg[0] == b'Z' {
+            self.flights += 1;
+            let flights = self.flights;
+            let mut shared = lock(&self.refusals);
+            while shared.checks.front().is_some_and(|&f| f <= flights) {
+                shared.checks.pop_front();
+            }
+        }
         let answer = {
             let mut shared = lock(&self.refusals);
-            let explicit = shared.explicit;
             let body = &msg[5..];
             let code = (msg[0] == b'E').then(|| occ::error_code(body)).flatten();
             self.occ.answer(
                 &mut shared.occ,
-                explicit,
+                self.explicit,
                 msg[0],
                 body,
                 code,
@@ -694,28 +768,31 @@ impl ResponseFilter {
         }
         let body = &msg[5..];
         match msg[0] {
+            tag if is_small(tag)
+                && (!self.withheld.is_empty() || !lock(&self.refusals).checks.is_empty()) =>
+            {
+                self.withheld.extend_from_slice(&msg);
+                self.withheld_small += 1;
+                return;
+            }
+            // Every `DO` is the relay's (DSQL's dialect refuses the client's): a row check,
+            // a baseline or a size check that passed.
+            b'C' if body == b"DO\0" => {
+                self.take_check(false, out);
+                return;
+            }
             b'Z' => {
                 self.iam = None;
                 let status = body.first().copied().unwrap_or(b'I');
-                let mut shared = lock(&self.refusals);
-                shared.size_checks = 0;
-                shared.failed = status == b'E' || self.dropping && status == b'T';
-                if status == b'I' {
-                    shared.rows = 0;
-                    shared.over_row_limit = false;
-                }
-                drop(shared);
-                if std::mem::take(&mut self.dropping) && status == b'T' {
-                    out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'E']);
-                    return;
-                }
+                self.explicit = status != b'I';
+                lock(&self.refusals).failed = status == b'E';
             }
-            _ if self.dropping => return,
             b'C' | b'E' if self.iam.is_some() => {
                 let op = self.iam.take().expect("is some");
                 if msg[0] == b'C' {
                     let mut b = op.tag().as_bytes().to_vec();
                     b.push(0);
+                    self.release(out);
                     out.extend_from_slice(&message(b'C', &b));
                     return;
                 }
@@ -726,41 +803,52 @@ impl ResponseFilter {
                     return;
                 }
                 if let Some(renamed) = self.job_row(body) {
+                    self.release(out);
                     out.extend_from_slice(&renamed);
                     return;
                 }
             }
-            b'C' if body == b"DO\0" && lock(&self.refusals).take_size_check() => return,
             b'C' if self.job.is_some() => {
                 let tag = self.job.take().map_or("", JobKind::tag);
                 let mut b = tag.as_bytes().to_vec();
                 b.push(0);
+                self.release(out);
                 out.extend_from_slice(&message(b'C', &b));
                 return;
             }
             b'C' => {
-                let rows = cstr(body).and_then(|(tag, _)| tag_rows(tag));
-                if let Some(rows) = rows {
-                    let mut shared = lock(&self.refusals);
-                    shared.rows += rows;
-                    if shared.explicit && shared.rows > MAX_TRANSACTION_ROWS {
-                        shared.over_row_limit = true;
-                        drop(shared);
-                        self.dropping = true;
-                        let r = Refusal::new("54000", "transaction row limit exceeded");
-                        out.extend_from_slice(&error_response(&r));
-                        return;
-                    }
+                match cstr(body).map(|(tag, _)| tag) {
+                    Some(b"BEGIN") => self.explicit = true,
+                    Some(b"COMMIT" | b"ROLLBACK") => self.explicit = false,
+                    _ => {}
+                }
+                self.release(out);
+                if !lock(&self.refusals).checks.is_empty() {
+                    // A check of this statement's rows may come next.
+                    self.withheld = msg;
+                    self.withheld_tag = true;
+                    return;
                 }
             }
             b'E' => {
-                if let Some(new) = self.rewrite_error(body) {
+                if self.explicit {
+                    // Before the client sees it: its next statement may be sent before
+                    // this flight's ReadyForQuery arrives.
+                    lock(&self.refusals).failed = true;
+                }
+                if let Some((new, ours)) = self.rewrite_error(body) {
+                    if ours {
+                        self.take_check(true, out);
+                    } else {
+                        self.release(out);
+                    }
                     out.extend_from_slice(&new);
                     return;
                 }
             }
             _ => {}
         }
+        self.release(out);
         out.extend_from_slice(&msg);
     }
 
@@ -791,7 +879,9 @@ impl ResponseFilter {
         Some(message(b'T', &b))
     }
 
-    fn rewrite_error(&self, body: &[u8]) -> Option<Vec<u8>> {
+    /// DSQL's error for an error of PostgreSQL's that stands for one, and whether it is a
+    /// row check's.
+    fn rewrite_error(&self, body: &[u8]) -> Option<(Vec<u8>, bool)> {
         let mut fields = body;
         let mut code = None;
         let mut text = None;
@@ -811,17 +901,22 @@ impl ResponseFilter {
         }
         if code == Some(b"54000") && text == Some(super::size::SIZE_MESSAGE.as_bytes()) {
             // The size check's error, without PL/pgSQL's CONTEXT.
-            return Some(error_response(&Refusal {
+            let r = Refusal {
                 code: "54000",
                 message: super::size::SIZE_MESSAGE.to_owned(),
                 detail: detail.and_then(|d| String::from_utf8(d.to_vec()).ok()),
-            }));
+            };
+            return Some((error_response(&r), false));
+        }
+        if code == Some(b"54000") && text == Some(super::rows::ROW_MESSAGE.as_bytes()) {
+            let r = Refusal::new("54000", super::rows::ROW_MESSAGE);
+            return Some((error_response(&r), true));
         }
         if code? != b"42703" {
             return None;
         }
         let refusal = lock(&self.refusals).take(std::str::from_utf8(text?).ok()?)?;
-        Some(error_response(&refusal))
+        Some((error_response(&refusal), false))
     }
 }
 

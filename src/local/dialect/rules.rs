@@ -773,6 +773,9 @@ pub(crate) fn classify(stmt: &NodeEnum, facts: TokenFacts) -> Verdict {
     }
     match stmt {
         N::SelectStmt(s) if s.into_clause.is_some() => unsupported_statement("CreateTableAs"),
+        // `WITH x AS (INSERT ...) SELECT ...` modifies rows (PostgreSQL allows a
+        // data-modifying WITH only at the top level).
+        N::SelectStmt(s) if modifies_in_with(s.with_clause.as_ref()) => Ok(Kind::Dml),
         N::VariableShowStmt(s) => check_show(s),
         N::InsertStmt(s) => {
             // §7: a VALUES list past DSQL's row limit fails before anything is written.
@@ -863,6 +866,19 @@ pub(crate) fn classify(stmt: &NodeEnum, facts: TokenFacts) -> Verdict {
             None => Ok(Kind::Other),
         },
     }
+}
+
+/// Whether a WITH clause has a data-modifying CTE.
+fn modifies_in_with(with: Option<&protobuf::WithClause>) -> bool {
+    use NodeEnum as N;
+    let ctes = with.map_or(&[][..], |w| w.ctes.as_slice());
+    ctes.iter().any(|cte| match cte.node.as_ref() {
+        Some(N::CommonTableExpr(c)) => matches!(
+            c.ctequery.as_deref().and_then(|q| q.node.as_ref()),
+            Some(N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_) | N::MergeStmt(_))
+        ),
+        _ => false,
+    })
 }
 
 /// The `unsupported statement: <Name>` family (§2a): PostgreSQL's node name less `Stmt`.
