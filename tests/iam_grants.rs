@@ -159,9 +159,22 @@ async fn only_admin_changes_the_map_and_every_word_is_checked() {
     for sql in [
         "AWS IAM GRANT app TO 'arn:aws:iam::111122223333:role/x'".to_string(),
         format!("AWS IAM REVOKE app FROM '{arn}'"),
-        format!("SELECT sys.dsql_pgx_aws_iam('grant', 'app', '{arn}')"),
     ] {
         assert_eq!(refused(&app, &sql).await.0, "42501", "{sql}");
+    }
+    // The endpoint's own functions are nobody's to call, nor to hide in a body: the IAM
+    // map's, and the row check's (calling it would reset the transaction's row count).
+    for sql in [
+        format!("SELECT sys.dsql_pgx_aws_iam('grant', 'app', '{arn}')"),
+        format!("CALL sys.dsql_pgx_aws_iam_call('grant', 'app', '{arn}')"),
+        "SELECT dsql_pgx_rows.modified(true)".to_string(),
+        "SELECT * FROM \"dsql_pgx_rows\".modified(true)".to_string(),
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'SELECT dsql_pgx_rows.modified(true)'"
+            .to_string(),
+    ] {
+        for client in [&app, &admin] {
+            assert_eq!(refused(client, &sql).await.0, "42883", "{sql}");
+        }
     }
     // A role may read the map, not the table behind it.
     app.query("SELECT * FROM sys.iam_pg_role_mappings", &[])
@@ -186,10 +199,26 @@ async fn only_admin_changes_the_map_and_every_word_is_checked() {
             .0,
         "42501"
     );
-    // Not the statement's shape: PostgreSQL's syntax error.
+    // With comments around it, still the statement.
+    assert_eq!(
+        psql(
+            &ep,
+            "admin",
+            &format!("/* c */ AWS IAM GRANT app TO '{arn}' -- trailing")
+        )
+        .await,
+        "AWS IAM GRANT\n"
+    );
+    // Not the statement's shape, or inside another statement: PostgreSQL's syntax error.
     for sql in [
         format!("AWS IAM GRANT app FROM '{arn}'"),
         format!("AWS IAM GRANT app, admin TO '{arn}'"),
+        format!(
+            "CREATE RULE r AS ON INSERT TO t DO INSTEAD (DELETE FROM t; AWS IAM GRANT app TO '{arn}'; SELECT 1)"
+        ),
+        format!(
+            "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT pg_advisory_lock(1); AWS IAM GRANT app TO '{arn}'; END"
+        ),
     ] {
         assert_eq!(refused(&admin, &sql).await.0, "42601", "{sql}");
     }

@@ -94,8 +94,7 @@ pub(super) struct EarlyPassword<S> {
     startup: Option<Box<Startup>>,
 }
 
-/// The state of the startup.
-#[derive(Debug)]
+/// The state of the startup. Its `Debug` shows no byte of the token.
 struct Startup {
     /// The PasswordMessage: sent behind the StartupMessage, expected back from tokio-postgres.
     password: Vec<u8>,
@@ -106,6 +105,18 @@ struct Startup {
     out: Vec<u8>,
     /// How much of `out` is written.
     written: usize,
+}
+
+impl std::fmt::Debug for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Startup")
+            .field("password", &"<redacted>")
+            .field("write", &self.write)
+            .field("read", &self.read)
+            .field("out", &format_args!("<{} bytes>", self.out.len()))
+            .field("written", &self.written)
+            .finish()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

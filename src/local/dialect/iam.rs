@@ -114,7 +114,7 @@ $fn$;
 REVOKE ALL ON FUNCTION sys.dsql_pgx_aws_iam(text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sys.dsql_pgx_aws_iam(text, text, text) TO PUBLIC;
 CREATE OR REPLACE PROCEDURE sys.dsql_pgx_aws_iam_call(op text, role_name text, iam_arn text)
-LANGUAGE sql AS $fn$ SELECT sys.dsql_pgx_aws_iam(op, role_name, iam_arn) $fn$;
+LANGUAGE sql SET search_path = pg_catalog AS $fn$ SELECT sys.dsql_pgx_aws_iam(op, role_name, iam_arn) $fn$;
 REVOKE ALL ON PROCEDURE sys.dsql_pgx_aws_iam_call(text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON PROCEDURE sys.dsql_pgx_aws_iam_call(text, text, text) TO PUBLIC;
 CREATE OR REPLACE FUNCTION sys.dsql_pgx_iam_login_allowed(iam_arn text)

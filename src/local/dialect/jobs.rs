@@ -368,14 +368,18 @@ pub(crate) async fn rewrite_in_query(
             text.insert_str(st.start, &super::size::check_sql());
             continue;
         }
-        if let Some(op) = st.iam {
+        if let Some(call) = st.iam {
+            let (from, to) = (st.start + call.from, st.start + call.to);
+            let Some(sql) = text.get(from..to) else {
+                continue;
+            };
             let replacement = if simple {
-                Some(format!("{ddl} AS \"{}\"", lock().iam_marker(op)))
+                Some(format!("{sql} AS \"{}\"", lock().iam_marker(call.op)))
             } else {
-                super::iam::as_procedure_call(&ddl)
+                super::iam::as_procedure_call(sql)
             };
             if let Some(replacement) = replacement {
-                text.replace_range(st.start..st.start + ddl.len(), &replacement);
+                text.replace_range(from..to, &replacement);
             }
             continue;
         }

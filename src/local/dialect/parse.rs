@@ -47,7 +47,25 @@ pub(crate) struct Statement {
     /// It was a `CREATE INDEX ASYNC` / `ALTER TABLE ASYNC`.
     pub(crate) is_async: bool,
     /// It was an `AWS IAM GRANT` / `AWS IAM REVOKE` (run as [`IamStatement::call`]).
-    pub(crate) iam: Option<IamOp>,
+    pub(crate) iam: Option<IamCall>,
+}
+
+/// Where an `AWS IAM` statement's call stands in its statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IamCall {
+    pub(crate) op: IamOp,
+    /// Byte offsets of the call, from the statement's start.
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+}
+
+/// Whether `text` holds nothing but comments, blanks and `;`.
+fn only_comments(text: &str) -> bool {
+    pg_query::scan(text).is_ok_and(|scan| {
+        scan.tokens
+            .iter()
+            .all(|t| matches!(tok(t), Token::SqlComment | Token::CComment | Token::Ascii59))
+    })
 }
 
 /// A text, classified.
@@ -314,8 +332,24 @@ fn classify_in_body(sql: &str, depth: usize) -> Classified {
             let json = suspect.then(|| ffi::parse_json(&text[start..end]).ok())??;
             rules::nested_refusal(&json)
         };
-        let iam = facts.iam.iter().find(|st| inside(st.start)).map(|st| st.op);
+        // An `AWS IAM` statement is one only when it is the whole statement: inside another
+        // (a rule's or a BEGIN ATOMIC body's `;`) its words are a syntax error, as to DSQL.
+        let iam_here = facts.iam.iter().find(|st| inside(st.start));
+        let iam = iam_here.and_then(|st| {
+            let from = shift(st.start).checked_sub(start)?;
+            let to = from + st.call().len();
+            let whole = only_comments(text.get(start..start + from)?)
+                && only_comments(text.get(start + to..end)?);
+            whole.then_some(IamCall {
+                op: st.op,
+                from,
+                to,
+            })
+        });
         let verdict = match raw.stmt.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(_) if iam_here.is_some() && iam.is_none() => {
+                Err(Refusal::new("42601", "syntax error at or near \"AWS\""))
+            }
             // A change of the catalog, as GRANT and REVOKE are.
             Some(_) if iam.is_some() => Ok(Kind::Ddl),
             Some(_) if token_facts.tablesample => {

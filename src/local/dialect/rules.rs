@@ -694,7 +694,7 @@ fn check_function_call(name: &str) -> Option<Refusal> {
 /// filter, so the tree is searched only for statements that may hold one.
 pub(crate) fn may_name_refused_function(word: &str) -> bool {
     let word = word.trim_matches('"').to_ascii_lowercase();
-    check_function_call(&word).is_some() || word == "set_config"
+    check_function_call(&word).is_some() || word == "set_config" || word.starts_with("dsql_pgx")
 }
 
 /// Refusals found anywhere in a statement's tree, given as libpg_query's JSON (see
@@ -736,10 +736,20 @@ pub(crate) fn nested_refusal(json: &str) -> Option<Refusal> {
             return Some(set_refusal(name.unwrap_or("set_config")));
         }
     }
-    const CALL: &str = r#""FuncCall":{"funcname":["#;
+    // Function calls, and the procedure a CALL statement names.
+    for call in [r#""FuncCall":{"funcname":["#, r#""funccall":{"funcname":["#] {
+        if let Some(r) = refused_call(json, call) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// The first refused call in `json` after a `call` key.
+fn refused_call(json: &str, call: &str) -> Option<Refusal> {
     let mut rest = json;
-    while let Some(at) = rest.find(CALL) {
-        rest = &rest[at + CALL.len()..];
+    while let Some(at) = rest.find(call) {
+        rest = &rest[at + call.len()..];
         // `{"String":{"sval":"pg_catalog"}},{"String":{"sval":"name"}}]`: the last name.
         let names = &rest[..rest.find(']').unwrap_or(rest.len())];
         let last = names
@@ -749,6 +759,19 @@ pub(crate) fn nested_refusal(json: &str) -> Option<Refusal> {
             .unwrap_or("");
         if let Some(r) = check_function_call(last) {
             return Some(r);
+        }
+        // The endpoint's own functions (the row check's, the IAM map's) are not the
+        // client's to call: DSQL has none of them.
+        if names.contains(r#"{"String":{"sval":"dsql_pgx"#) {
+            let name: Vec<&str> = names
+                .split(r#"{"String":{"sval":""#)
+                .filter_map(|n| n.split('"').next())
+                .filter(|n| !n.is_empty())
+                .collect();
+            return Some(Refusal::new(
+                "42883",
+                format!("function {} does not exist", name.join(".")),
+            ));
         }
     }
     None
