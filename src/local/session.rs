@@ -797,13 +797,7 @@ async fn establish(
         .verify(&user, &password, sni.as_deref(), now)
     {
         tracing::warn!(%peer, user = %shown_user, %reason, "IAM authentication failed");
-        let msg = format!("IAM authentication failed for user \"{shown_user}\"");
-        send_fatal(
-            &mut tls,
-            SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
-            &msg,
-        )
-        .await;
+        refuse_iam(&mut tls, &shown_user).await;
         return Ok(None);
     }
     drop(password);
@@ -879,13 +873,7 @@ async fn establish(
         if !is_granted(&mut upstream, arn).await? {
             tracing::warn!(%peer, user = %shown_user, arn, "IAM authentication failed: role not granted to the identity (AWS IAM GRANT)");
             let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
-            let msg = format!("IAM authentication failed for user \"{shown_user}\"");
-            send_fatal(
-                &mut tls,
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
-                &msg,
-            )
-            .await;
+            refuse_iam(&mut tls, &shown_user).await;
             return Ok(None);
         }
         tls.write_all(&held).await?;
@@ -899,6 +887,17 @@ async fn establish(
         _slot: slot,
         _key: key.map(|k| shared.register_backend(k)),
     }))
+}
+
+/// DSQL's one answer to every IAM refusal, for `shown_user` (escaped).
+async fn refuse_iam<W: AsyncWrite + Unpin>(w: &mut W, shown_user: &str) {
+    let msg = format!("IAM authentication failed for user \"{shown_user}\"");
+    send_fatal(
+        w,
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION.code(),
+        &msg,
+    )
+    .await;
 }
 
 /// Whether the role of the new session on `upstream` is granted to `arn`: one query, on
