@@ -908,10 +908,7 @@ where
 {
     let mut query = dialect::iam::login_check_query(arn).into_bytes();
     query.push(0);
-    let mut msg = vec![b'Q'];
-    msg.extend_from_slice(&(query.len() as u32 + 4).to_be_bytes());
-    msg.extend_from_slice(&query);
-    upstream.write_all(&msg).await?;
+    upstream.write_all(&wire::message(b'Q', &query)).await?;
     upstream.flush().await?;
     let mut granted = false;
     loop {
@@ -969,10 +966,7 @@ where
         } else {
             body
         };
-        let mut msg = Vec::with_capacity(body.len() + 5);
-        msg.push(tag);
-        msg.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        msg.extend_from_slice(&body);
+        let msg = wire::message(tag, &body);
         if hold && tag != b'E' {
             held.extend_from_slice(&msg);
         } else {

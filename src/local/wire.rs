@@ -301,6 +301,15 @@ pub fn auth_cleartext_request() -> [u8; 9] {
     [b'R', 0, 0, 0, 8, 0, 0, 0, 3]
 }
 
+/// A message of type `tag` with `body`, framed (type, length, body).
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 /// A FATAL ErrorResponse with SQLSTATE `code` and `message` (NUL bytes removed).
 pub fn fatal(code: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::new();

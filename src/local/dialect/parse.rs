@@ -48,6 +48,9 @@ pub(crate) struct Statement {
     pub(crate) is_async: bool,
     /// It was an `AWS IAM GRANT` / `AWS IAM REVOKE` (run as [`IamStatement::call`]).
     pub(crate) iam: Option<IamCall>,
+    /// It ends its transaction `AND CHAIN`: the next one begins at once (the parse tree's
+    /// `TransactionStmt.chain`).
+    pub(crate) chains: bool,
 }
 
 /// Where an `AWS IAM` statement's call stands in its statement.
@@ -87,6 +90,7 @@ impl Classified {
                 verdict: Err(r),
                 is_async: false,
                 iam: None,
+                chains: false,
             }],
         }
     }
@@ -375,11 +379,16 @@ fn classify_in_body(sql: &str, depth: usize) -> Classified {
             },
             None => Ok(rules::Kind::Other),
         };
+        let chains = matches!(
+            raw.stmt.as_deref().and_then(|n| n.node.as_ref()),
+            Some(pg_query::NodeEnum::TransactionStmt(t)) if t.chain
+        );
         statements.push(Statement {
             start,
             verdict,
             is_async,
             iam,
+            chains,
         });
     }
     Classified {
@@ -683,6 +692,30 @@ mod tests {
             let c = on_parser_stack(move || classify_text(sql));
             assert_eq!(c.statements[0].verdict.is_ok(), ok, "{sql}: {c:?}");
         }
+    }
+
+    #[test]
+    fn only_and_chain_chains() {
+        let chains = |sql: &'static str| on_parser_stack(move || classify_text(sql)).statements;
+        for yes in [
+            "COMMIT AND CHAIN",
+            "rollback and chain;",
+            "END AND CHAIN",
+            "commit work and chain -- x",
+            "COMMIT /* and no chain */ AND CHAIN",
+        ] {
+            assert!(chains(yes)[0].chains, "{yes}");
+        }
+        for no in [
+            "COMMIT",
+            "ROLLBACK AND NO CHAIN",
+            "end",
+            "SELECT 'and chain'",
+        ] {
+            assert!(!chains(no)[0].chains, "{no}");
+        }
+        let two = chains("commit; -- and chain");
+        assert!(!two[0].chains);
     }
 
     #[test]

@@ -234,13 +234,7 @@ pub(crate) struct ClientSide {
     occ: OccSide,
 }
 
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(tag);
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
+use crate::local::wire::message;
 
 /// Whether a client message of type `tag` is answered by a ReadyForQuery.
 fn ends_flight(tag: u8) -> bool {
@@ -322,13 +316,10 @@ impl ClientSide {
         let text = c.rewritten.as_deref().unwrap_or(sql);
         let mut tx = self.tx;
         let now = self.clock.instant();
-        for (i, st) in c.statements.iter().enumerate() {
+        for st in &c.statements {
             let verdict = st.verdict.clone().and_then(|k| tx.apply(k, now));
-            if verdict == Ok(()) && st.verdict == Ok(Kind::End) {
-                let end = c.statements.get(i + 1).map_or(text.len(), |n| n.start);
-                if text.get(st.start..end).is_some_and(super::rows::chains) {
-                    tx.apply(Kind::Begin, now).ok();
-                }
+            if verdict == Ok(()) && st.chains {
+                tx.apply(Kind::Begin, now).ok();
             }
             if let Err(r) = verdict {
                 tx.end_implicit();
@@ -463,7 +454,8 @@ impl ClientSide {
                             [one] => one.verdict.clone().unwrap_or(Kind::Other),
                             _ => Kind::Other,
                         };
-                        let chains = kind == Kind::End && super::rows::chains(sql);
+                        let chains =
+                            kind == Kind::End && c.statements.first().is_some_and(|st| st.chains);
                         self.statements.insert(name.to_vec(), (kind, chains));
                         self.occ.parsed(name, sql);
                         let text = c.rewritten.clone().unwrap_or_else(|| sql.to_owned());

@@ -106,29 +106,12 @@ pub(crate) const CHECK: &str =
 pub(crate) const BASELINE: &str =
     "DO $dsql_pgx_rows$BEGIN PERFORM dsql_pgx_rows.modified(true); END$dsql_pgx_rows$";
 
-/// Whether `statement` (an end of transaction) begins the next one at once (`AND CHAIN`).
-pub(crate) fn chains(statement: &str) -> bool {
-    let code = statement.split("--").next().unwrap_or("");
-    let code = code.split("/*").next().unwrap_or("");
-    let words: Vec<String> = code
-        .trim_end()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .map(str::to_ascii_lowercase)
-        .collect();
-    matches!(words.as_slice(), [.., and, chain] if and == "and" && chain == "chain")
-}
-
 /// The extended-protocol messages that run `sql` (a [`CHECK`] or [`BASELINE`]) under the
 /// statement name `name`, with the unnamed portal: Close, Parse, Bind, Execute (answered with
 /// CloseComplete, ParseComplete, BindComplete and the `DO` tag, or the error).
 pub(crate) fn extended(name: &str, sql: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut msg = |tag: u8, body: &[u8]| {
-        out.push(tag);
-        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        out.extend_from_slice(body);
-    };
+    let mut msg = |tag: u8, body: &[u8]| out.extend(crate::local::wire::message(tag, body));
     let mut close = vec![b'S'];
     close.extend_from_slice(name.as_bytes());
     close.push(0);
@@ -149,26 +132,6 @@ pub(crate) fn extended(name: &str, sql: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_and_chain_chains() {
-        for yes in [
-            "COMMIT AND CHAIN",
-            "rollback and chain;",
-            "END AND CHAIN",
-            "commit work and chain -- x",
-        ] {
-            assert!(chains(yes), "{yes}");
-        }
-        for no in [
-            "COMMIT",
-            "ROLLBACK AND NO CHAIN",
-            "end",
-            "commit; -- and chain",
-        ] {
-            assert!(!chains(no), "{no}");
-        }
-    }
 
     #[test]
     fn the_extended_form_is_four_well_formed_messages() {
