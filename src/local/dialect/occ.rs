@@ -28,7 +28,6 @@
 //! conflicted statement fails at once with 40001 OC000; in autocommit the conflicted
 //! statement fails with 40001 OC000 (the reference's inference).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -131,13 +130,31 @@ fn is_rollback(sql: &str) -> bool {
     first.eq_ignore_ascii_case("rollb") || first.eq_ignore_ascii_case("abort")
 }
 
-/// What the client side remembers of prepared statements and portals for OCC.
-#[derive(Debug, Default)]
-pub(crate) struct OccSide {
-    /// Statement name → (empty command tag, it is a `ROLLBACK`).
-    statements: HashMap<Vec<u8>, (&'static str, bool)>,
-    /// Portal name → the same.
-    portals: HashMap<Vec<u8>, (&'static str, bool)>,
+/// What OCC needs to know of a prepared statement: the command tag it completes with when
+/// it reports no rows, and whether it is a `ROLLBACK`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verb {
+    pub(crate) empty_tag: &'static str,
+    pub(crate) rollback: bool,
+}
+
+impl Verb {
+    /// The verb of a statement whose text is `sql`.
+    pub(crate) fn of(sql: &str) -> Self {
+        Self {
+            empty_tag: empty_tag(sql),
+            rollback: is_rollback(sql),
+        }
+    }
+}
+
+impl Default for Verb {
+    fn default() -> Self {
+        Self {
+            empty_tag: "SELECT 0",
+            rollback: false,
+        }
+    }
 }
 
 /// A message `tag` whose body is the one string `text`.
@@ -152,36 +169,6 @@ fn with_string(tag: u8, text: &str) -> Vec<u8> {
 /// A simple Query message carrying `sql`.
 fn query(sql: &str) -> Vec<u8> {
     with_string(b'Q', sql)
-}
-
-impl OccSide {
-    /// A Parse of `sql` as statement `name`.
-    pub(crate) fn parsed(&mut self, name: &[u8], sql: &str) {
-        self.statements
-            .insert(name.to_vec(), (empty_tag(sql), is_rollback(sql)));
-    }
-
-    /// A Bind of `portal` to `statement`.
-    pub(crate) fn bound(&mut self, portal: &[u8], statement: &[u8]) {
-        let known = self.statements.get(statement).copied();
-        self.portals
-            .insert(portal.to_vec(), known.unwrap_or(("SELECT 0", false)));
-    }
-
-    /// A Close of a statement (`b'S'`) or portal.
-    pub(crate) fn closed(&mut self, what: u8, name: &[u8]) {
-        match what {
-            b'S' => self.statements.remove(name),
-            _ => self.portals.remove(name),
-        };
-    }
-
-    fn portal(&self, name: &[u8]) -> (&'static str, bool) {
-        self.portals
-            .get(name)
-            .copied()
-            .unwrap_or(("SELECT 0", false))
-    }
 }
 
 /// Before any client message: the `ROLLBACK TO SAVEPOINT` a conflict left due.
@@ -232,16 +219,18 @@ pub(crate) fn on_query(
     }
 }
 
-/// An Execute of `portal`, a statement of `kind`, with `explicit` the transaction state
+/// An Execute of a portal of `verb`, a statement of `kind`, with `explicit` the transaction state
 /// before it. Returns the messages to send instead, if any.
 pub(crate) fn on_execute(
     occ: &mut Occ,
-    side: &OccSide,
-    portal: &[u8],
+    verb: Verb,
     kind: Kind,
     explicit: bool,
 ) -> Result<Option<Vec<u8>>, Refusal> {
-    let (verb, rollback) = side.portal(portal);
+    let Verb {
+        empty_tag: verb,
+        rollback,
+    } = verb;
     occ.verb = verb;
     occ.ddl |= kind == Kind::Ddl;
     match kind {

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use super::iam::IamOp;
 use super::jobs::{JobKind, Jobs};
-use super::occ::{self, Occ, OccFilter, OccSide, SchemaVersion};
+use super::occ::{self, Occ, OccFilter, SchemaVersion, Verb};
 use super::parse::{Classified, Classifier};
 use super::rules::{FEATURE_NOT_SUPPORTED, Kind, Refusal};
 use crate::local::clock::Clock;
@@ -220,18 +220,26 @@ pub(crate) struct ClientSide {
     classifier: Arc<Classifier>,
     refusals: Arc<Mutex<Refusals>>,
     tx: Transaction,
-    /// Prepared statements: name → kind of their one statement, and whether it is an end
-    /// of transaction `AND CHAIN`.
-    statements: HashMap<Vec<u8>, (Kind, bool)>,
-    /// Portals: name → the same.
-    portals: HashMap<Vec<u8>, (Kind, bool)>,
+    /// Prepared statements by name.
+    statements: HashMap<Vec<u8>, Prepared>,
+    /// Portals by name: their statement's.
+    portals: HashMap<Vec<u8>, Prepared>,
     /// DSQL's transaction age limit.
     max_age: Duration,
     /// The job runner for `ASYNC` statements, and the role the client logged in as.
     jobs: Option<(Arc<Jobs>, String)>,
     /// The endpoint's clock, for that age.
     clock: Clock,
-    occ: OccSide,
+}
+
+/// What the relay knows of a prepared statement (and of a portal bound to it).
+#[derive(Debug, Clone, Copy, Default)]
+struct Prepared {
+    /// The kind of its one statement.
+    kind: Kind,
+    /// It is an end of transaction `AND CHAIN`.
+    chains: bool,
+    verb: Verb,
 }
 
 use crate::local::wire::message;
@@ -275,7 +283,6 @@ impl ClientSide {
             max_age,
             jobs: None,
             clock,
-            occ: OccSide::default(),
         }
     }
 
@@ -336,6 +343,19 @@ impl ClientSide {
 
     /// Rewrites one client message; `None` forwards it as it is.
     pub(crate) async fn rewrite(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
+        if !matches!(tag, b'Q' | b'P' | b'E') {
+            // Bind, Sync, Close, Describe, ...: sent on as they are (after a due
+            // `ROLLBACK TO`), with one look at the shared state (this is every query's path).
+            self.track(tag, body);
+            let mut shared = lock(&self.refusals);
+            let before = occ::before_message(&mut shared.occ);
+            shared.flights_sent +=
+                before.as_deref().map_or(0, flights_in) + u64::from(ends_flight(tag));
+            return before.map(|mut b| {
+                b.extend(message(tag, body));
+                b
+            });
+        }
         let before = occ::before_message(&mut lock(&self.refusals).occ);
         let out = self.rewrite_message(tag, body).await;
         let out = match before {
@@ -388,6 +408,39 @@ impl ClientSide {
         let only = c.statements.len() == 1;
         let occ = &mut lock(&self.refusals).occ;
         occ::on_query(occ, sql, first, only, ddl, self.tx.explicit)
+    }
+
+    /// Follows a message that is sent on as it is: Bind, Close, Sync, ...
+    fn track(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'B' => {
+                let Some((portal, rest)) = cstr(body) else {
+                    return;
+                };
+                let Some((stmt, _)) = cstr(rest) else { return };
+                let prepared = self.statements.get(stmt).copied().unwrap_or_default();
+                // The unnamed portal is bound again and again: no new key each time.
+                match self.portals.get_mut(portal) {
+                    Some(p) => *p = prepared,
+                    None => {
+                        self.portals.insert(portal.to_vec(), prepared);
+                    }
+                }
+            }
+            b'C' => {
+                let Some((&what, rest)) = body.split_first() else {
+                    return;
+                };
+                let Some((name, _)) = cstr(rest) else { return };
+                match what {
+                    b'S' => self.statements.remove(name),
+                    b'P' => self.portals.remove(name),
+                    _ => None,
+                };
+            }
+            b'S' => self.tx.end_implicit(),
+            _ => {}
+        }
     }
 
     async fn rewrite_message(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
@@ -456,8 +509,9 @@ impl ClientSide {
                         };
                         let chains =
                             kind == Kind::End && c.statements.first().is_some_and(|st| st.chains);
-                        self.statements.insert(name.to_vec(), (kind, chains));
-                        self.occ.parsed(name, sql);
+                        let verb = Verb::of(sql);
+                        let prepared = Prepared { kind, chains, verb };
+                        self.statements.insert(name.to_vec(), prepared);
                         let text = c.rewritten.clone().unwrap_or_else(|| sql.to_owned());
                         // One statement (PostgreSQL refuses more in a Parse): an ASYNC one
                         // is submitted now, a version question answered.
@@ -489,33 +543,16 @@ impl ClientSide {
                 b.extend_from_slice(tail);
                 Some(message(b'P', &b))
             }
-            b'B' => {
-                let (portal, rest) = cstr(body)?;
-                let (stmt, _) = cstr(rest)?;
-                let prepared = self.statements.get(stmt).copied();
-                self.portals
-                    .insert(portal.to_vec(), prepared.unwrap_or((Kind::Other, false)));
-                self.occ.bound(portal, stmt);
-                None
-            }
             b'E' => {
                 let (portal, _) = cstr(body)?;
-                let (kind, chains) = self
-                    .portals
-                    .get(portal)
-                    .copied()
-                    .unwrap_or((Kind::Other, false));
+                let Prepared { kind, chains, verb } =
+                    self.portals.get(portal).copied().unwrap_or_default();
                 let r = match self.transaction_failed() {
                     Some(r) => r,
                     None => {
                         let explicit = self.tx.explicit;
-                        let hook = occ::on_execute(
-                            &mut lock(&self.refusals).occ,
-                            &self.occ,
-                            portal,
-                            kind,
-                            explicit,
-                        );
+                        let hook =
+                            occ::on_execute(&mut lock(&self.refusals).occ, verb, kind, explicit);
                         match hook {
                             Err(r) => r,
                             Ok(instead) => {
@@ -542,21 +579,6 @@ impl ClientSide {
                 b.extend_from_slice(&[0, 0, 0]);
                 Some(message(b'P', &b))
             }
-            b'C' => {
-                let (&what, rest) = body.split_first()?;
-                let (name, _) = cstr(rest)?;
-                match what {
-                    b'S' => self.statements.remove(name),
-                    b'P' => self.portals.remove(name),
-                    _ => None,
-                };
-                self.occ.closed(what, name);
-                None
-            }
-            b'S' => {
-                self.tx.end_implicit();
-                None
-            }
             _ => None,
         }
     }
@@ -575,6 +597,7 @@ where
 {
     let mut client = BufReader::with_capacity(32 * 1024, client);
     let mut out = tokio::io::BufWriter::with_capacity(32 * 1024, upstream);
+    let mut body = Vec::new();
     loop {
         let tag = match client.read_u8().await {
             Ok(t) => t,
@@ -586,7 +609,8 @@ where
             tracing::debug!("client message of {len} bytes: connection closed");
             break;
         }
-        let mut body = vec![0u8; len - 4];
+        body.clear();
+        body.resize(len - 4, 0);
         client.read_exact(&mut body).await?;
         match side.rewrite(tag, &body).await {
             Some(m) => out.write_all(&m).await?,
@@ -595,6 +619,9 @@ where
                 out.write_all(&(len as u32).to_be_bytes()).await?;
                 out.write_all(&body).await?;
             }
+        }
+        if body.capacity() > 64 * 1024 {
+            body = Vec::new(); // a large message's buffer is not kept
         }
         if client.buffer().is_empty() {
             out.flush().await?;
@@ -630,6 +657,8 @@ pub(crate) struct ResponseFilter {
     /// its tag is DSQL's.
     iam: Option<IamOp>,
     occ: OccFilter,
+    /// The buffer of the last message passed on, for the next one to be held.
+    spare: Vec<u8>,
 }
 
 /// Whether a message of type `tag` from PostgreSQL is one that may answer the relay's
@@ -655,6 +684,7 @@ impl ResponseFilter {
             job: None,
             iam: None,
             occ: OccFilter::default(),
+            spare: Vec::new(),
         }
     }
 
@@ -695,7 +725,9 @@ impl ResponseFilter {
             let tag = self.header[0];
             let checked = matches!(tag, b'E' | b'C' | b'Z' | b'T') || is_small(tag);
             if checked && self.body_left <= MAX_HELD_ERROR {
-                let mut h = Vec::with_capacity(len + 1);
+                let mut h = std::mem::take(&mut self.spare);
+                h.clear();
+                h.reserve(len + 1);
                 h.extend_from_slice(&self.header);
                 if self.body_left == 0 {
                     self.emit(h, out);
@@ -721,27 +753,28 @@ impl ResponseFilter {
     /// The answer of one of the relay's checks arrived (`failed`: its row-limit error):
     /// the check's own CloseComplete, ParseComplete and BindComplete are dropped, and on
     /// failure the checked statement's command tag too.
-    fn take_check(&mut self, failed: bool, out: &mut Vec<u8>) {
+    fn take_check(&mut self, shared: &mut Refusals, failed: bool, out: &mut Vec<u8>) {
         let ours = self.withheld_small.min(3);
         self.withheld.truncate(self.withheld.len() - 5 * ours);
         if failed && self.withheld_tag && self.withheld_small == ours {
             self.withheld.clear();
         }
         self.release(out);
-        lock(&self.refusals).checks.pop_front();
+        shared.checks.pop_front();
     }
 
     fn emit(&mut self, mut msg: Vec<u8>, out: &mut Vec<u8>) {
+        // One look at the shared state per message (three of them answer every query).
+        let refusals = Arc::clone(&self.refusals);
+        let mut shared = lock(&refusals);
         if msg[0] == b'Z' {
             self.flights += 1;
             let flights = self.flights;
-            let mut shared = lock(&self.refusals);
             while shared.checks.front().is_some_and(|&f| f <= flights) {
                 shared.checks.pop_front();
             }
         }
         let answer = {
-            let mut shared = lock(&self.refusals);
             let body = &msg[5..];
             let code = (msg[0] == b'E').then(|| occ::error_code(body)).flatten();
             self.occ.answer(
@@ -760,9 +793,7 @@ impl ResponseFilter {
         }
         let body = &msg[5..];
         match msg[0] {
-            tag if is_small(tag)
-                && (!self.withheld.is_empty() || !lock(&self.refusals).checks.is_empty()) =>
-            {
+            tag if is_small(tag) && (!self.withheld.is_empty() || !shared.checks.is_empty()) => {
                 self.withheld.extend_from_slice(&msg);
                 self.withheld_small += 1;
                 return;
@@ -770,14 +801,14 @@ impl ResponseFilter {
             // Every `DO` is the relay's (DSQL's dialect refuses the client's): a row check,
             // a baseline or a size check that passed.
             b'C' if body == b"DO\0" => {
-                self.take_check(false, out);
+                self.take_check(&mut shared, false, out);
                 return;
             }
             b'Z' => {
                 self.iam = None;
                 let status = body.first().copied().unwrap_or(b'I');
                 self.explicit = status != b'I';
-                lock(&self.refusals).failed = status == b'E';
+                shared.failed = status == b'E';
             }
             b'C' | b'E' if self.iam.is_some() => {
                 let op = self.iam.take().expect("is some");
@@ -790,11 +821,11 @@ impl ResponseFilter {
                 }
             }
             b'T' => {
-                if let Some(op) = self.iam_row(body) {
+                if let Some(op) = Self::iam_row(&shared, body) {
                     self.iam = Some(op);
                     return;
                 }
-                if let Some(renamed) = self.job_row(body) {
+                if let Some(renamed) = self.job_row(&shared, body) {
                     self.release(out);
                     out.extend_from_slice(&renamed);
                     return;
@@ -815,7 +846,7 @@ impl ResponseFilter {
                     _ => {}
                 }
                 self.release(out);
-                if !lock(&self.refusals).checks.is_empty() {
+                if !shared.checks.is_empty() {
                     // A check of this statement's rows may come next.
                     self.withheld = msg;
                     self.withheld_tag = true;
@@ -826,11 +857,11 @@ impl ResponseFilter {
                 if self.explicit {
                     // Before the client sees it: its next statement may be sent before
                     // this flight's ReadyForQuery arrives.
-                    lock(&self.refusals).failed = true;
+                    shared.failed = true;
                 }
-                if let Some((new, ours)) = self.rewrite_error(body) {
+                if let Some((new, ours)) = Self::rewrite_error(&mut shared, body) {
                     if ours {
-                        self.take_check(true, out);
+                        self.take_check(&mut shared, true, out);
                     } else {
                         self.release(out);
                     }
@@ -842,28 +873,31 @@ impl ResponseFilter {
         }
         self.release(out);
         out.extend_from_slice(&msg);
+        if msg.capacity() <= MAX_HELD_ERROR {
+            self.spare = msg;
+        }
     }
 
     /// The `AWS IAM` statement whose call's RowDescription (one column, named by its
     /// marker) `body` is.
-    fn iam_row(&self, body: &[u8]) -> Option<IamOp> {
+    fn iam_row(shared: &Refusals, body: &[u8]) -> Option<IamOp> {
         let (count, fields) = body.split_first_chunk::<2>()?;
         if *count != 1u16.to_be_bytes() {
             return None;
         }
         let (name, _) = cstr(fields)?;
-        lock(&self.refusals).iam_of_marker(name)
+        shared.iam_of_marker(name)
     }
 
     /// An async job's RowDescription (one column, named by its marker) with the column
     /// renamed `job_id`; the statement's tag is then DSQL's.
-    fn job_row(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+    fn job_row(&mut self, shared: &Refusals, body: &[u8]) -> Option<Vec<u8>> {
         let (count, fields) = body.split_first_chunk::<2>()?;
         if *count != 1u16.to_be_bytes() {
             return None;
         }
         let (name, rest) = cstr(fields)?;
-        let kind = lock(&self.refusals).job_of_marker(name)?;
+        let kind = shared.job_of_marker(name)?;
         self.job = Some(kind);
         let mut b = count.to_vec();
         b.extend_from_slice(b"job_id\0");
@@ -873,7 +907,7 @@ impl ResponseFilter {
 
     /// DSQL's error for an error of PostgreSQL's that stands for one, and whether it is a
     /// row check's.
-    fn rewrite_error(&self, body: &[u8]) -> Option<(Vec<u8>, bool)> {
+    fn rewrite_error(shared: &mut Refusals, body: &[u8]) -> Option<(Vec<u8>, bool)> {
         let mut fields = body;
         let mut code = None;
         let mut text = None;
@@ -907,7 +941,7 @@ impl ResponseFilter {
         if code? != b"42703" {
             return None;
         }
-        let refusal = lock(&self.refusals).take(std::str::from_utf8(text?).ok()?)?;
+        let refusal = shared.take(std::str::from_utf8(text?).ok()?)?;
         Some((error_response(&refusal), false))
     }
 }

@@ -39,7 +39,7 @@ impl Refusal {
 }
 
 /// What an accepted statement is to the transaction rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum Kind {
     /// `BEGIN` / `START TRANSACTION`.
     Begin,
@@ -50,6 +50,7 @@ pub(crate) enum Kind {
     /// `INSERT`, `UPDATE`, `DELETE`.
     Dml,
     /// Anything else (reads, `SET`, `SHOW`, ...).
+    #[default]
     Other,
 }
 
