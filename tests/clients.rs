@@ -18,6 +18,11 @@ use common::dsql::{assert_code, dsql_pgx, output, stderr, stdout};
 /// The lines every client program prints: `session <id>`, `rows 2`, then `refused <SQLSTATE>
 /// <message>` for the token signed with the wrong key (`-` where the driver gives none).
 fn assert_client_did_it_all(out: &Output, local: &EnvFileLocal, sqlstate: &str) {
+    assert_client_did_it_all_and(out, local, sqlstate, &[]);
+}
+
+/// The same, with the `also` lines between `rows 2` and `refused`.
+fn assert_client_did_it_all_and(out: &Output, local: &EnvFileLocal, sqlstate: &str, also: &[&str]) {
     let (out_text, err_text) = (stdout(out), stderr(out));
     assert!(
         out.status.success(),
@@ -26,14 +31,17 @@ fn assert_client_did_it_all(out: &Output, local: &EnvFileLocal, sqlstate: &str) 
         local.log()
     );
     let lines: Vec<&str> = out_text.lines().collect();
-    assert_eq!(lines.len(), 3, "{out_text}");
+    assert_eq!(lines.len(), 3 + also.len(), "{out_text}");
     let id = lines[0].strip_prefix("session ").expect("a session line");
     assert!(
         id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
         "a DSQL session id: {id}"
     );
     assert_eq!(lines[1], "rows 2", "{out_text}");
-    let refused = lines[2].strip_prefix("refused ").expect("a refused line");
+    assert_eq!(&lines[2..2 + also.len()], also, "{out_text}");
+    let refused = lines[2 + also.len()]
+        .strip_prefix("refused ")
+        .expect("a refused line");
     let (state, message) = refused.split_once(' ').unwrap();
     assert_eq!(state, sqlstate, "{refused}");
     assert!(
@@ -101,7 +109,8 @@ async fn pgjdbc() {
             ],
         )
         .await;
-    assert_client_did_it_all(&out, &local, "28000");
+    let conflict = "conflict 40001 ERROR: change conflicts with another transaction (OC000)";
+    assert_client_did_it_all_and(&out, &local, "28000", &[conflict]);
     local.stop().await;
 }
 

@@ -163,6 +163,45 @@ async fn three_writers_of_a_row_the_first_committer_wins() {
     ep.stop().await;
 }
 
+/// `BEGIN` through the extended protocol (as pgJDBC and `Client::execute` send it): the
+/// conflict still surfaces at `COMMIT`, not at the statement, and the loser's session goes on.
+#[tokio::test]
+async fn an_extended_protocol_begin_fails_at_commit_too() {
+    let (ep, s) = setup(2).await;
+    let (a, b) = (&s[0], &s[1]);
+    for x in [a, b] {
+        step("extended BEGIN", x.execute("BEGIN", &[]))
+            .await
+            .unwrap();
+    }
+    let update = "UPDATE t SET v = $1 WHERE id = $2";
+    let n = step("UPDATE", a.execute(update, &[&1i32, &1i32])).await;
+    assert_eq!(n.unwrap(), 1);
+    // On PostgreSQL this waits for `a`; before the savepoint it failed here with OC000.
+    let n = step("conflicting UPDATE", b.execute(update, &[&2i32, &1i32])).await;
+    assert_eq!(n.unwrap(), 0);
+    let n = step("later UPDATE", b.execute(update, &[&2i32, &2i32])).await;
+    assert_eq!(
+        n.unwrap(),
+        1,
+        "later statements of the doomed transaction run"
+    );
+    step("COMMIT", a.execute("COMMIT", &[])).await.unwrap();
+    let e = step("COMMIT", b.execute("COMMIT", &[]))
+        .await
+        .expect_err("the loser fails");
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!((db.code().code(), db.message()), ("40001", OC000));
+    assert_eq!((value(a, 1).await, value(a, 2).await), (1, 0));
+    // The savepoint's answers never reach the client: the next transaction is plain.
+    step("BEGIN", b.execute("BEGIN", &[])).await.unwrap();
+    let n = step("UPDATE", b.execute(update, &[&3i32, &1i32])).await;
+    assert_eq!(n.unwrap(), 1);
+    step("COMMIT", b.execute("COMMIT", &[])).await.unwrap();
+    assert_eq!(value(a, 1).await, 3);
+    ep.stop().await;
+}
+
 #[tokio::test]
 async fn for_update_conflicts_with_a_write() {
     let (ep, s) = setup(2).await;

@@ -3,7 +3,8 @@
 // Jdbc.java` (single-file source). pgJDBC has no IAM signer: the token is the password,
 // from `dsql-pgx token` (PGPASSWORD), and DSQL_BAD_TOKEN a token the endpoint must refuse.
 //
-// Prints `session <id>`, `rows <n>` and `refused <SQLSTATE> <message>` for tests/clients.rs.
+// Prints `session <id>`, `rows <n>`, `conflict <SQLSTATE> <message>` (two writers of a row)
+// and `refused <SQLSTATE> <message>` for tests/clients.rs.
 // The URL is the exported DSQL_JDBC_URL: the endpoint's name, which Java sends as SNI
 // (it sends none for an IP address or a name without a dot); the name resolves through
 // `-Djdk.net.hosts.file` or an /etc/hosts entry (README).
@@ -53,6 +54,23 @@ public class Jdbc {
                 System.out.println("rows " + r.getInt(1));
             }
             c.commit();
+            // Optimistic concurrency as pgJDBC meets it (its BEGIN is an extended-protocol
+            // one): both updates succeed, the second committer fails at COMMIT.
+            try (Connection d = connect(System.getenv("PGPASSWORD"));
+                    Statement s = c.createStatement();
+                    Statement t = d.createStatement()) {
+                d.setAutoCommit(false);
+                s.executeUpdate("update jdbc_items set name = 'a' where id = 1");
+                int n = t.executeUpdate("update jdbc_items set name = 'x' where id = 1");
+                c.commit();
+                try {
+                    d.commit();
+                    System.out.println("conflict none (" + n + " rows)");
+                } catch (SQLException e) {
+                    String message = e.getMessage().lines().findFirst().orElse("");
+                    System.out.println("conflict " + e.getSQLState() + " " + message);
+                }
+            }
         }
         try (Connection c = connect(System.getenv("DSQL_BAD_TOKEN"))) {
             System.err.println("a bad token was accepted");

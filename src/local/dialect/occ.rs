@@ -24,9 +24,15 @@
 //! a doomed statement reports 0 rows (and no `RETURNING` rows), not its count under its
 //! snapshot, and the doomed transaction no longer sees its own earlier writes; statements
 //! after the conflicted one in the same Query string or before the same `Sync` are
-//! skipped; a transaction begun through the extended protocol has no savepoint, so there a
-//! conflicted statement fails at once with 40001 OC000; in autocommit the conflicted
+//! skipped; a transaction that a simple-Query `COMMIT AND CHAIN` begins has no savepoint, so
+//! there a conflicted statement fails at once with 40001 OC000; in autocommit the conflicted
 //! statement fails with 40001 OC000 (the reference's inference).
+//!
+//! **The extended protocol.** After an Execute of `BEGIN` (or of an end `AND CHAIN`) the
+//! relay sends, before the client's `Sync`, the row baseline (a `DO`, which takes the
+//! snapshot) and [`SAVEPOINT_SQL`], each as its own Close/Parse/Bind/Execute; the filter
+//! drops their answers (every `SAVEPOINT` tag is the relay's: clients cannot make
+//! savepoints in DSQL's dialect).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +45,8 @@ pub(crate) const LOCK_TIMEOUT_OPTION: &str = "-c lock_timeout=10ms";
 /// The savepoint a conflicted transaction is rolled back to (clients cannot make
 /// savepoints in DSQL's dialect, so it is never theirs).
 const SAVEPOINT: &str = "dsql_pgx_occ";
+/// The statement that makes it (sent after an extended-protocol `BEGIN`).
+pub(crate) const SAVEPOINT_SQL: &str = "SAVEPOINT dsql_pgx_occ";
 /// SQLSTATE of both OCC failures.
 const SERIALIZATION_FAILURE: &str = "40001";
 /// DSQL's words for a lost write-write conflict.
@@ -169,6 +177,11 @@ fn with_string(tag: u8, text: &str) -> Vec<u8> {
 /// A simple Query message carrying `sql`.
 fn query(sql: &str) -> Vec<u8> {
     with_string(b'Q', sql)
+}
+
+/// The savepoint sent after an extended-protocol `BEGIN` was made.
+pub(crate) fn savepoint_made(occ: &mut Occ) {
+    occ.savepoint = true;
 }
 
 /// Before any client message: the `ROLLBACK TO SAVEPOINT` a conflict left due.
@@ -419,6 +432,11 @@ mod tests {
         assert_eq!(empty_tag("delete from t"), "DELETE 0");
         assert_eq!(empty_tag("(select 1) for update"), "SELECT 0");
         assert_eq!(empty_tag(""), "SELECT 0");
+    }
+
+    #[test]
+    fn the_extended_savepoint_is_the_one_rolled_back_to() {
+        assert_eq!(SAVEPOINT_SQL, format!("SAVEPOINT {SAVEPOINT}"));
     }
 
     #[test]

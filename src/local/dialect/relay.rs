@@ -377,17 +377,31 @@ impl ClientSide {
 
     /// An Execute (`tag`, `body`) of a statement of `kind` that runs: a statement that may
     /// modify rows is followed by the row check, an end of transaction by the baseline of
-    /// the one that may follow before `Sync` ([`super::rows`]).
-    fn check_after_execute(&self, tag: u8, body: &[u8], kind: Kind) -> Option<Vec<u8>> {
+    /// the one that may follow before `Sync` ([`super::rows`]); where a transaction
+    /// `begins`, by its baseline (which also takes its snapshot, as DSQL does at `BEGIN`)
+    /// and OCC's savepoint ([`super::occ`]).
+    fn check_after_execute(
+        &self,
+        tag: u8,
+        body: &[u8],
+        kind: Kind,
+        begins: bool,
+    ) -> Option<Vec<u8>> {
         let sql = match kind {
             Kind::Dml => super::rows::CHECK,
             Kind::End => super::rows::BASELINE,
+            Kind::Begin if begins => super::rows::BASELINE,
             _ => return None,
         };
         let mut shared = lock(&self.refusals);
-        shared.expect_check();
+        let name = shared.check_statement();
         let mut out = message(tag, body);
-        out.extend(super::rows::extended(&shared.check_statement(), sql));
+        shared.expect_check();
+        out.extend(super::rows::extended(&name, sql));
+        if begins {
+            shared.expect_check();
+            out.extend(super::rows::extended(&name, occ::SAVEPOINT_SQL));
+        }
         Some(out)
     }
 
@@ -564,8 +578,13 @@ impl ClientSide {
                                 if instead.is_some() && applied.is_ok() {
                                     return instead;
                                 }
+                                // A transaction begins here: `BEGIN`, or the end of one
+                                // `AND CHAIN`.
+                                let begins = kind == Kind::Begin && !explicit || chains;
                                 match applied {
-                                    Ok(()) => return self.check_after_execute(tag, body, kind),
+                                    Ok(()) => {
+                                        return self.check_after_execute(tag, body, kind, begins);
+                                    }
                                     Err(r) => r,
                                 }
                             }
@@ -801,6 +820,13 @@ impl ResponseFilter {
             // Every `DO` is the relay's (DSQL's dialect refuses the client's): a row check,
             // a baseline or a size check that passed.
             b'C' if body == b"DO\0" => {
+                self.take_check(&mut shared, false, out);
+                return;
+            }
+            // So is every `SAVEPOINT` (refused to clients): OCC's, after an extended-protocol
+            // `BEGIN` ([`ClientSide::check_after_execute`]).
+            b'C' if body == b"SAVEPOINT\0" => {
+                occ::savepoint_made(&mut shared.occ);
                 self.take_check(&mut shared, false, out);
                 return;
             }
