@@ -212,6 +212,22 @@ fn cases() -> Vec<Case> {
             )],
             rows_after: 4000,
         },
+        Case {
+            name: "rows a SQL function writes, called by a plain SELECT",
+            steps: vec![
+                step(
+                    "CREATE FUNCTION {r}_f() RETURNS int LANGUAGE sql AS \
+                     'INSERT INTO {r} SELECT g FROM generate_series(1, 3001) g RETURNING 1'",
+                    OK,
+                ),
+                step("SELECT {r}_f()", OVER),
+                step("SELECT x FROM public.{r}_f() x", OVER),
+                step("BEGIN", OK),
+                step("SELECT {r}_f()", OVER),
+                step("COMMIT", OK),
+            ],
+            rows_after: 0,
+        },
     ];
     // Many autocommit statements of 2,000 rows each, back to back, never reach the limit.
     let mut steps = Vec::new();
@@ -358,5 +374,27 @@ async fn the_row_limit_holds_for_pipelined_extended_statements() {
     tx.rollback().await.unwrap();
     let n: i64 = client.query_one(&cte, &[]).await.unwrap().get(0);
     assert_eq!(n, 3000, "3,000 in autocommit are fine");
+    ep.stop().await;
+}
+
+/// A function that writes rows, called through the extended protocol: its rows count too.
+#[tokio::test]
+async fn rows_a_function_writes_count_in_the_extended_protocol() {
+    let ep = TestEndpoint::start().await;
+    let c = ep.connect("admin").await.unwrap();
+    c.batch_execute("CREATE TABLE w (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "CREATE FUNCTION w_f(n int) RETURNS int LANGUAGE sql AS \
+         'INSERT INTO w SELECT g FROM generate_series(1, n) g RETURNING 1'",
+    )
+    .await
+    .unwrap();
+    let e = c.query("SELECT w_f($1)", &[&3001i32]).await.unwrap_err();
+    assert_eq!(code(&e), over());
+    assert_eq!(count(&c, "w").await, 0);
+    c.query("SELECT w_f($1)", &[&3000i32]).await.unwrap();
+    assert_eq!(count(&c, "w").await, 3000);
     ep.stop().await;
 }

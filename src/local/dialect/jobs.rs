@@ -355,6 +355,7 @@ pub(crate) async fn rewrite_in_query(
         let after = match st.verdict {
             _ if !simple => None,
             Ok(Kind::Dml) => Some(super::rows::CHECK),
+            Ok(Kind::Other) if st.user_code => Some(super::rows::CHECK),
             Ok(Kind::End) if i + 1 < running || st.chains => Some(super::rows::BASELINE),
             _ => None,
         };

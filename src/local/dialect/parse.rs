@@ -51,6 +51,9 @@ pub(crate) struct Statement {
     /// It ends its transaction `AND CHAIN`: the next one begins at once (the parse tree's
     /// `TransactionStmt.chain`).
     pub(crate) chains: bool,
+    /// It calls a function that may be the client's own (a SQL function may modify rows):
+    /// the row check follows it as it follows DML ([`super::rows`]).
+    pub(crate) user_code: bool,
 }
 
 /// Where an `AWS IAM` statement's call stands in its statement.
@@ -91,6 +94,7 @@ impl Classified {
                 is_async: false,
                 iam: None,
                 chains: false,
+                user_code: false,
             }],
         }
     }
@@ -183,6 +187,81 @@ struct Facts {
     /// Original offsets of words that may name a refused function, and of `FOR SHARE` /
     /// `FOR NO KEY UPDATE`: their statements' trees are searched (the rest need not be).
     suspects: Vec<usize>,
+    /// Original offsets of calls of functions that may be the client's own.
+    calls: Vec<usize>,
+}
+
+/// Functions of PostgreSQL's that read queries call most, called without a schema: calls
+/// of these are not followed by the row check. Any other name may be the client's own SQL
+/// function, which may modify rows (a false guess costs one check in the same round trip).
+const COMMON_FUNCTIONS: &[&str] = &[
+    "abs",
+    "age",
+    "array_agg",
+    "array_length",
+    "avg",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "ceil",
+    "char_length",
+    "clock_timestamp",
+    "concat",
+    "concat_ws",
+    "count",
+    "current_setting",
+    "date_part",
+    "date_trunc",
+    "encode",
+    "floor",
+    "format",
+    "gen_random_uuid",
+    "generate_series",
+    "json_agg",
+    "json_build_object",
+    "jsonb_agg",
+    "jsonb_build_object",
+    "left",
+    "length",
+    "lower",
+    "lpad",
+    "ltrim",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "octet_length",
+    "random",
+    "regexp_replace",
+    "repeat",
+    "replace",
+    "right",
+    "round",
+    "row_number",
+    "rpad",
+    "rtrim",
+    "split_part",
+    "statement_timestamp",
+    "string_agg",
+    "strpos",
+    "substr",
+    "sum",
+    "to_char",
+    "to_date",
+    "to_number",
+    "to_timestamp",
+    "transaction_timestamp",
+    "trunc",
+    "unnest",
+    "upper",
+    "version",
+];
+
+/// Schemas whose functions are PostgreSQL's or the endpoint's (`sys`), never the client's.
+fn is_system_schema(name: &str) -> bool {
+    let name = name.trim_matches('"');
+    name.eq_ignore_ascii_case("pg_catalog") || name.eq_ignore_ascii_case("sys")
 }
 
 fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
@@ -207,6 +286,28 @@ fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
             Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst | Token::Iconst => {}
             _ if rules::may_name_refused_function(text(t)) => {
                 facts.suspects.push(t.start as usize);
+            }
+            // A name called: `f(`, `s.f(`. A qualified name counts by its schema.
+            Token::Ident if at(1) == Some(Token::Ascii40) => {
+                let schema = match i
+                    .checked_sub(2)
+                    .map(|k| (significant[k], significant[k + 1]))
+                {
+                    Some((s, dot)) if tok(dot) == Token::Ascii46 => Some(text(s)),
+                    _ => None,
+                };
+                let word = text(t);
+                let name = match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+                    Some(quoted) => quoted.to_owned(),
+                    None => word.to_ascii_lowercase(),
+                };
+                let ours = match schema {
+                    Some(schema) => !is_system_schema(schema),
+                    None => COMMON_FUNCTIONS.binary_search(&name.as_str()).is_err(),
+                };
+                if ours {
+                    facts.calls.push(t.start as usize);
+                }
             }
             Token::Create => {
                 let index_at = match (at(1), at(2)) {
@@ -246,6 +347,12 @@ fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
         }
     }
     facts
+}
+
+#[cfg(test)]
+#[test]
+fn common_functions_are_sorted_for_binary_search() {
+    assert!(COMMON_FUNCTIONS.windows(2).all(|w| w[0] < w[1]));
 }
 
 /// How deep SQL function bodies are classified inside one another (each level parses its
@@ -389,6 +496,7 @@ fn classify_in_body(sql: &str, depth: usize) -> Classified {
             is_async,
             iam,
             chains,
+            user_code: facts.calls.iter().any(|&p| inside(p)),
         });
     }
     Classified {

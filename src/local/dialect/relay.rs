@@ -239,6 +239,8 @@ struct Prepared {
     kind: Kind,
     /// It is an end of transaction `AND CHAIN`.
     chains: bool,
+    /// It calls what may be the client's own function (the row check follows it).
+    user_code: bool,
     verb: Verb,
 }
 
@@ -376,7 +378,7 @@ impl ClientSide {
     }
 
     /// An Execute (`tag`, `body`) of a statement of `kind` that runs: a statement that may
-    /// modify rows is followed by the row check, an end of transaction by the baseline of
+    /// modify rows (`modifies`) is followed by the row check, an end of transaction by the baseline of
     /// the one that may follow before `Sync` ([`super::rows`]); where a transaction
     /// `begins`, by its baseline (which also takes its snapshot, as DSQL does at `BEGIN`)
     /// and OCC's savepoint ([`super::occ`]).
@@ -385,10 +387,11 @@ impl ClientSide {
         tag: u8,
         body: &[u8],
         kind: Kind,
+        modifies: bool,
         begins: bool,
     ) -> Option<Vec<u8>> {
         let sql = match kind {
-            Kind::Dml => super::rows::CHECK,
+            _ if modifies => super::rows::CHECK,
             Kind::End => super::rows::BASELINE,
             Kind::Begin if begins => super::rows::BASELINE,
             _ => return None,
@@ -521,10 +524,16 @@ impl ClientSide {
                             [one] => one.verdict.clone().unwrap_or(Kind::Other),
                             _ => Kind::Other,
                         };
-                        let chains =
-                            kind == Kind::End && c.statements.first().is_some_and(|st| st.chains);
+                        let first = c.statements.first();
+                        let chains = kind == Kind::End && first.is_some_and(|st| st.chains);
+                        let user_code = first.is_some_and(|st| st.user_code);
                         let verb = Verb::of(sql);
-                        let prepared = Prepared { kind, chains, verb };
+                        let prepared = Prepared {
+                            kind,
+                            chains,
+                            user_code,
+                            verb,
+                        };
                         self.statements.insert(name.to_vec(), prepared);
                         let text = c.rewritten.clone().unwrap_or_else(|| sql.to_owned());
                         // One statement (PostgreSQL refuses more in a Parse): an ASYNC one
@@ -559,8 +568,12 @@ impl ClientSide {
             }
             b'E' => {
                 let (portal, _) = cstr(body)?;
-                let Prepared { kind, chains, verb } =
-                    self.portals.get(portal).copied().unwrap_or_default();
+                let Prepared {
+                    kind,
+                    chains,
+                    user_code,
+                    verb,
+                } = self.portals.get(portal).copied().unwrap_or_default();
                 let r = match self.transaction_failed() {
                     Some(r) => r,
                     None => {
@@ -583,7 +596,9 @@ impl ClientSide {
                                 let begins = kind == Kind::Begin && !explicit || chains;
                                 match applied {
                                     Ok(()) => {
-                                        return self.check_after_execute(tag, body, kind, begins);
+                                        let checks = kind == Kind::Dml || user_code;
+                                        return self
+                                            .check_after_execute(tag, body, kind, checks, begins);
                                     }
                                     Err(r) => r,
                                 }

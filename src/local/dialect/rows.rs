@@ -35,15 +35,20 @@
 //! AND CHAIN` / `ROLLBACK AND CHAIN`) first records the counters as its baseline ([`BASELINE`],
 //! run right after the ending statement), and the check counts from there.
 //!
+//! A statement that calls a function that may be the client's own (a SQL function may write
+//! rows) is checked as well: the scanner's `name(` tokens, unless the name is one of a few
+//! dozen common built-ins called without a schema, or the schema is `pg_catalog` or `sys`
+//! ([`super::parse`]).
+//!
 //! **Cost.** Nothing is added for statements that cannot modify rows (plain `SELECT`s pay
 //! nothing); a modifying statement pays the check in the same round trip: a `DO` block and an
 //! index scan of the user relations in `pg_class`.
 //!
 //! Approximations: a row changed twice counts twice (as in the command tags); rows a
 //! subtransaction rolled back still count (only OCC's savepoint rolls back, in a transaction
-//! that then fails at `COMMIT` anyway); a plain `SELECT` or `CALL` of a function that modifies
-//! rows is not followed by a check, so its rows are counted only by the next check of its
-//! transaction (if any); a Query string whose statement after a `COMMIT` is DML counts from
+//! that then fails at `COMMIT` anyway); a client's function named like one of the common
+//! built-ins is not followed by a check, so its rows are counted only by the next check of
+//! its transaction (if any); a Query string whose statement after a `COMMIT` is DML counts from
 //! the baseline taken after that `COMMIT`; the extended-protocol check runs in the unnamed
 //! portal, so a client resuming a suspended unnamed portal of a modifying statement (an
 //! Execute with a row limit, then another) after it finds that portal gone; the transaction
