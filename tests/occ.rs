@@ -202,6 +202,24 @@ async fn an_extended_protocol_begin_fails_at_commit_too() {
     ep.stop().await;
 }
 
+/// The transaction `COMMIT AND CHAIN` begins: its conflicts surface at `COMMIT` too.
+#[tokio::test]
+async fn a_chained_transaction_fails_at_commit_too() {
+    let (ep, s) = setup(2).await;
+    let (a, b) = (&s[0], &s[1]);
+    run(a, "BEGIN").await;
+    run(b, "BEGIN").await;
+    assert_eq!(run(b, "UPDATE t SET v = 5 WHERE id = 3").await, 1);
+    run(b, "COMMIT AND CHAIN").await;
+    run(a, "UPDATE t SET v = 1 WHERE id = 1").await;
+    // Before the chained transaction had a savepoint, this failed at once with OC000.
+    run(b, "UPDATE t SET v = 2 WHERE id = 1").await;
+    run(a, "COMMIT").await;
+    assert_eq!(fails(b, "COMMIT").await, conflict(OC000));
+    assert_eq!((value(a, 1).await, value(a, 3).await), (1, 5));
+    ep.stop().await;
+}
+
 #[tokio::test]
 async fn for_update_conflicts_with_a_write() {
     let (ep, s) = setup(2).await;

@@ -361,7 +361,15 @@ pub(crate) async fn rewrite_in_query(
         };
         if let Some(after) = after {
             lock().expect_check();
-            text.insert_str(end, &format!("\n;{after};\n"));
+            let mut insert = format!("\n;{after};\n");
+            if st.chains {
+                // The transaction `AND CHAIN` begins gets OCC's savepoint, as a `BEGIN` does
+                // (its tag is the relay's too).
+                lock().expect_check();
+                insert.push_str(super::occ::SAVEPOINT_SQL);
+                insert.push_str(";\n");
+            }
+            text.insert_str(end, &insert);
         }
         if commit_at == Some(i) && super::size::commits(&ddl) {
             text.insert_str(st.start, &super::size::check_sql());

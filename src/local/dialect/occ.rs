@@ -24,9 +24,9 @@
 //! a doomed statement reports 0 rows (and no `RETURNING` rows), not its count under its
 //! snapshot, and the doomed transaction no longer sees its own earlier writes; statements
 //! after the conflicted one in the same Query string or before the same `Sync` are
-//! skipped; a transaction that a simple-Query `COMMIT AND CHAIN` begins has no savepoint, so
-//! there a conflicted statement fails at once with 40001 OC000; in autocommit the conflicted
-//! statement fails with 40001 OC000 (the reference's inference).
+//! skipped; in autocommit the conflicted statement fails with 40001 OC000 (the reference's
+//! inference). The transaction an end `AND CHAIN` begins gets the savepoint too (sent after
+//! the row baseline, [`super::jobs::rewrite_in_query`]).
 //!
 //! **The extended protocol.** After an Execute of `BEGIN` (or of an end `AND CHAIN`) the
 //! relay sends, before the client's `Sync`, the row baseline (a `DO`, which takes the

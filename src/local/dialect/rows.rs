@@ -51,8 +51,7 @@
 //! its transaction (if any); a Query string whose statement after a `COMMIT` is DML counts from
 //! the baseline taken after that `COMMIT`; the extended-protocol check runs in the unnamed
 //! portal, so a client resuming a suspended unnamed portal of a modifying statement (an
-//! Execute with a row limit, then another) after it finds that portal gone; the transaction
-//! a simple-Query `AND CHAIN` begins has no OCC savepoint (a conflict in it fails at once).
+//! Execute with a row limit, then another) after it finds that portal gone.
 //!
 //! **Why not the command tags.** Counting `INSERT n` / `UPDATE n` tags on the way back costs
 //! nothing, but the tag arrives after the statement ran and, in autocommit or with a `COMMIT`
