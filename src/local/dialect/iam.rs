@@ -184,8 +184,23 @@ fn tok(t: &ScanToken) -> Token {
 }
 
 /// A role name as PostgreSQL reads the identifier `word`: quoted kept as written (with
-/// `""` for `"`), unquoted folded to lower case; `None` if it is no identifier.
+/// `""` for `"`), unquoted folded to lower case, either cut to 63 bytes (on a character
+/// boundary) as PostgreSQL cuts every identifier; `None` if it is no identifier.
 fn identifier(word: &str, t: &ScanToken) -> Option<String> {
+    identifier_untruncated(word, t).map(|mut name| {
+        let mut end = name.len().min(MAX_IDENTIFIER);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+        name
+    })
+}
+
+/// PostgreSQL's longest identifier, in bytes (NAMEDATALEN - 1).
+const MAX_IDENTIFIER: usize = 63;
+
+fn identifier_untruncated(word: &str, t: &ScanToken) -> Option<String> {
     let keyword = KeywordKind::from_i32(t.keyword_kind).unwrap_or(KeywordKind::NoKeyword);
     if let Some(inner) = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
         return (!inner.is_empty()).then(|| inner.replace("\"\"", "\""));
@@ -307,6 +322,25 @@ mod tests {
         ] {
             assert_eq!(found(not_one), None, "{not_one}");
         }
+    }
+
+    #[test]
+    fn role_names_are_cut_to_63_bytes_as_postgresql_cuts_identifiers() {
+        let long = "r".repeat(70);
+        let s = found(&format!("AWS IAM GRANT {long} TO 'x'")).unwrap();
+        assert!(
+            s.call().contains(&format!("'{}'", "r".repeat(63))),
+            "{}",
+            s.call()
+        );
+        // Quoted, and not inside a character: "é" is two bytes, 62 + 2 > 63.
+        let quoted = format!("\"{}éé\"", "q".repeat(62));
+        let s = found(&format!("AWS IAM GRANT {quoted} TO 'x'")).unwrap();
+        assert!(
+            s.call().contains(&format!("'{}'", "q".repeat(62))),
+            "{}",
+            s.call()
+        );
     }
 
     #[test]

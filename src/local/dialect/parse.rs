@@ -192,37 +192,57 @@ struct Facts {
 }
 
 /// Functions of PostgreSQL's that read queries call most, called without a schema: calls
-/// of these are not followed by the row check. Any other name may be the client's own SQL
-/// function, which may modify rows (a false guess costs one check in the same round trip).
+/// of these, and of names with a prefix of [`BUILTIN_PREFIXES`], are not followed by the row
+/// check. Any other name may be the client's own SQL function, which may modify rows (a false
+/// guess costs one check in the same round trip).
 const COMMON_FUNCTIONS: &[&str] = &[
     "abs",
     "age",
     "array_agg",
     "array_length",
+    "ascii",
     "avg",
+    "bit_length",
     "bool_and",
     "bool_or",
     "btrim",
+    "cardinality",
     "ceil",
     "char_length",
+    "chr",
     "clock_timestamp",
+    "col_description",
     "concat",
     "concat_ws",
     "count",
+    "cume_dist",
     "current_setting",
+    "date",
     "date_part",
     "date_trunc",
+    "decode",
+    "dense_rank",
+    "digest",
     "encode",
+    "every",
+    "exp",
+    "first_value",
     "floor",
     "format",
     "gen_random_uuid",
     "generate_series",
+    "initcap",
     "json_agg",
     "json_build_object",
     "jsonb_agg",
     "jsonb_build_object",
+    "lag",
+    "last_value",
+    "lead",
     "left",
     "length",
+    "ln",
+    "log",
     "lower",
     "lpad",
     "ltrim",
@@ -231,17 +251,27 @@ const COMMON_FUNCTIONS: &[&str] = &[
     "min",
     "mod",
     "now",
+    "ntile",
+    "obj_description",
     "octet_length",
+    "percent_rank",
+    "power",
     "random",
+    "rank",
     "regexp_replace",
     "repeat",
     "replace",
+    "reverse",
     "right",
     "round",
     "row_number",
     "rpad",
     "rtrim",
+    "sha256",
+    "shobj_description",
+    "sign",
     "split_part",
+    "sqrt",
     "statement_timestamp",
     "string_agg",
     "strpos",
@@ -252,11 +282,26 @@ const COMMON_FUNCTIONS: &[&str] = &[
     "to_number",
     "to_timestamp",
     "transaction_timestamp",
+    "translate",
     "trunc",
     "unnest",
     "upper",
     "version",
 ];
+
+/// Prefixes PostgreSQL's own function families share (`pg_sleep`, `pg_get_indexdef`,
+/// `has_table_privilege`, `jsonb_set`, `array_to_string`, ...), as tools' catalog queries call
+/// them.
+const BUILTIN_PREFIXES: &[&str] = &[
+    "array_", "current_", "format_", "has_", "json_", "jsonb_", "pg_", "quote_", "regexp_",
+    "string_", "to_", "txid_",
+];
+
+/// Whether an unqualified call of `name` (as PostgreSQL reads it) is one of PostgreSQL's.
+fn is_builtin_call(name: &str) -> bool {
+    COMMON_FUNCTIONS.binary_search(&name).is_ok()
+        || BUILTIN_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// Schemas whose functions are PostgreSQL's or the endpoint's (`sys`), never the client's.
 fn is_system_schema(name: &str) -> bool {
@@ -303,7 +348,7 @@ fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
                 };
                 let ours = match schema {
                     Some(schema) => !is_system_schema(schema),
-                    None => COMMON_FUNCTIONS.binary_search(&name.as_str()).is_err(),
+                    None => !is_builtin_call(&name),
                 };
                 if ours {
                     facts.calls.push(t.start as usize);
@@ -353,6 +398,8 @@ fn token_facts(sql: &str, tokens: &[ScanToken]) -> Facts {
 #[test]
 fn common_functions_are_sorted_for_binary_search() {
     assert!(COMMON_FUNCTIONS.windows(2).all(|w| w[0] < w[1]));
+    assert!(is_builtin_call("count") && is_builtin_call("pg_sleep"));
+    assert!(!is_builtin_call("my_func") && !is_builtin_call("Count"));
 }
 
 /// How deep SQL function bodies are classified inside one another (each level parses its

@@ -785,10 +785,10 @@ impl ResponseFilter {
     }
 
     /// The answer of one of the relay's checks arrived (`failed`: its row-limit error):
-    /// the check's own CloseComplete, ParseComplete and BindComplete are dropped, and on
+    /// the check's own CloseCompletes, ParseComplete and BindComplete are dropped, and on
     /// failure the checked statement's command tag too.
     fn take_check(&mut self, shared: &mut Refusals, failed: bool, out: &mut Vec<u8>) {
-        let ours = self.withheld_small.min(3);
+        let ours = self.withheld_small.min(super::rows::EXTENDED_ANSWERS);
         self.withheld.truncate(self.withheld.len() - 5 * ours);
         if failed && self.withheld_tag && self.withheld_small == ours {
             self.withheld.clear();

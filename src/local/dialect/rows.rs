@@ -23,7 +23,7 @@
 //!
 //! The response filter ([`super::relay`]) drops the check's answers (its `DO` tag — clients
 //! cannot run `DO` in DSQL's dialect, so every `DO` tag is the relay's — and, in the extended
-//! protocol, the CloseComplete, ParseComplete and BindComplete before it), and when it fails
+//! protocol, the CloseComplete, CloseComplete, ParseComplete and BindComplete before it), and when it fails
 //! drops the crossing statement's own command tag and answers DSQL's error in its place.
 //!
 //! **Counters of earlier transactions.** PostgreSQL keeps those counters per backend until it
@@ -36,9 +36,9 @@
 //! run right after the ending statement), and the check counts from there.
 //!
 //! A statement that calls a function that may be the client's own (a SQL function may write
-//! rows) is checked as well: the scanner's `name(` tokens, unless the name is one of a few
-//! dozen common built-ins called without a schema, or the schema is `pg_catalog` or `sys`
-//! ([`super::parse`]).
+//! rows) is checked as well: the scanner's `name(` tokens, unless the name is a common
+//! built-in called without a schema (a list, and prefixes such as `pg_`), or the schema is
+//! `pg_catalog` or `sys` ([`super::parse`]).
 //!
 //! **Cost.** Nothing is added for statements that cannot modify rows (plain `SELECT`s pay
 //! nothing); a modifying statement pays the check in the same round trip: a `DO` block and an
@@ -49,9 +49,8 @@
 //! that then fails at `COMMIT` anyway); a client's function named like one of the common
 //! built-ins is not followed by a check, so its rows are counted only by the next check of
 //! its transaction (if any); a Query string whose statement after a `COMMIT` is DML counts from
-//! the baseline taken after that `COMMIT`; the extended-protocol check runs in the unnamed
-//! portal, so a client resuming a suspended unnamed portal of a modifying statement (an
-//! Execute with a row limit, then another) after it finds that portal gone.
+//! the baseline taken after that `COMMIT`. The extended-protocol check runs in a portal of
+//! its own, so a client's suspended unnamed portal (an Execute with a row limit) survives it.
 //!
 //! **Why not the command tags.** Counting `INSERT n` / `UPDATE n` tags on the way back costs
 //! nothing, but the tag arrives after the statement ran and, in autocommit or with a `COMMIT`
@@ -109,26 +108,35 @@ pub(crate) const CHECK: &str =
 pub(crate) const BASELINE: &str =
     "DO $dsql_pgx_rows$BEGIN PERFORM dsql_pgx_rows.modified(true); END$dsql_pgx_rows$";
 
-/// The extended-protocol messages that run `sql` (a [`CHECK`] or [`BASELINE`]) under the
-/// statement name `name`, with the unnamed portal: Close, Parse, Bind, Execute (answered with
-/// CloseComplete, ParseComplete, BindComplete and the `DO` tag, or the error).
+/// How many bodiless answers come before the tag (or error) of [`extended`]'s messages.
+pub(crate) const EXTENDED_ANSWERS: usize = 4;
+
+/// The extended-protocol messages that run `sql` (a [`CHECK`], a [`BASELINE`], OCC's
+/// savepoint) as statement and portal `name` (not the unnamed portal, which may be a
+/// client's suspended one): Close of both, Parse, Bind, Execute (answered with
+/// [`EXTENDED_ANSWERS`] CloseComplete, CloseComplete, ParseComplete, BindComplete and the tag, or the error).
 pub(crate) fn extended(name: &str, sql: &str) -> Vec<u8> {
     let mut out = Vec::new();
     let mut msg = |tag: u8, body: &[u8]| out.extend(crate::local::wire::message(tag, body));
-    let mut close = vec![b'S'];
-    close.extend_from_slice(name.as_bytes());
-    close.push(0);
-    msg(b'C', &close);
+    let mut portal = name.as_bytes().to_vec();
+    portal.push(0);
+    for what in [b'P', b'S'] {
+        let mut close = vec![what];
+        close.extend_from_slice(&portal);
+        msg(b'C', &close);
+    }
     let mut parse = name.as_bytes().to_vec();
     parse.push(0);
     parse.extend_from_slice(sql.as_bytes());
     parse.extend_from_slice(&[0, 0, 0]);
     msg(b'P', &parse);
-    let mut bind = vec![0];
-    bind.extend_from_slice(name.as_bytes());
-    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+    let mut bind = portal.clone();
+    bind.extend_from_slice(&portal);
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     msg(b'B', &bind);
-    msg(b'E', &[0, 0, 0, 0, 0]);
+    let mut execute = portal;
+    execute.extend_from_slice(&[0, 0, 0, 0]);
+    msg(b'E', &execute);
     out
 }
 
@@ -146,6 +154,7 @@ mod tests {
             tags.push(tag);
             rest = &rest[1 + len..];
         }
-        assert_eq!(tags, b"CPBE");
+        assert_eq!(tags, b"CCPBE");
+        assert_eq!(tags.len(), EXTENDED_ANSWERS + 1);
     }
 }
