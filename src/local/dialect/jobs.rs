@@ -298,8 +298,9 @@ impl Jobs {
 /// Which text [`rewrite_in_query`] rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rewrite {
-    /// A simple Query's; `measure`: its `COMMIT` ends a transaction whose size is checked.
-    Query { measure: bool },
+    /// A simple Query's; `measure`: its `COMMIT` ends a transaction whose size is checked;
+    /// `flight`: the number of the ReadyForQuery that will answer it.
+    Query { measure: bool, flight: u64 },
     /// A Parse's one statement (the row check runs after its Execute instead).
     Parse,
 }
@@ -323,9 +324,9 @@ pub(crate) async fn rewrite_in_query(
     refusals: &Mutex<Refusals>,
     what: Rewrite,
 ) -> String {
-    let (simple, measure) = match what {
-        Rewrite::Query { measure } => (true, measure),
-        Rewrite::Parse => (false, false),
+    let (simple, measure, flight) = match what {
+        Rewrite::Query { measure, flight } => (true, measure, flight),
+        Rewrite::Parse => (false, false, 0),
     };
     // The open transaction ends at the first end of transaction.
     let commit_at = c
@@ -360,12 +361,12 @@ pub(crate) async fn rewrite_in_query(
             _ => None,
         };
         if let Some(after) = after {
-            lock().expect_check();
+            lock().expect_check(flight);
             let mut insert = format!("\n;{after};\n");
             if st.chains {
                 // The transaction `AND CHAIN` begins gets OCC's savepoint, as a `BEGIN` does
                 // (its tag is the relay's too).
-                lock().expect_check();
+                lock().expect_check(flight);
                 insert.push_str(super::occ::SAVEPOINT_SQL);
                 insert.push_str(";\n");
             }

@@ -35,7 +35,7 @@
 //! savepoints in DSQL's dialect).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::rules::{Kind, Refusal};
 
@@ -86,7 +86,7 @@ pub(crate) struct Occ {
     /// The transaction lost a conflict: its `COMMIT` fails.
     doomed: bool,
     /// `ROLLBACK TO SAVEPOINT` is to be sent before the client's next message.
-    rollback_due: bool,
+    rollback_due: Arc<AtomicBool>,
     /// Sent `ROLLBACK TO SAVEPOINT`s whose answers (CommandComplete, ReadyForQuery) are
     /// still to come.
     rollbacks: u32,
@@ -108,7 +108,7 @@ impl Occ {
             begins: 0,
             savepoint: false,
             doomed: false,
-            rollback_due: false,
+            rollback_due: Arc::default(),
             rollbacks: 0,
             failing_commit: None,
             verb: "SELECT 0",
@@ -186,7 +186,7 @@ pub(crate) fn savepoint_made(occ: &mut Occ) {
 
 /// Before any client message: the `ROLLBACK TO SAVEPOINT` a conflict left due.
 pub(crate) fn before_message(occ: &mut Occ) -> Option<Vec<u8>> {
-    if !std::mem::take(&mut occ.rollback_due) {
+    if !occ.rollback_due.swap(false, Ordering::AcqRel) {
         return None;
     }
     occ.rollbacks = occ.rollbacks.saturating_add(1);
@@ -197,7 +197,13 @@ pub(crate) fn before_message(occ: &mut Occ) -> Option<Vec<u8>> {
 fn reset(occ: &mut Occ) {
     occ.savepoint = false;
     occ.doomed = false;
-    occ.rollback_due = false;
+    occ.rollback_due.store(false, Ordering::Release);
+}
+
+/// The flag that says a `ROLLBACK TO SAVEPOINT` is due: the client side reads it without
+/// the lock, on every message.
+pub(crate) fn rollback_due_flag(occ: &Occ) -> Arc<AtomicBool> {
+    Arc::clone(&occ.rollback_due)
 }
 
 /// A simple Query whose first statement is of kind `first` (`only`: its one statement;
@@ -383,7 +389,7 @@ impl OccFilter {
             b'E' if code.is_some_and(is_conflict) => {
                 if explicit && occ.savepoint {
                     occ.doomed = true;
-                    occ.rollback_due = true;
+                    occ.rollback_due.store(true, Ordering::Release);
                     self.ready_fine = true;
                     Answer::Replace(command_complete(occ.verb))
                 } else {

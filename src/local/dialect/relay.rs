@@ -58,9 +58,6 @@ pub(crate) struct Refusals {
     prefix: String,
     next: u64,
     pending: BTreeMap<u64, Refusal>,
-    /// Messages sent to PostgreSQL that end a flight (Query, Sync, FunctionCall): each is
-    /// answered by one ReadyForQuery.
-    flights_sent: u64,
     /// Row checks and baselines ([`super::rows`]) sent and not yet answered, each with the
     /// number of the ReadyForQuery that ends its flight (by then it was answered or skipped).
     checks: VecDeque<u64>,
@@ -80,7 +77,6 @@ impl Refusals {
             prefix: format!("dsql_pgx_refusal_{nonce:016x}_"),
             next: 0,
             pending: BTreeMap::new(),
-            flights_sent: 0,
             checks: VecDeque::new(),
             failed: false,
             occ: Occ::new(schema),
@@ -134,10 +130,10 @@ impl Refusals {
         }
     }
 
-    /// A row check or baseline ([`super::rows`]) is sent in the current flight: its answers
-    /// are the relay's.
-    pub(super) fn expect_check(&mut self) {
-        self.checks.push_back(self.flights_sent + 1);
+    /// A row check or baseline ([`super::rows`]) is sent in flight number `flight` (the
+    /// ReadyForQuery that ends it): its answers are the relay's.
+    pub(super) fn expect_check(&mut self, flight: u64) {
+        self.checks.push_back(flight);
     }
 
     /// The statement name the relay's extended-protocol checks are parsed under.
@@ -230,6 +226,11 @@ pub(crate) struct ClientSide {
     jobs: Option<(Arc<Jobs>, String)>,
     /// The endpoint's clock, for that age.
     clock: Clock,
+    /// Messages sent to PostgreSQL that end a flight (Query, Sync, FunctionCall): each is
+    /// answered by one ReadyForQuery.
+    flights_sent: u64,
+    /// OCC's flag for a due `ROLLBACK TO SAVEPOINT`.
+    rollback_due: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the relay knows of a prepared statement (and of a portal bound to it).
@@ -276,9 +277,12 @@ impl ClientSide {
         max_age: Duration,
         clock: Clock,
     ) -> Self {
+        let rollback_due = occ::rollback_due_flag(&lock(&refusals).occ);
         Self {
             classifier,
             refusals,
+            flights_sent: 0,
+            rollback_due,
             tx: Transaction::default(),
             statements: HashMap::new(),
             portals: HashMap::new(),
@@ -349,32 +353,37 @@ impl ClientSide {
             // Bind, Sync, Close, Describe, ...: sent on as they are (after a due
             // `ROLLBACK TO`), with one look at the shared state (this is every query's path).
             self.track(tag, body);
-            let mut shared = lock(&self.refusals);
-            let before = occ::before_message(&mut shared.occ);
-            shared.flights_sent +=
+            let before = self.rollback_due();
+            self.flights_sent +=
                 before.as_deref().map_or(0, flights_in) + u64::from(ends_flight(tag));
             return before.map(|mut b| {
                 b.extend(message(tag, body));
                 b
             });
         }
-        let before = occ::before_message(&mut lock(&self.refusals).occ);
+        let before = self.rollback_due();
+        // A due `ROLLBACK TO` is a flight of its own, before the message's checks.
+        self.flights_sent += before.as_deref().map_or(0, flights_in);
         let out = self.rewrite_message(tag, body).await;
-        let out = match before {
+        self.flights_sent += match &out {
+            None => u64::from(ends_flight(tag)),
+            Some(m) => flights_in(m),
+        };
+        match before {
             None => out,
             Some(mut b) => {
                 b.extend(out.unwrap_or_else(|| message(tag, body)));
                 Some(b)
             }
-        };
-        let flights = match &out {
-            None => u64::from(ends_flight(tag)),
-            Some(m) => flights_in(m),
-        };
-        if flights > 0 {
-            lock(&self.refusals).flights_sent += flights;
         }
-        out
+    }
+
+    /// The `ROLLBACK TO SAVEPOINT` a conflict left due, if any (no lock unless one is).
+    fn rollback_due(&self) -> Option<Vec<u8>> {
+        if !self.rollback_due.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        occ::before_message(&mut lock(&self.refusals).occ)
     }
 
     /// An Execute (`tag`, `body`) of a statement of `kind` that runs: a statement that may
@@ -399,10 +408,11 @@ impl ClientSide {
         let mut shared = lock(&self.refusals);
         let name = shared.check_statement();
         let mut out = message(tag, body);
-        shared.expect_check();
+        let flight = self.flights_sent + 1;
+        shared.expect_check(flight);
         out.extend(super::rows::extended(&name, sql));
         if begins {
-            shared.expect_check();
+            shared.expect_check(flight);
             out.extend(super::rows::extended(&name, occ::SAVEPOINT_SQL));
         }
         Some(out)
@@ -495,7 +505,10 @@ impl ClientSide {
                             text,
                             ran,
                             &self.refusals,
-                            super::jobs::Rewrite::Query { measure },
+                            super::jobs::Rewrite::Query {
+                                measure,
+                                flight: self.flights_sent + 1,
+                            },
                         )
                         .await
                     }
@@ -578,8 +591,12 @@ impl ClientSide {
                     Some(r) => r,
                     None => {
                         let explicit = self.tx.explicit;
-                        let hook =
-                            occ::on_execute(&mut lock(&self.refusals).occ, verb, kind, explicit);
+                        // OCC has nothing to do for a read or write in autocommit: no lock.
+                        let hook = if !explicit && matches!(kind, Kind::Other | Kind::Dml) {
+                            Ok(None)
+                        } else {
+                            occ::on_execute(&mut lock(&self.refusals).occ, verb, kind, explicit)
+                        };
                         match hook {
                             Err(r) => r,
                             Ok(instead) => {
